@@ -1,0 +1,145 @@
+//! `dtc demo`: a simulated bank of 8 services with faults injected, busy for
+//! a while, then a summary and an audit.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use dtc::{Coordinator, FaultPlan, Faulty};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::workload::{Shape, Tally, ledgers, micros, run_thread, service_name};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// How long to run.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    seconds: u64,
+    /// Caller threads.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+    /// Seed for the workload and the faults.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+const SERVICES: usize = 8;
+const ACCOUNTS: u64 = 100_000;
+const BALANCE: i64 = 1_000;
+
+pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let shape = Shape {
+        services: SERVICES,
+        accounts: ACCOUNTS,
+        balance: BALANCE,
+        legs: 2,
+    };
+    println!(
+        "dtc demo: {SERVICES} services, {ACCOUNTS} accounts of {BALANCE}, {} threads, {} s; faults: 0.2% refusals, 0.05% panics, 0.01% stalls of 150 ms past a 50 ms call timeout",
+        args.threads, args.seconds
+    );
+    let mut builder = Coordinator::builder()
+        .call_timeout(Duration::from_millis(50))
+        .transaction_timeout(Duration::from_secs(2));
+    let mut counters = Vec::new();
+    for (s, ledger) in ledgers(&shape)?.into_iter().enumerate() {
+        let plan = FaultPlan::new(args.seed.wrapping_add(s as u64))
+            .refuse(0.002)
+            .panic(0.0005)
+            .stall(0.0001, Duration::from_millis(150));
+        let service = Faulty::new(ledger, plan);
+        counters.push(service.counter());
+        builder = builder.service(service_name(s), service);
+    }
+    let dtc = builder.open()?;
+
+    let bar = ProgressBar::new(args.seconds);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(args.seconds);
+    let mut total = Tally::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads as usize)
+            .map(|t| {
+                let (dtc, shape, done) = (&dtc, &shape, &done);
+                scope.spawn(move || {
+                    run_thread(dtc, shape, args.seed, t, stop, |_| {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    })
+                })
+            })
+            .collect();
+        while Instant::now() < stop {
+            std::thread::sleep(
+                Duration::from_millis(200).min(stop.saturating_duration_since(Instant::now())),
+            );
+            let secs = started.elapsed().as_secs_f64();
+            bar.set_position(secs as u64);
+            bar.set_message(format!(
+                "{:.0} tx/s",
+                done.load(Ordering::Relaxed) as f64 / secs.max(1e-9)
+            ));
+        }
+        for h in handles {
+            if let Ok(tally) = h.join() {
+                total.merge(&tally);
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let audit = dtc.audit()?;
+    let metrics = dtc.metrics();
+    dtc.shutdown()?;
+
+    let injected = counters.iter().map(|c| c.get()).fold((0, 0, 0), |a, c| {
+        (a.0 + c.refusals, a.1 + c.panics, a.2 + c.stalls)
+    });
+    println!(
+        "\ncommitted      {}",
+        metrics.committed + metrics.commit_pending
+    );
+    println!(
+        "  of which commit-pending (acknowledged late) {}",
+        metrics.commit_pending
+    );
+    println!("aborted        {}", metrics.aborted_total());
+    for (reason, n) in metrics.aborted.iter().filter(|(_, n)| *n > 0) {
+        println!("  {reason:<22} {n}");
+    }
+    println!("retries        {}", metrics.retries);
+    println!("timeouts       {}", metrics.timeouts);
+    println!(
+        "panics survived {} (injected {}, refusals injected {}, stalls injected {})",
+        metrics.panics, injected.1, injected.0, injected.2
+    );
+    println!(
+        "throughput     {:.0} tx/s",
+        (total.committed + total.aborted) as f64 / elapsed
+    );
+    println!(
+        "latency        p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        micros(total.latency_ns.value_at_quantile(0.5)),
+        micros(total.latency_ns.value_at_quantile(0.99)),
+        micros(total.latency_ns.max())
+    );
+    let expected = i128::from(BALANCE) * i128::from(ACCOUNTS);
+    let conserved = audit.total == expected && audit.negative == 0 && total.errors == 0;
+    println!(
+        "audit          total {} (expected {expected}), {} accounts, {} negative: conserved {}",
+        audit.total,
+        audit.accounts,
+        audit.negative,
+        if conserved { "yes" } else { "NO" }
+    );
+    Ok(if conserved {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

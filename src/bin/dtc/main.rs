@@ -1,0 +1,71 @@
+//! `dtc`: the command-line face of the engine (demo, bench, …).
+
+mod bench;
+mod demo;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dtc",
+    version,
+    about = "Fast in-process distributed transactions"
+)]
+struct Cli {
+    /// Log filter (tracing syntax, e.g. `warn`, `dtc=debug`); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A simulated bank with fault injection: transfers for a while, then a summary and an audit.
+    Demo(demo::Args),
+    /// Measures throughput and latency on the bank workload; one JSON line with --json.
+    Bench(bench::Args),
+    /// Measures the ledger's memory per account.
+    Memory(bench::MemoryArgs),
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+/// Participant panics are caught and counted by the engine; report them
+/// through the log instead of the default hook's stderr message.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        tracing::debug!(panic = %info, "participant panic (caught)");
+    }));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    quiet_panics();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Memory(args) => bench::memory(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("dtc: {error}");
+            ExitCode::from(2)
+        }
+    }
+}

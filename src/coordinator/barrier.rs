@@ -1,0 +1,198 @@
+//! The per-participant phase record that makes prepare, commit and rollback
+//! idempotent (the "sub-transaction barrier" of dtm, Seata's "TCC fence").
+//!
+//! It is a pure state machine: the worker asks [`Barrier::decide`] what a
+//! request means given what it already knows, calls the participant only
+//! when told to, and reports the result with [`Barrier::record`].
+//!
+//! ```text
+//!            prepare ok              commit ok
+//!   Absent ───────────▶ Prepared ────────────────▶ Committed
+//!     │  prepare refused   │  rollback ok
+//!     │  rollback (empty)  ▼
+//!     └──────────────▶ RolledBack  ◀── a later prepare is refused
+//! ```
+//! A prepare that panicked leaves `Prepared(None)`: nothing to commit, but
+//! rollback must still be called so the participant can clean up.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+use crate::txn::TxId;
+
+/// The three phases a coordinator can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Phase {
+    Prepare,
+    Commit,
+    Rollback,
+}
+
+/// What the participant has done for one transaction.
+#[derive(Debug)]
+pub(crate) enum Entry<P> {
+    Prepared(Option<P>),
+    Committed,
+    RolledBack,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Call the participant for this phase.
+    Call,
+    /// Already done: answer yes / acknowledged without calling.
+    AlreadyDone,
+    /// A prepare after the rollback: refuse without calling.
+    RefuseLate,
+    /// A request the protocol never sends (commit after rollback, commit
+    /// without prepare, rollback after commit): refuse loudly.
+    Violation,
+}
+
+/// Bounded: finished entries are forgotten oldest first beyond `capacity`.
+/// Live (prepared) entries are never forgotten.
+pub(crate) struct Barrier<P> {
+    entries: HashMap<TxId, Entry<P>>,
+    finished: VecDeque<TxId>,
+    capacity: usize,
+    live: usize,
+}
+
+impl<P> Barrier<P> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            finished: VecDeque::new(),
+            capacity: capacity.max(1),
+            live: 0,
+        }
+    }
+
+    pub(crate) fn decide(&self, tx: TxId, phase: Phase) -> Decision {
+        match (self.entries.get(&tx), phase) {
+            (None, Phase::Prepare) => Decision::Call,
+            (None, Phase::Commit) => Decision::Violation,
+            // An empty rollback: record it so a late prepare is refused.
+            (None, Phase::Rollback) => Decision::Call,
+            (Some(Entry::Prepared(_)), Phase::Prepare) => Decision::AlreadyDone,
+            (Some(Entry::Prepared(Some(_))), Phase::Commit) => Decision::Call,
+            (Some(Entry::Prepared(None)), Phase::Commit) => Decision::Violation,
+            (Some(Entry::Prepared(_)), Phase::Rollback) => Decision::Call,
+            (Some(Entry::Committed), Phase::Prepare | Phase::Commit) => Decision::AlreadyDone,
+            (Some(Entry::Committed), Phase::Rollback) => Decision::Violation,
+            (Some(Entry::RolledBack), Phase::Prepare) => Decision::RefuseLate,
+            (Some(Entry::RolledBack), Phase::Commit) => Decision::Violation,
+            (Some(Entry::RolledBack), Phase::Rollback) => Decision::AlreadyDone,
+        }
+    }
+
+    /// The prepared value, for a commit call.
+    pub(crate) fn prepared(&self, tx: TxId) -> Option<&P> {
+        match self.entries.get(&tx) {
+            Some(Entry::Prepared(p)) => p.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// True if a participant call is needed to roll back (something was
+    /// prepared), false for an empty rollback.
+    pub(crate) fn holds(&self, tx: TxId) -> bool {
+        matches!(self.entries.get(&tx), Some(Entry::Prepared(_)))
+    }
+
+    pub(crate) fn prepared_ok(&mut self, tx: TxId, value: Option<P>) {
+        debug_assert!(
+            !self.entries.contains_key(&tx),
+            "prepare recorded twice for {tx}"
+        );
+        self.entries.insert(tx, Entry::Prepared(value));
+        self.live += 1;
+    }
+
+    pub(crate) fn committed(&mut self, tx: TxId) {
+        debug_assert!(matches!(
+            self.entries.get(&tx),
+            Some(Entry::Prepared(Some(_)))
+        ));
+        self.finish(tx, Entry::Committed);
+    }
+
+    /// Rolled back, refused, or rolled back before any prepare.
+    pub(crate) fn rolled_back(&mut self, tx: TxId) {
+        debug_assert!(!matches!(self.entries.get(&tx), Some(Entry::Committed)));
+        self.finish(tx, Entry::RolledBack);
+    }
+
+    /// Transactions prepared and not yet decided here.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    fn is_finished(&self, tx: TxId) -> bool {
+        matches!(
+            self.entries.get(&tx),
+            Some(Entry::Committed | Entry::RolledBack)
+        )
+    }
+
+    fn finish(&mut self, tx: TxId, entry: Entry<P>) {
+        if let Some(Entry::Prepared(_)) = self.entries.insert(tx, entry) {
+            self.live -= 1;
+        }
+        self.finished.push_back(tx);
+        while self.finished.len() > self.capacity {
+            if let Some(old) = self.finished.pop_front() {
+                if self.is_finished(old) {
+                    self.entries.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TxId = TxId::from_u128(9);
+
+    #[test]
+    fn duplicates_are_answered_from_the_record() {
+        let mut b = Barrier::<u8>::new(8);
+        assert_eq!(b.decide(T, Phase::Prepare), Decision::Call);
+        b.prepared_ok(T, Some(1));
+        assert_eq!(b.decide(T, Phase::Prepare), Decision::AlreadyDone);
+        assert_eq!(b.decide(T, Phase::Commit), Decision::Call);
+        b.committed(T);
+        assert_eq!(b.decide(T, Phase::Commit), Decision::AlreadyDone);
+        assert_eq!(b.decide(T, Phase::Prepare), Decision::AlreadyDone);
+        assert_eq!(b.decide(T, Phase::Rollback), Decision::Violation);
+    }
+
+    #[test]
+    fn rollback_before_prepare_refuses_the_late_prepare() {
+        let mut b = Barrier::<u8>::new(8);
+        assert_eq!(b.decide(T, Phase::Rollback), Decision::Call);
+        assert!(!b.holds(T));
+        b.rolled_back(T);
+        assert_eq!(b.decide(T, Phase::Prepare), Decision::RefuseLate);
+        assert_eq!(b.decide(T, Phase::Rollback), Decision::AlreadyDone);
+        assert_eq!(b.decide(T, Phase::Commit), Decision::Violation);
+    }
+
+    #[test]
+    fn finished_entries_are_bounded_live_ones_kept() {
+        let mut b = Barrier::<u8>::new(4);
+        b.prepared_ok(TxId::from_u128(1000), Some(0));
+        for i in 0..100 {
+            let t = TxId::from_u128(i);
+            b.prepared_ok(t, Some(0));
+            b.committed(t);
+        }
+        assert!(b.entries.len() <= 5 + 4, "{}", b.entries.len());
+        assert!(b.prepared(TxId::from_u128(1000)).is_some());
+        assert_eq!(b.live(), 1);
+    }
+}

@@ -1,0 +1,835 @@
+//! The two-phase-commit coordinator: builder, transaction driver, audit and
+//! shutdown. Participants live on worker threads (`worker`); isolation comes
+//! from ordered striped locks (`locks`); idempotency from the per-participant
+//! barrier (`barrier`) and the recent-id table (`recent`).
+
+pub(crate) mod barrier;
+pub(crate) mod locks;
+pub(crate) mod plan;
+pub(crate) mod recent;
+pub(crate) mod worker;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, MetricsSnapshot, Stage};
+use crate::participant::{BalanceSummary, Participant, Refusal};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::txn::{AbortReason, Outcome, Transfer, TxId, TxIdGen};
+
+use barrier::Barrier;
+use locks::StripedLocks;
+use plan::{Plan, ServiceInfo};
+use recent::{Begin, RecentIds};
+use worker::{Answer, Reply, Request, Step, Worker};
+
+pub use worker::RetryPolicy;
+
+/// Longest service name accepted, in bytes.
+pub const MAX_SERVICE_NAME_BYTES: usize = 64;
+
+/// Whether outcomes are made durable before they are returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// In memory only: a crash loses everything.
+    #[default]
+    None,
+    /// An outcome is returned only after its log record is durable.
+    Sync,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub call_timeout: Duration,
+    pub tx_timeout: Duration,
+    pub max_legs: usize,
+    pub lock_stripes: usize,
+    pub queue_capacity: usize,
+    pub recent_ids: usize,
+    pub barrier_capacity: usize,
+    pub retry: RetryPolicy,
+    pub durability: Durability,
+    pub dir: Option<std::path::PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(5),
+            tx_timeout: Duration::from_secs(30),
+            max_legs: 64,
+            lock_stripes: 4096,
+            queue_capacity: 1024,
+            recent_ids: 65_536,
+            barrier_capacity: 65_536,
+            retry: RetryPolicy::default(),
+            durability: Durability::None,
+            dir: None,
+        }
+    }
+}
+
+/// Configures and opens a [`Coordinator`].
+pub struct Builder {
+    services: Vec<(String, Box<dyn Participant>)>,
+    config: Config,
+}
+
+impl Builder {
+    /// Registers a service under `name`.
+    pub fn service(mut self, name: impl Into<String>, participant: impl Participant) -> Self {
+        self.services.push((name.into(), Box::new(participant)));
+        self
+    }
+
+    /// How long to wait for one participant's vote or acknowledgement
+    /// (default 5 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.config.call_timeout = timeout;
+        self
+    }
+
+    /// The whole transaction's deadline, lock waits included (default 30 s).
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.config.tx_timeout = timeout;
+        self
+    }
+
+    /// Most legs one transaction may have (default 64).
+    pub fn max_legs(mut self, legs: usize) -> Self {
+        self.config.max_legs = legs;
+        self
+    }
+
+    /// Number of key-lock stripes, rounded up to a power of two (default 4096).
+    pub fn lock_stripes(mut self, stripes: usize) -> Self {
+        self.config.lock_stripes = stripes;
+        self
+    }
+
+    /// Requests queued per service before callers wait (default 1024).
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.config.queue_capacity = capacity;
+        self
+    }
+
+    /// Finished transaction ids remembered for idempotent resubmission
+    /// (default 65 536).
+    pub fn recent_ids(mut self, capacity: usize) -> Self {
+        self.config.recent_ids = capacity;
+        self
+    }
+
+    /// Backoff and attempt limit for commit/rollback redelivery.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Durability mode (default [`Durability::None`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
+        self
+    }
+
+    /// Data directory for the log and checkpoints.
+    pub fn dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.dir = Some(dir.into());
+        self
+    }
+
+    /// Validates the configuration, starts one worker per service.
+    pub fn open(self) -> Result<Coordinator> {
+        let Builder { services, config } = self;
+        if services.is_empty() {
+            return Err(Error::Config("no service registered".into()));
+        }
+        if services.len() > usize::from(u16::MAX) {
+            return Err(Error::Config("more than 65535 services".into()));
+        }
+        if config.call_timeout.is_zero() || config.tx_timeout.is_zero() {
+            return Err(Error::Config("timeouts must be positive".into()));
+        }
+        if config.max_legs == 0 || config.queue_capacity == 0 {
+            return Err(Error::Config(
+                "max_legs and queue_capacity must be positive".into(),
+            ));
+        }
+        if config.durability != Durability::None {
+            return Err(Error::Config(
+                "durable mode needs the write-ahead log, not built yet".into(),
+            ));
+        }
+        let mut by_name = HashMap::new();
+        for (i, (name, _)) in services.iter().enumerate() {
+            validate_service_name(name)?;
+            if by_name
+                .insert(name.clone().into_boxed_str(), i as u16)
+                .is_some()
+            {
+                return Err(Error::Config(format!("service {name:?} registered twice")));
+            }
+        }
+        let metrics = Arc::new(Metrics::default());
+        let mut infos = Vec::with_capacity(services.len());
+        let mut senders = Vec::with_capacity(services.len());
+        let mut workers = Vec::with_capacity(services.len());
+        for (i, (name, participant)) in services.into_iter().enumerate() {
+            let name: Arc<str> = name.into();
+            let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
+            infos.push(ServiceInfo {
+                name: name.clone(),
+                directory: participant.directory(),
+            });
+            let worker = Worker {
+                service: i as u16,
+                name: name.clone(),
+                participant,
+                barrier: Barrier::new(config.barrier_capacity),
+                metrics: metrics.clone(),
+                retry: config.retry,
+                requests,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("dtc-{name}"))
+                .spawn(move || worker.run())
+                .map_err(|source| Error::Io {
+                    op: format!("spawning the worker of {name}"),
+                    source,
+                })?;
+            senders.push(sender);
+            workers.push(handle);
+        }
+        let inner = Inner {
+            locks: StripedLocks::new(config.lock_stripes),
+            recent: RecentIds::new(config.recent_ids),
+            ids: TxIdGen::new(rand::random()),
+            config,
+            services: infos,
+            senders,
+            by_name,
+            metrics,
+            in_flight: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            workers: Mutex::new(workers),
+        };
+        Ok(Coordinator {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+fn validate_service_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidName {
+            name: name.into(),
+            why: "empty service name",
+        });
+    }
+    if name.len() > MAX_SERVICE_NAME_BYTES {
+        return Err(Error::InvalidName {
+            name: name.chars().take(32).collect(),
+            why: "service name longer than 64 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// A consistent cut of every service's balances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// Per service (only services that keep balances).
+    pub services: Vec<(String, BalanceSummary)>,
+    /// Accounts over all services.
+    pub accounts: u64,
+    /// Sum of all balances.
+    pub total: i128,
+    /// Accounts below zero (must be 0).
+    pub negative: u64,
+}
+
+/// Runs atomic transactions across the registered services.
+///
+/// Cheap to clone: clones share one engine. The engine shuts down when
+/// [`Coordinator::shutdown`] is called or the last clone is dropped.
+///
+/// ```
+/// use dtc::{Coordinator, Ledger, Outcome, Transfer};
+///
+/// let eu = Ledger::new();
+/// eu.create_account("alice", 100).unwrap();
+/// let us = Ledger::new();
+/// us.create_account("bob", 0).unwrap();
+/// let dtc = Coordinator::builder().service("bank-eu", eu).service("bank-us", us).open().unwrap();
+///
+/// let outcome = dtc.execute(&[Transfer::new("bank-eu", "alice", "bank-us", "bob", 30)]).unwrap();
+/// assert_eq!(outcome, Outcome::Committed);
+/// let too_much = dtc.execute(&[Transfer::new("bank-eu", "alice", "bank-us", "bob", 500)]).unwrap();
+/// assert!(matches!(too_much, Outcome::Aborted(_)));
+/// assert_eq!(dtc.audit().unwrap().total, 100);
+/// dtc.shutdown().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    services: Vec<ServiceInfo>,
+    senders: Vec<Sender<Request>>,
+    by_name: HashMap<Box<str>, u16>,
+    locks: StripedLocks,
+    ids: TxIdGen,
+    recent: RecentIds,
+    metrics: Arc<Metrics>,
+    in_flight: AtomicUsize,
+    closing: AtomicBool,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+thread_local! {
+    /// Each caller thread's reply channel, reused across transactions.
+    /// Bounded in practice: every request yields exactly one reply, a caller
+    /// has at most 2 × (services of one transaction) requests outstanding,
+    /// and stale replies are drained at the start of the next transaction.
+    static REPLIES: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::unbounded();
+}
+
+fn replies() -> (Sender<Reply>, Receiver<Reply>) {
+    REPLIES.with(|(s, r)| {
+        while r.try_recv().is_ok() {}
+        (s.clone(), r.clone())
+    })
+}
+
+/// Counts a caller as in flight; see `Inner::enter`.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Coordinator {
+    /// Starts configuring a coordinator.
+    pub fn builder() -> Builder {
+        Builder {
+            services: Vec::new(),
+            config: Config::default(),
+        }
+    }
+
+    /// A fresh transaction id (unique, time-ordered) for [`Coordinator::execute_as`].
+    pub fn new_tx_id(&self) -> TxId {
+        self.inner.ids.next()
+    }
+
+    /// Runs one transaction of one or more legs, all or nothing.
+    ///
+    /// Returns the outcome, or an error if the input is invalid (checked
+    /// before any side effect) or the engine cannot run it.
+    pub fn execute(&self, legs: &[Transfer<'_>]) -> Result<Outcome> {
+        self.inner.run(self.inner.ids.next(), legs, false)
+    }
+
+    /// Like [`execute`](Self::execute) under a caller-chosen id. Resubmitting
+    /// a finished id returns its recorded outcome without running it again;
+    /// resubmitting it with other legs is refused with [`Error::TxIdReused`].
+    pub fn execute_as(&self, tx: TxId, legs: &[Transfer<'_>]) -> Result<Outcome> {
+        self.inner.ids.observe(tx);
+        self.inner.run(tx, legs, true)
+    }
+
+    /// The recorded outcome of a recent id run through [`execute_as`](Self::execute_as).
+    pub fn outcome_of(&self, tx: TxId) -> Option<Outcome> {
+        self.inner.recent.get(tx)
+    }
+
+    /// A consistent cut of all balances: the sum equals the total at the
+    /// moment of the cut, even while transfers run on every thread.
+    pub fn audit(&self) -> Result<Audit> {
+        self.inner.audit()
+    }
+
+    /// Counters and latency percentiles so far.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// Names of the registered services, in registration order.
+    pub fn services(&self) -> Vec<String> {
+        self.inner
+            .services
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
+    }
+
+    /// Stops accepting transactions, waits for those in flight, lets every
+    /// worker drain its queue, and joins the workers. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown();
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Registers a caller as in flight unless shutting down. SeqCst on both
+    /// sides (here: increment then read `closing`; in `shutdown`: set
+    /// `closing` then read the count) guarantees that either this caller sees
+    /// `closing` or `shutdown` sees this caller.
+    fn enter(&self) -> Result<InFlight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(&self.in_flight);
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(guard)
+    }
+
+    fn find(&self, name: &str) -> Option<u16> {
+        if self.services.len() <= 8 {
+            self.services
+                .iter()
+                .position(|s| &*s.name == name)
+                .map(|i| i as u16)
+        } else {
+            self.by_name.get(name).copied()
+        }
+    }
+
+    fn name(&self, service: u16) -> String {
+        self.services[usize::from(service)].name.to_string()
+    }
+
+    fn run(&self, tx: TxId, legs: &[Transfer<'_>], tracked: bool) -> Result<Outcome> {
+        let started = Instant::now();
+        let _in_flight = self.enter()?;
+        let plan = Arc::new(plan::build(
+            tx,
+            legs,
+            &self.services,
+            |n| self.find(n),
+            &self.locks,
+            self.config.max_legs,
+        )?);
+        if tracked {
+            match self.recent.begin(tx, plan.fingerprint) {
+                Begin::New => {}
+                Begin::Done(outcome) => return Ok(outcome),
+                Begin::InProgress => return Err(Error::TxInProgress { tx }),
+                Begin::Mismatch => return Err(Error::TxIdReused { tx }),
+            }
+        }
+        let result = self.drive(&plan, started);
+        match &result {
+            Ok(outcome) => {
+                if tracked {
+                    self.recent.finish(tx, plan.fingerprint, outcome.clone());
+                }
+                self.count(outcome);
+                self.metrics.record(Stage::Total, started.elapsed());
+                tracing::debug!(%tx, ?outcome, "transaction finished");
+            }
+            Err(error) => {
+                if tracked {
+                    self.recent.forget(tx);
+                }
+                tracing::warn!(%tx, %error, "transaction failed");
+            }
+        }
+        result
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Committed => self.metrics.committed.add(1),
+            Outcome::CommitPending => self.metrics.commit_pending.add(1),
+            Outcome::Aborted(reason) => self.metrics.aborted[reason.slot()].add(1),
+        }
+    }
+
+    fn drive(&self, plan: &Arc<Plan>, started: Instant) -> Result<Outcome> {
+        let deadline = started + self.config.tx_timeout;
+        let locked_at = Instant::now();
+        let Some(locks) = self.locks.acquire(&plan.stripes, deadline) else {
+            tracing::warn!(tx = %plan.tx, "lock wait passed the transaction deadline");
+            return Ok(Outcome::Aborted(AbortReason::LockTimeout));
+        };
+        self.metrics.record(Stage::LockWait, locked_at.elapsed());
+        let outcome = if plan.groups.len() == 1 {
+            self.one_phase(plan, deadline)
+        } else {
+            self.two_phase(plan, deadline)
+        };
+        // Every commit/rollback is enqueued by now; per-service FIFO makes it
+        // visible to whoever takes these locks next.
+        drop(locks);
+        outcome
+    }
+
+    /// Sends a request; `Ok(false)` if the queue stayed full until `deadline`.
+    fn send(&self, service: u16, request: Request, deadline: Option<Instant>) -> Result<bool> {
+        let sender = &self.senders[usize::from(service)];
+        let unavailable = || Error::ServiceUnavailable {
+            service: self.name(service),
+        };
+        match deadline {
+            Some(d) => match sender.send_deadline(request, d) {
+                Ok(()) => Ok(true),
+                Err(SendTimeoutError::Timeout(_)) => Ok(false),
+                Err(SendTimeoutError::Disconnected(_)) => Err(unavailable()),
+            },
+            None => sender
+                .send(request)
+                .map(|()| true)
+                .map_err(|_| unavailable()),
+        }
+    }
+
+    fn phase(&self, plan: &Arc<Plan>, group: usize, step: Step, reply: &Sender<Reply>) -> Request {
+        Request::Phase {
+            plan: plan.clone(),
+            group,
+            step,
+            reply: reply.clone(),
+        }
+    }
+
+    fn one_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
+        let started = Instant::now();
+        let vote_deadline = deadline.min(started + self.config.call_timeout);
+        let service = plan.service_of(0);
+        let (reply, replies) = replies();
+        let sent = self.send(
+            service,
+            self.phase(plan, 0, Step::OnePhase, &reply),
+            Some(vote_deadline),
+        )?;
+        let answer = if sent {
+            wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline)
+        } else {
+            None
+        };
+        let outcome = match answer {
+            Some(answer) => self.one_phase_outcome(plan, service, answer),
+            None if plan.cancel() => {
+                self.metrics.timeouts.add(1);
+                tracing::warn!(tx = %plan.tx, service = %self.name(service), "no vote in time; cancelled");
+                Ok(Outcome::Aborted(AbortReason::PrepareTimeout {
+                    service: self.name(service),
+                }))
+            }
+            None => {
+                // The worker claimed the commit just as we gave up: the
+                // transaction is committing. Give the commit one more call
+                // timeout before reporting it pending.
+                let late = wait_for(
+                    &replies,
+                    plan.tx,
+                    Step::OnePhase,
+                    Instant::now() + self.config.call_timeout,
+                );
+                match late {
+                    Some(answer) => self.one_phase_outcome(plan, service, answer),
+                    None => {
+                        self.metrics.timeouts.add(1);
+                        Ok(Outcome::CommitPending)
+                    }
+                }
+            }
+        };
+        self.metrics.record(Stage::Commit, started.elapsed());
+        outcome
+    }
+
+    fn one_phase_outcome(&self, plan: &Plan, service: u16, answer: Answer) -> Result<Outcome> {
+        match answer {
+            Answer::Done => Ok(Outcome::Committed),
+            Answer::Parked => Ok(Outcome::CommitPending),
+            other => self
+                .abort_reason(plan, service, other)
+                .map(Outcome::Aborted),
+        }
+    }
+
+    fn two_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
+        let started = Instant::now();
+        let groups = plan.groups.len();
+        let vote_deadline = deadline.min(started + self.config.call_timeout);
+        let (reply, replies) = replies();
+        let mut votes: SmallVec<[Option<Answer>; 4]> = (0..groups).map(|_| None).collect();
+        let mut awaiting = 0;
+        let mut failed = None;
+        for group in 0..groups {
+            if self.send(
+                plan.service_of(group),
+                self.phase(plan, group, Step::Prepare, &reply),
+                Some(vote_deadline),
+            )? {
+                awaiting += 1;
+            } else {
+                failed = Some(group);
+                break;
+            }
+        }
+        if failed.is_none() {
+            while awaiting > 0 {
+                let Some((service, answer)) =
+                    wait_any(&replies, plan.tx, Step::Prepare, vote_deadline)
+                else {
+                    break;
+                };
+                let group = plan
+                    .groups
+                    .iter()
+                    .position(|g| g.service == service)
+                    .unwrap_or(0);
+                awaiting -= 1;
+                let yes = matches!(answer, Answer::Yes);
+                votes[group] = Some(answer);
+                if !yes {
+                    break; // one no is enough: do not wait for the rest
+                }
+            }
+        }
+        self.metrics.record(Stage::Prepare, started.elapsed());
+        if votes.iter().all(|v| matches!(v, Some(Answer::Yes))) {
+            return self.commit_all(plan, &reply, &replies);
+        }
+        // Abort: tell workers that have not started to skip the prepare, and
+        // roll back everyone (a no-op where nothing was prepared). The
+        // rollbacks are enqueued before our locks drop, so FIFO makes them
+        // visible to the next transaction; we need not wait for them.
+        plan.cancel();
+        for group in 0..groups {
+            self.send(
+                plan.service_of(group),
+                self.phase(plan, group, Step::Rollback, &reply),
+                None,
+            )?;
+        }
+        let (group, answer) = match votes
+            .iter_mut()
+            .enumerate()
+            .find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes)))
+        {
+            Some((g, v)) => (g, v.take()),
+            None => (
+                failed
+                    .or_else(|| votes.iter().position(Option::is_none))
+                    .unwrap_or(0),
+                None,
+            ),
+        };
+        let service = plan.service_of(group);
+        match answer {
+            Some(answer) => self
+                .abort_reason(plan, service, answer)
+                .map(Outcome::Aborted),
+            None => {
+                self.metrics.timeouts.add(1);
+                tracing::warn!(tx = %plan.tx, service = %self.name(service), "prepare timed out; rolling back");
+                Ok(Outcome::Aborted(AbortReason::PrepareTimeout {
+                    service: self.name(service),
+                }))
+            }
+        }
+    }
+
+    fn commit_all(
+        &self,
+        plan: &Arc<Plan>,
+        reply: &Sender<Reply>,
+        replies: &Receiver<Reply>,
+    ) -> Result<Outcome> {
+        let started = Instant::now();
+        for group in 0..plan.groups.len() {
+            self.send(
+                plan.service_of(group),
+                self.phase(plan, group, Step::Commit, reply),
+                None,
+            )?;
+        }
+        let ack_deadline = started + self.config.call_timeout;
+        let mut acked = 0;
+        let mut pending = false;
+        while acked < plan.groups.len() {
+            match wait_any(replies, plan.tx, Step::Commit, ack_deadline) {
+                Some((_, Answer::Done)) => acked += 1,
+                Some((service, answer)) => {
+                    tracing::warn!(tx = %plan.tx, service = %self.name(service), ?answer, "commit not applied yet");
+                    acked += 1;
+                    pending = true;
+                }
+                None => {
+                    self.metrics.timeouts.add(1);
+                    tracing::warn!(tx = %plan.tx, "commit acknowledgement timed out; redelivery continues");
+                    pending = true;
+                    break;
+                }
+            }
+        }
+        self.metrics.record(Stage::Commit, started.elapsed());
+        Ok(if pending {
+            Outcome::CommitPending
+        } else {
+            Outcome::Committed
+        })
+    }
+
+    /// Turns a non-yes vote into the reason (or the typed error for an
+    /// account the participant does not know).
+    fn abort_reason(&self, _plan: &Plan, service: u16, answer: Answer) -> Result<AbortReason> {
+        let service_name = self.name(service);
+        Ok(match answer {
+            Answer::No(Refusal::InsufficientFunds { account }) => AbortReason::InsufficientFunds {
+                service: service_name,
+                account,
+            },
+            Answer::No(Refusal::UnknownAccount { account }) => {
+                return Err(Error::UnknownAccount {
+                    leg: usize::MAX,
+                    service: service_name,
+                    account,
+                });
+            }
+            Answer::No(Refusal::Overflow { account }) => AbortReason::Refused {
+                service: service_name,
+                code: "balance_overflow".into(),
+                message: format!("balance of {account} would overflow"),
+            },
+            Answer::No(Refusal::Other { code, message }) => AbortReason::Refused {
+                service: service_name,
+                code,
+                message,
+            },
+            Answer::Panicked => AbortReason::ParticipantPanicked {
+                service: service_name,
+            },
+            Answer::LateRefused | Answer::Cancelled => AbortReason::AlreadyRolledBack {
+                service: service_name,
+            },
+            Answer::Yes | Answer::Done | Answer::Parked | Answer::Violation => {
+                AbortReason::Refused {
+                    service: service_name,
+                    code: "protocol_violation".into(),
+                    message: "unexpected answer".into(),
+                }
+            }
+        })
+    }
+
+    fn audit(&self) -> Result<Audit> {
+        let _in_flight = self.enter()?;
+        let deadline = Instant::now() + self.config.tx_timeout;
+        let Some(locks) = self.locks.acquire_all(deadline) else {
+            return Err(Error::AuditTimeout);
+        };
+        let (reply, replies) = replies();
+        for service in 0..self.senders.len() {
+            if !self.send(
+                service as u16,
+                Request::Audit {
+                    reply: reply.clone(),
+                },
+                Some(deadline),
+            )? {
+                return Err(Error::AuditTimeout);
+            }
+        }
+        let mut parts: Vec<Option<Option<BalanceSummary>>> = vec![None; self.senders.len()];
+        let mut got = 0;
+        while got < parts.len() {
+            match replies.recv_deadline(deadline) {
+                Ok(Reply::Audit { service, summary }) => {
+                    let slot = &mut parts[usize::from(service)];
+                    if slot.is_none() {
+                        *slot = Some(summary);
+                        got += 1;
+                    }
+                }
+                Ok(Reply::Phase { .. }) => {}
+                Err(_) => return Err(Error::AuditTimeout),
+            }
+        }
+        drop(locks);
+        let mut audit = Audit {
+            services: Vec::new(),
+            accounts: 0,
+            total: 0,
+            negative: 0,
+        };
+        for (service, part) in parts.into_iter().enumerate() {
+            if let Some(Some(summary)) = part {
+                audit.accounts += summary.accounts;
+                audit.total += summary.total;
+                audit.negative += summary.negative;
+                audit.services.push((self.name(service as u16), summary));
+            }
+        }
+        Ok(audit)
+    }
+
+    fn shutdown(&self) {
+        // SeqCst: see `enter`.
+        self.closing.store(true, Ordering::SeqCst);
+        let give_up = Instant::now() + self.config.tx_timeout + self.config.call_timeout * 2;
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let workers = std::mem::take(&mut *self.workers.lock());
+        if workers.is_empty() {
+            return;
+        }
+        for sender in &self.senders {
+            // A worker that is gone already is fine.
+            let _ = sender.send(Request::Shutdown);
+        }
+        for worker in workers {
+            if worker.join().is_err() {
+                tracing::error!("a worker thread ended by panic");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The next reply for (`tx`, `step`), skipping stale ones, until `deadline`.
+fn wait_any(
+    replies: &Receiver<Reply>,
+    tx: TxId,
+    step: Step,
+    deadline: Instant,
+) -> Option<(u16, Answer)> {
+    loop {
+        match replies.recv_deadline(deadline) {
+            Ok(Reply::Phase {
+                tx: t,
+                service,
+                step: s,
+                answer,
+            }) if t == tx && s == step => return Some((service, answer)),
+            Ok(_) => continue,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+fn wait_for(replies: &Receiver<Reply>, tx: TxId, step: Step, deadline: Instant) -> Option<Answer> {
+    wait_any(replies, tx, step, deadline).map(|(_, a)| a)
+}

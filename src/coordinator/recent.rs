@@ -1,0 +1,132 @@
+//! The bounded table of recent transaction ids: a caller that resubmits an
+//! id gets the recorded outcome instead of a second execution.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+use crate::sync::Mutex;
+use crate::txn::{Outcome, TxId};
+
+const SHARDS: usize = 16;
+
+pub(crate) enum Begin {
+    /// First time: run it.
+    New,
+    /// Finished before, with the same legs.
+    Done(Outcome),
+    /// Running right now.
+    InProgress,
+    /// Seen before with different legs.
+    Mismatch,
+}
+
+struct Slot {
+    fingerprint: u64,
+    outcome: Option<Outcome>,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<TxId, Slot>,
+    order: VecDeque<TxId>,
+}
+
+pub(crate) struct RecentIds {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+}
+
+fn shard_of(tx: TxId) -> usize {
+    let v = tx.as_u128();
+    ((v ^ (v >> 64)) as usize ^ (v >> 17) as usize) % SHARDS
+}
+
+impl RecentIds {
+    /// Remembers about `capacity` finished ids (at least one per shard).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    pub(crate) fn begin(&self, tx: TxId, fingerprint: u64) -> Begin {
+        let mut shard = self.shards[shard_of(tx)].lock();
+        if let Some(slot) = shard.map.get(&tx) {
+            return if slot.fingerprint != fingerprint {
+                Begin::Mismatch
+            } else {
+                match &slot.outcome {
+                    Some(o) => Begin::Done(o.clone()),
+                    None => Begin::InProgress,
+                }
+            };
+        }
+        shard.map.insert(
+            tx,
+            Slot {
+                fingerprint,
+                outcome: None,
+            },
+        );
+        Begin::New
+    }
+
+    pub(crate) fn finish(&self, tx: TxId, fingerprint: u64, outcome: Outcome) {
+        let per_shard = self.per_shard;
+        let mut shard = self.shards[shard_of(tx)].lock();
+        shard.map.insert(
+            tx,
+            Slot {
+                fingerprint,
+                outcome: Some(outcome),
+            },
+        );
+        shard.order.push_back(tx);
+        while shard.order.len() > per_shard {
+            if let Some(old) = shard.order.pop_front() {
+                shard.map.remove(&old);
+            }
+        }
+    }
+
+    /// The id's run ended in an error before any decision: forget it.
+    pub(crate) fn forget(&self, tx: TxId) {
+        let mut shard = self.shards[shard_of(tx)].lock();
+        if matches!(shard.map.get(&tx), Some(Slot { outcome: None, .. })) {
+            shard.map.remove(&tx);
+        }
+    }
+
+    pub(crate) fn get(&self, tx: TxId) -> Option<Outcome> {
+        self.shards[shard_of(tx)]
+            .lock()
+            .map
+            .get(&tx)
+            .and_then(|s| s.outcome.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resubmission_and_bounds() {
+        let r = RecentIds::new(32);
+        let t = TxId::from_u128(5);
+        assert!(matches!(r.begin(t, 1), Begin::New));
+        assert!(matches!(r.begin(t, 1), Begin::InProgress));
+        r.finish(t, 1, Outcome::Committed);
+        assert!(matches!(r.begin(t, 1), Begin::Done(Outcome::Committed)));
+        assert!(matches!(r.begin(t, 2), Begin::Mismatch));
+        for i in 100..10_000 {
+            let id = TxId::from_u128(i);
+            assert!(matches!(r.begin(id, 0), Begin::New));
+            r.finish(id, 0, Outcome::Committed);
+        }
+        let kept: usize = r.shards.iter().map(|s| s.lock().map.len()).sum();
+        assert!(kept <= 32 + SHARDS, "{kept}");
+    }
+}

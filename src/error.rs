@@ -1,0 +1,159 @@
+//! The coordinator's error type: bad input and engine failures.
+//!
+//! A business "no" (insufficient funds, a participant's refusal, a timeout)
+//! is not an error: it is an [`Outcome::Aborted`](crate::Outcome::Aborted).
+//! An [`Error`] means the transaction was not run at all (bad input, checked
+//! before any side effect) or the engine itself cannot go on.
+
+use crate::txn::TxId;
+
+/// Everything `Coordinator` calls can fail with. Each variant has a stable
+/// code ([`Error::code`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transaction has no legs.
+    #[error("transaction has no legs")]
+    EmptyTransaction,
+    /// More legs than `Builder::max_legs` allows.
+    #[error("transaction has {legs} legs, the limit is {limit}")]
+    TooManyLegs {
+        /// Legs given.
+        legs: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A leg's amount is zero.
+    #[error("leg {leg}: amount must be positive")]
+    NonPositiveAmount {
+        /// Index of the leg.
+        leg: usize,
+    },
+    /// A leg's amount exceeds `i64::MAX`, or the net change of one account
+    /// over all legs overflows.
+    #[error("leg {leg}: amount overflows a signed 64-bit balance")]
+    AmountOverflow {
+        /// Index of the leg.
+        leg: usize,
+    },
+    /// A leg names a service that was not registered.
+    #[error("leg {leg}: unknown service {service:?}")]
+    UnknownService {
+        /// Index of the leg.
+        leg: usize,
+        /// The name given.
+        service: String,
+    },
+    /// A leg names an account its service does not have.
+    #[error("leg {leg}: service {service:?} has no account {account:?}")]
+    UnknownAccount {
+        /// Index of the leg (`usize::MAX` when a participant reported it).
+        leg: usize,
+        /// The service.
+        service: String,
+        /// The account.
+        account: String,
+    },
+    /// A leg moves money from an account to itself.
+    #[error("leg {leg}: {service}/{account} is on both sides")]
+    SameAccount {
+        /// Index of the leg.
+        leg: usize,
+        /// The service.
+        service: String,
+        /// The account.
+        account: String,
+    },
+    /// A service or account name is empty or too long.
+    #[error("invalid name {name:?}: {why}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A starting balance is negative.
+    #[error("account {account:?}: starting balance {balance} is negative")]
+    InvalidBalance {
+        /// The account.
+        account: String,
+        /// The balance given.
+        balance: i64,
+    },
+    /// An account with this id already exists in the service.
+    #[error("service {service:?} already has account {account:?}")]
+    AccountExists {
+        /// The service.
+        service: String,
+        /// The account.
+        account: String,
+    },
+    /// A service was registered twice, or no service at all.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The id was already used for a transaction with different legs.
+    #[error("transaction id {tx} was already used for a different transaction")]
+    TxIdReused {
+        /// The id.
+        tx: TxId,
+    },
+    /// A transaction with this id is running right now.
+    #[error("transaction {tx} is already running")]
+    TxInProgress {
+        /// The id.
+        tx: TxId,
+    },
+    /// `shutdown` was called; no new transactions are accepted.
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    /// A service's worker is gone (its thread ended).
+    #[error("service {service:?} is unavailable")]
+    ServiceUnavailable {
+        /// The service.
+        service: String,
+    },
+    /// The engine could not take every lock for an audit before its deadline.
+    #[error("audit timed out waiting for in-flight transactions")]
+    AuditTimeout,
+    /// The write-ahead log failed; the coordinator accepts no more work.
+    #[error("write-ahead log: {0}")]
+    Log(String),
+    /// An I/O error outside the log (opening the data directory, …).
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A stable machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::EmptyTransaction => "empty_transaction",
+            Error::TooManyLegs { .. } => "too_many_legs",
+            Error::NonPositiveAmount { .. } => "non_positive_amount",
+            Error::AmountOverflow { .. } => "amount_overflow",
+            Error::UnknownService { .. } => "unknown_service",
+            Error::UnknownAccount { .. } => "unknown_account",
+            Error::SameAccount { .. } => "same_account",
+            Error::InvalidName { .. } => "invalid_name",
+            Error::InvalidBalance { .. } => "invalid_balance",
+            Error::AccountExists { .. } => "account_exists",
+            Error::Config(_) => "config",
+            Error::TxIdReused { .. } => "tx_id_reused",
+            Error::TxInProgress { .. } => "tx_in_progress",
+            Error::ShuttingDown => "shutting_down",
+            Error::ServiceUnavailable { .. } => "service_unavailable",
+            Error::AuditTimeout => "audit_timeout",
+            Error::Log(_) => "log",
+            Error::Io { .. } => "io",
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,429 @@
+//! The built-in account store: a sharded, memory-lean ledger of signed
+//! 64-bit balances keyed by string ids.
+//!
+//! Layout per shard (chosen for ≤ 100 bytes per account at 10⁷ accounts):
+//! account ids are packed back to back in one byte arena (`names` + `ends`),
+//! the hash table stores only a `u32` index into them, and balances live in a
+//! parallel vector. An account costs its id's bytes + 4 (end offset) + 8
+//! (balance) + ~5–9 (table slot and control byte at hashbrown's load factor).
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use parking_lot::RwLock;
+use smallvec::SmallVec;
+
+use crate::error::{Error, Result};
+use crate::participant::{
+    BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal,
+};
+use crate::sync::{AtomicI64, Ordering};
+use crate::txn::TxId;
+
+/// Longest account id accepted, in bytes.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 255;
+
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+/// A sharded store of account balances; a [`Participant`].
+///
+/// Cloning gives another handle to the same accounts. Reads through a handle
+/// (`balance`) are not isolated from transactions in flight; use
+/// [`Coordinator::audit`](crate::Coordinator::audit) for a consistent cut.
+///
+/// ```
+/// use dtc::Ledger;
+/// let ledger = Ledger::new();
+/// ledger.create_account("acct-1", 100).unwrap();
+/// assert_eq!(ledger.balance("acct-1"), Some(100));
+/// assert!(ledger.create_account("acct-1", 5).is_err());
+/// ```
+#[derive(Clone)]
+pub struct Ledger {
+    core: Arc<LedgerCore>,
+}
+
+struct LedgerCore {
+    hasher: DefaultHashBuilder,
+    shards: Box<[RwLock<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<u32>,
+    names: Vec<u8>,
+    ends: Vec<u32>,
+    balances: Vec<AtomicI64>,
+}
+
+impl Shard {
+    fn name(&self, index: u32) -> &[u8] {
+        let i = index as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.names[start..self.ends[i] as usize]
+    }
+
+    fn find(&self, hash: u64, id: &[u8]) -> Option<u32> {
+        self.table.find(hash, |&i| self.name(i) == id).copied()
+    }
+}
+
+fn key(shard: usize, index: u32) -> u64 {
+    ((shard as u64) << 32) | u64::from(index)
+}
+
+fn split(key: u64) -> (usize, usize) {
+    ((key >> 32) as usize, (key & 0xffff_ffff) as usize)
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty ledger with room for about `accounts` accounts.
+    pub fn with_capacity(accounts: usize) -> Self {
+        let per_shard = accounts.div_ceil(SHARDS);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                RwLock::new(Shard {
+                    table: HashTable::with_capacity(per_shard),
+                    names: Vec::with_capacity(per_shard * 12),
+                    ends: Vec::with_capacity(per_shard),
+                    balances: Vec::with_capacity(per_shard),
+                })
+            })
+            .collect();
+        Self {
+            core: Arc::new(LedgerCore {
+                hasher: DefaultHashBuilder::default(),
+                shards,
+            }),
+        }
+    }
+
+    /// Creates an account with a starting balance (≥ 0).
+    pub fn create_account(&self, id: &str, balance: i64) -> Result<()> {
+        validate_account_id(id)?;
+        if balance < 0 {
+            return Err(Error::InvalidBalance {
+                account: id.to_string(),
+                balance,
+            });
+        }
+        let hash = self.core.hasher.hash_one(id.as_bytes());
+        let mut shard = self.core.shards[shard_of(hash)].write();
+        if shard.find(hash, id.as_bytes()).is_some() {
+            return Err(Error::AccountExists {
+                service: String::new(),
+                account: id.to_string(),
+            });
+        }
+        let index = u32::try_from(shard.ends.len())
+            .map_err(|_| Error::Config("ledger shard full".into()))?;
+        let end = u32::try_from(shard.names.len() + id.len())
+            .map_err(|_| Error::Config("ledger shard id arena full".into()))?;
+        shard.names.extend_from_slice(id.as_bytes());
+        shard.ends.push(end);
+        shard.balances.push(AtomicI64::new(balance));
+        let Shard {
+            table, names, ends, ..
+        } = &mut *shard;
+        let hasher = &self.core.hasher;
+        table.insert_unique(hash, index, |&i| {
+            let i = i as usize;
+            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+            hasher.hash_one(&names[start..ends[i] as usize])
+        });
+        Ok(())
+    }
+
+    /// The current balance of `id` (not isolated from transactions in flight).
+    pub fn balance(&self, id: &str) -> Option<i64> {
+        self.lookup(id).map(|k| self.balance_of(k))
+    }
+
+    /// Number of accounts.
+    pub fn len(&self) -> usize {
+        self.core.shards.iter().map(|s| s.read().ends.len()).sum()
+    }
+
+    /// True when the ledger has no account.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Heap bytes held by the ledger's structures (capacity, not just length).
+    pub fn memory_bytes(&self) -> usize {
+        self.core
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.read();
+                s.table.allocation_size()
+                    + s.names.capacity()
+                    + s.ends.capacity() * std::mem::size_of::<u32>()
+                    + s.balances.capacity() * std::mem::size_of::<AtomicI64>()
+            })
+            .sum::<usize>()
+            + SHARDS * std::mem::size_of::<RwLock<Shard>>()
+    }
+
+    /// Sum, count and negatives over all accounts (not isolated).
+    pub fn summary(&self) -> BalanceSummary {
+        let mut sum = BalanceSummary::default();
+        for shard in self.core.shards.iter() {
+            let shard = shard.read();
+            for b in &shard.balances {
+                // Relaxed: the coordinator's locks order this read against
+                // commits; the value itself is a plain counter.
+                let v = b.load(Ordering::Relaxed);
+                sum.accounts += 1;
+                sum.total += i128::from(v);
+                sum.negative += u64::from(v < 0);
+            }
+        }
+        sum
+    }
+
+    /// Every account and balance, in no particular order (for snapshots).
+    pub fn for_each_account(&self, mut f: impl FnMut(&str, i64)) {
+        for shard in self.core.shards.iter() {
+            let shard = shard.read();
+            for (i, b) in shard.balances.iter().enumerate() {
+                let name = std::str::from_utf8(shard.name(i as u32)).unwrap_or("");
+                f(name, b.load(Ordering::Relaxed));
+            }
+        }
+    }
+
+    /// Sets the balance of an existing account, or creates it (recovery).
+    pub(crate) fn put(&self, id: &str, balance: i64) -> Result<()> {
+        match self.lookup(id) {
+            Some(k) => {
+                self.with_balance(k, |b| b.store(balance, Ordering::Relaxed));
+                Ok(())
+            }
+            None => self.create_account(id, balance),
+        }
+    }
+
+    pub(crate) fn lookup(&self, id: &str) -> Option<u64> {
+        let hash = self.core.hasher.hash_one(id.as_bytes());
+        let s = shard_of(hash);
+        self.core.shards[s]
+            .read()
+            .find(hash, id.as_bytes())
+            .map(|i| key(s, i))
+    }
+
+    fn with_balance<R>(&self, key: u64, f: impl FnOnce(&AtomicI64) -> R) -> R {
+        let (s, i) = split(key);
+        let shard = self.core.shards[s].read();
+        f(&shard.balances[i])
+    }
+
+    fn balance_of(&self, key: u64) -> i64 {
+        // Relaxed: see `summary`.
+        self.with_balance(key, |b| b.load(Ordering::Relaxed))
+    }
+
+    fn valid_key(&self, key: u64) -> bool {
+        let (s, i) = split(key);
+        s < SHARDS && i < self.core.shards[s].read().balances.len()
+    }
+}
+
+fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARD_BITS)) as usize
+}
+
+pub(crate) fn validate_account_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidName {
+            name: id.to_string(),
+            why: "empty",
+        });
+    }
+    if id.len() > MAX_ACCOUNT_ID_BYTES {
+        return Err(Error::InvalidName {
+            name: id.chars().take(32).collect(),
+            why: "longer than 255 bytes",
+        });
+    }
+    Ok(())
+}
+
+impl Directory for LedgerCore {
+    fn lookup(&self, account: &str) -> Option<u64> {
+        let hash = self.hasher.hash_one(account.as_bytes());
+        let s = shard_of(hash);
+        self.shards[s]
+            .read()
+            .find(hash, account.as_bytes())
+            .map(|i| key(s, i))
+    }
+}
+
+/// What the ledger remembers between prepare and commit: net change per key.
+type Changes = SmallVec<[(u64, i64); 4]>;
+
+impl Participant for Ledger {
+    fn prepare(&mut self, _tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
+        // Net change per account, keeping a name for the refusal message.
+        let mut pending: SmallVec<[(u64, i64, &str); 4]> = SmallVec::new();
+        for op in ops {
+            let key = op
+                .key
+                .filter(|k| self.valid_key(*k))
+                .or_else(|| self.lookup(op.account))
+                .ok_or_else(|| Refusal::UnknownAccount {
+                    account: op.account.to_string(),
+                })?;
+            match pending.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, delta, _)) => {
+                    *delta = delta
+                        .checked_add(op.delta)
+                        .ok_or_else(|| Refusal::Overflow {
+                            account: op.account.to_string(),
+                        })?;
+                }
+                None => pending.push((key, op.delta, op.account)),
+            }
+        }
+        for &(key, delta, account) in &pending {
+            match self.balance_of(key).checked_add(delta) {
+                None => {
+                    return Err(Refusal::Overflow {
+                        account: account.to_string(),
+                    });
+                }
+                Some(after) if after < 0 && delta < 0 => {
+                    return Err(Refusal::InsufficientFunds {
+                        account: account.to_string(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Prepared::new(
+            pending.iter().map(|&(k, d, _)| (k, d)).collect::<Changes>(),
+        ))
+    }
+
+    fn commit(&mut self, _tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
+        let changes = prepared
+            .downcast_ref::<Changes>()
+            .ok_or_else(|| Failure::new("ledger: prepared value of another participant"))?;
+        for &(key, delta) in changes {
+            // Relaxed: the coordinator holds this account's lock; the lock
+            // release publishes the new balance to the next transaction.
+            self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self, _tx: TxId) -> Result<(), Failure> {
+        // Prepare changes nothing; there is nothing to undo.
+        Ok(())
+    }
+
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(self.core.clone())
+    }
+
+    fn balances(&mut self) -> Option<BalanceSummary> {
+        Some(self.summary())
+    }
+
+    fn ledger(&self) -> Option<Ledger> {
+        Some(self.clone())
+    }
+
+    fn is_nonblocking(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(account: &str, delta: i64) -> Operation<'_> {
+        Operation {
+            account,
+            key: None,
+            delta,
+        }
+    }
+
+    #[test]
+    fn prepare_checks_funds_and_commit_applies() {
+        let mut l = Ledger::new();
+        l.create_account("a", 10).unwrap();
+        l.create_account("b", 0).unwrap();
+        let tx = TxId::from_u128(1);
+        let refused = l.prepare(tx, &[op("a", -11), op("b", 11)]).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::InsufficientFunds {
+                account: "a".into()
+            }
+        );
+        let p = l
+            .prepare(tx, &[op("a", -4), op("b", 4), op("a", -6), op("b", 6)])
+            .unwrap();
+        assert_eq!(l.balance("a"), Some(10), "prepare must not change balances");
+        l.commit(tx, &p).unwrap();
+        assert_eq!((l.balance("a"), l.balance("b")), (Some(0), Some(10)));
+        assert_eq!(
+            l.summary(),
+            BalanceSummary {
+                accounts: 2,
+                total: 10,
+                negative: 0
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_and_overflow_are_refused() {
+        let mut l = Ledger::new();
+        l.create_account("a", i64::MAX).unwrap();
+        let tx = TxId::from_u128(2);
+        assert!(matches!(
+            l.prepare(tx, &[op("zz", 1)]),
+            Err(Refusal::UnknownAccount { .. })
+        ));
+        assert!(matches!(
+            l.prepare(tx, &[op("a", 1)]),
+            Err(Refusal::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn many_accounts_round_trip() {
+        let l = Ledger::with_capacity(10_000);
+        for i in 0..10_000 {
+            l.create_account(&format!("acct-{i}"), i).unwrap();
+        }
+        for i in (0..10_000).step_by(97) {
+            assert_eq!(l.balance(&format!("acct-{i}")), Some(i));
+        }
+        assert_eq!(l.len(), 10_000);
+        assert!(
+            l.memory_bytes() / 10_000 < 100,
+            "{} bytes per account",
+            l.memory_bytes() / 10_000
+        );
+    }
+}

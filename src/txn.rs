@@ -1,0 +1,308 @@
+//! Transaction vocabulary: ids, transfers, outcomes.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// A 128-bit transaction id, unique within a process and ordered by time.
+///
+/// The high 64 bits are a logical clock in nanoseconds since the Unix epoch
+/// (never less than the previous id's, so ids stay strictly increasing even if
+/// the wall clock steps back); the low 64 bits are chosen once per
+/// coordinator, so ids of two processes do not collide.
+///
+/// ```
+/// use dtc::TxId;
+/// let id: TxId = "0000000000000001000000000000002a".parse().unwrap();
+/// assert_eq!(id.as_u128(), (1u128 << 64) | 42);
+/// assert_eq!(id.to_string(), "0000000000000001000000000000002a");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(u128);
+
+impl TxId {
+    /// The id with this numeric value.
+    pub const fn from_u128(value: u128) -> Self {
+        Self(value)
+    }
+    /// The numeric value.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+    /// The logical timestamp part (nanoseconds since the Unix epoch).
+    pub const fn timestamp_ns(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+}
+
+impl fmt::Display for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TxId({:032x})", self.0)
+    }
+}
+
+/// Why a string is not a [`TxId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a transaction id (1 to 32 hex digits expected): {0:?}")]
+pub struct ParseTxIdError(pub String);
+
+impl FromStr for TxId {
+    type Err = ParseTxIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        if t.is_empty() || t.len() > 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseTxIdError(s.to_string()));
+        }
+        u128::from_str_radix(t, 16)
+            .map(TxId)
+            .map_err(|_| ParseTxIdError(s.to_string()))
+    }
+}
+
+/// Hands out strictly increasing, time-ordered ids.
+#[derive(Debug)]
+pub(crate) struct TxIdGen {
+    last_ns: AtomicU64,
+    salt: u64,
+}
+
+impl TxIdGen {
+    pub(crate) fn new(salt: u64) -> Self {
+        Self {
+            last_ns: AtomicU64::new(0),
+            salt,
+        }
+    }
+
+    pub(crate) fn next(&self) -> TxId {
+        let now = unix_nanos();
+        // Relaxed is enough: uniqueness comes from the CAS on this one
+        // location, and no other memory is published through it.
+        let mut prev = self.last_ns.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_ns.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return TxId(((next as u128) << 64) | self.salt as u128),
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    /// Never hand out an id at or below `seen` again (after recovery).
+    pub(crate) fn observe(&self, seen: TxId) {
+        // Relaxed: see `next`.
+        self.last_ns
+            .fetch_max(seen.timestamp_ns(), Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// One account of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountRef<'a> {
+    /// The service's registered name.
+    pub service: &'a str,
+    /// The account id inside that service.
+    pub account: &'a str,
+}
+
+/// One leg of a transaction: move `amount` minor units from one account to
+/// another, possibly in another service.
+///
+/// ```
+/// use dtc::Transfer;
+/// let leg = Transfer::new("bank-eu", "acct-1", "bank-us", "acct-9", 250);
+/// assert_eq!(leg.amount, 250);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transfer<'a> {
+    /// Debited account.
+    pub from: AccountRef<'a>,
+    /// Credited account.
+    pub to: AccountRef<'a>,
+    /// Minor units; must be in `1..=i64::MAX`.
+    pub amount: u64,
+}
+
+impl<'a> Transfer<'a> {
+    /// A leg moving `amount` from `from_service/from_account` to `to_service/to_account`.
+    pub fn new(
+        from_service: &'a str,
+        from_account: &'a str,
+        to_service: &'a str,
+        to_account: &'a str,
+        amount: u64,
+    ) -> Self {
+        Self {
+            from: AccountRef {
+                service: from_service,
+                account: from_account,
+            },
+            to: AccountRef {
+                service: to_service,
+                account: to_account,
+            },
+            amount,
+        }
+    }
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every participant applied the transaction.
+    Committed,
+    /// The decision is commit (and durable, when the log is on), but at least
+    /// one participant had not acknowledged within the call timeout. The
+    /// engine keeps redelivering the commit until it is acknowledged; later
+    /// transactions on the same service see it applied (per-service FIFO).
+    CommitPending,
+    /// Nothing was applied, for this reason.
+    Aborted(AbortReason),
+}
+
+impl Outcome {
+    /// True for [`Outcome::Committed`] and [`Outcome::CommitPending`].
+    pub fn is_committed(&self) -> bool {
+        matches!(self, Outcome::Committed | Outcome::CommitPending)
+    }
+}
+
+/// Why a transaction was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// An account would go below zero.
+    InsufficientFunds {
+        /// Service of the account.
+        service: String,
+        /// The account.
+        account: String,
+    },
+    /// A participant voted no for its own reason.
+    Refused {
+        /// The refusing service.
+        service: String,
+        /// The participant's stable code.
+        code: String,
+        /// Its explanation.
+        message: String,
+    },
+    /// A participant did not vote within the call timeout or the deadline.
+    PrepareTimeout {
+        /// The slow service.
+        service: String,
+    },
+    /// A participant panicked while preparing.
+    ParticipantPanicked {
+        /// The service whose participant panicked.
+        service: String,
+    },
+    /// The transaction's locks could not be taken before its deadline.
+    LockTimeout,
+    /// A participant refused a prepare it had already seen rolled back.
+    AlreadyRolledBack {
+        /// The refusing service.
+        service: String,
+    },
+}
+
+impl AbortReason {
+    /// A stable machine-readable code, also used as a metrics label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AbortReason::InsufficientFunds { .. } => "insufficient_funds",
+            AbortReason::Refused { .. } => "refused",
+            AbortReason::PrepareTimeout { .. } => "prepare_timeout",
+            AbortReason::ParticipantPanicked { .. } => "participant_panicked",
+            AbortReason::LockTimeout => "lock_timeout",
+            AbortReason::AlreadyRolledBack { .. } => "already_rolled_back",
+        }
+    }
+
+    /// Every code, in a fixed order (index = metrics slot).
+    pub const CODES: [&'static str; 6] = [
+        "insufficient_funds",
+        "refused",
+        "prepare_timeout",
+        "participant_panicked",
+        "lock_timeout",
+        "already_rolled_back",
+    ];
+
+    pub(crate) fn slot(&self) -> usize {
+        let code = self.code();
+        Self::CODES.iter().position(|c| *c == code).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::InsufficientFunds { service, account } => {
+                write!(f, "insufficient funds in {service}/{account}")
+            }
+            AbortReason::Refused {
+                service,
+                code,
+                message,
+            } => {
+                write!(f, "{service} refused ({code}): {message}")
+            }
+            AbortReason::PrepareTimeout { service } => write!(f, "{service} did not vote in time"),
+            AbortReason::ParticipantPanicked { service } => {
+                write!(f, "{service} panicked in prepare")
+            }
+            AbortReason::LockTimeout => write!(f, "locks not acquired before the deadline"),
+            AbortReason::AlreadyRolledBack { service } => {
+                write!(f, "{service} had already rolled this transaction back")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_and_round_trip() {
+        let g = TxIdGen::new(7);
+        let mut last = g.next();
+        for _ in 0..10_000 {
+            let id = g.next();
+            assert!(id > last);
+            assert_eq!(id.to_string().parse::<TxId>().unwrap(), id);
+            last = id;
+        }
+        g.observe(TxId::from_u128(u128::from(u64::MAX - 5) << 64));
+        assert!(g.next().timestamp_ns() > u64::MAX - 5);
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for s in ["", "xyz", "0123456789abcdef0123456789abcdef0"] {
+            assert!(s.parse::<TxId>().is_err(), "{s}");
+        }
+    }
+}
