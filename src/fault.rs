@@ -12,9 +12,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::participant::{
-    BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal,
-};
+use crate::participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
 use crate::txn::TxId;
 
 /// Fault rates for one phase, each a probability in `[0, 1]`.
@@ -143,12 +141,7 @@ enum Fault {
 impl<P: Participant> Faulty<P> {
     /// Wraps `inner` with the faults of `plan`.
     pub fn new(inner: P, plan: FaultPlan) -> Self {
-        Self {
-            inner,
-            rng: SmallRng::seed_from_u64(plan.seed),
-            plan,
-            counts: Arc::default(),
-        }
+        Self { inner, rng: SmallRng::seed_from_u64(plan.seed), plan, counts: Arc::default() }
     }
 
     /// The counts so far.
@@ -182,10 +175,7 @@ impl<P: Participant> Faulty<P> {
 impl<P: Participant> Participant for Faulty<P> {
     fn prepare(&mut self, tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
         match self.draw(self.plan.prepare, "prepare", tx) {
-            Fault::Refuse => Err(Refusal::Other {
-                code: "injected".into(),
-                message: "injected refusal".into(),
-            }),
+            Fault::Refuse => Err(Refusal::Other { code: "injected".into(), message: "injected refusal".into() }),
             Fault::None => self.inner.prepare(tx, ops),
         }
     }

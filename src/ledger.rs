@@ -15,9 +15,7 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::participant::{
-    BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal,
-};
+use crate::participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
 use crate::sync::{AtomicI64, Ordering};
 use crate::txn::TxId;
 
@@ -103,41 +101,27 @@ impl Ledger {
                 })
             })
             .collect();
-        Self {
-            core: Arc::new(LedgerCore {
-                hasher: DefaultHashBuilder::default(),
-                shards,
-            }),
-        }
+        Self { core: Arc::new(LedgerCore { hasher: DefaultHashBuilder::default(), shards }) }
     }
 
     /// Creates an account with a starting balance (≥ 0).
     pub fn create_account(&self, id: &str, balance: i64) -> Result<()> {
         validate_account_id(id)?;
         if balance < 0 {
-            return Err(Error::InvalidBalance {
-                account: id.to_string(),
-                balance,
-            });
+            return Err(Error::InvalidBalance { account: id.to_string(), balance });
         }
         let hash = self.core.hasher.hash_one(id.as_bytes());
         let mut shard = self.core.shards[shard_of(hash)].write();
         if shard.find(hash, id.as_bytes()).is_some() {
-            return Err(Error::AccountExists {
-                service: String::new(),
-                account: id.to_string(),
-            });
+            return Err(Error::AccountExists { service: String::new(), account: id.to_string() });
         }
-        let index = u32::try_from(shard.ends.len())
-            .map_err(|_| Error::Config("ledger shard full".into()))?;
+        let index = u32::try_from(shard.ends.len()).map_err(|_| Error::Config("ledger shard full".into()))?;
         let end = u32::try_from(shard.names.len() + id.len())
             .map_err(|_| Error::Config("ledger shard id arena full".into()))?;
         shard.names.extend_from_slice(id.as_bytes());
         shard.ends.push(end);
         shard.balances.push(AtomicI64::new(balance));
-        let Shard {
-            table, names, ends, ..
-        } = &mut *shard;
+        let Shard { table, names, ends, .. } = &mut *shard;
         let hasher = &self.core.hasher;
         table.insert_unique(hash, index, |&i| {
             let i = i as usize;
@@ -220,10 +204,7 @@ impl Ledger {
     pub(crate) fn lookup(&self, id: &str) -> Option<u64> {
         let hash = self.core.hasher.hash_one(id.as_bytes());
         let s = shard_of(hash);
-        self.core.shards[s]
-            .read()
-            .find(hash, id.as_bytes())
-            .map(|i| key(s, i))
+        self.core.shards[s].read().find(hash, id.as_bytes()).map(|i| key(s, i))
     }
 
     fn with_balance<R>(&self, key: u64, f: impl FnOnce(&AtomicI64) -> R) -> R {
@@ -249,16 +230,10 @@ fn shard_of(hash: u64) -> usize {
 
 pub(crate) fn validate_account_id(id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Error::InvalidName {
-            name: id.to_string(),
-            why: "empty",
-        });
+        return Err(Error::InvalidName { name: id.to_string(), why: "empty" });
     }
     if id.len() > MAX_ACCOUNT_ID_BYTES {
-        return Err(Error::InvalidName {
-            name: id.chars().take(32).collect(),
-            why: "longer than 255 bytes",
-        });
+        return Err(Error::InvalidName { name: id.chars().take(32).collect(), why: "longer than 255 bytes" });
     }
     Ok(())
 }
@@ -267,10 +242,7 @@ impl Directory for LedgerCore {
     fn lookup(&self, account: &str) -> Option<u64> {
         let hash = self.hasher.hash_one(account.as_bytes());
         let s = shard_of(hash);
-        self.shards[s]
-            .read()
-            .find(hash, account.as_bytes())
-            .map(|i| key(s, i))
+        self.shards[s].read().find(hash, account.as_bytes()).map(|i| key(s, i))
     }
 }
 
@@ -286,16 +258,12 @@ impl Participant for Ledger {
                 .key
                 .filter(|k| self.valid_key(*k))
                 .or_else(|| self.lookup(op.account))
-                .ok_or_else(|| Refusal::UnknownAccount {
-                    account: op.account.to_string(),
-                })?;
+                .ok_or_else(|| Refusal::UnknownAccount { account: op.account.to_string() })?;
             match pending.iter_mut().find(|(k, _, _)| *k == key) {
                 Some((_, delta, _)) => {
                     *delta = delta
                         .checked_add(op.delta)
-                        .ok_or_else(|| Refusal::Overflow {
-                            account: op.account.to_string(),
-                        })?;
+                        .ok_or_else(|| Refusal::Overflow { account: op.account.to_string() })?;
                 }
                 None => pending.push((key, op.delta, op.account)),
             }
@@ -303,21 +271,15 @@ impl Participant for Ledger {
         for &(key, delta, account) in &pending {
             match self.balance_of(key).checked_add(delta) {
                 None => {
-                    return Err(Refusal::Overflow {
-                        account: account.to_string(),
-                    });
+                    return Err(Refusal::Overflow { account: account.to_string() });
                 }
                 Some(after) if after < 0 && delta < 0 => {
-                    return Err(Refusal::InsufficientFunds {
-                        account: account.to_string(),
-                    });
+                    return Err(Refusal::InsufficientFunds { account: account.to_string() });
                 }
                 Some(_) => {}
             }
         }
-        Ok(Prepared::new(
-            pending.iter().map(|&(k, d, _)| (k, d)).collect::<Changes>(),
-        ))
+        Ok(Prepared::new(pending.iter().map(|&(k, d, _)| (k, d)).collect::<Changes>()))
     }
 
     fn commit(&mut self, _tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
@@ -359,11 +321,7 @@ mod tests {
     use super::*;
 
     fn op(account: &str, delta: i64) -> Operation<'_> {
-        Operation {
-            account,
-            key: None,
-            delta,
-        }
+        Operation { account, key: None, delta }
     }
 
     #[test]
@@ -373,26 +331,12 @@ mod tests {
         l.create_account("b", 0).unwrap();
         let tx = TxId::from_u128(1);
         let refused = l.prepare(tx, &[op("a", -11), op("b", 11)]).unwrap_err();
-        assert_eq!(
-            refused,
-            Refusal::InsufficientFunds {
-                account: "a".into()
-            }
-        );
-        let p = l
-            .prepare(tx, &[op("a", -4), op("b", 4), op("a", -6), op("b", 6)])
-            .unwrap();
+        assert_eq!(refused, Refusal::InsufficientFunds { account: "a".into() });
+        let p = l.prepare(tx, &[op("a", -4), op("b", 4), op("a", -6), op("b", 6)]).unwrap();
         assert_eq!(l.balance("a"), Some(10), "prepare must not change balances");
         l.commit(tx, &p).unwrap();
         assert_eq!((l.balance("a"), l.balance("b")), (Some(0), Some(10)));
-        assert_eq!(
-            l.summary(),
-            BalanceSummary {
-                accounts: 2,
-                total: 10,
-                negative: 0
-            }
-        );
+        assert_eq!(l.summary(), BalanceSummary { accounts: 2, total: 10, negative: 0 });
     }
 
     #[test]
@@ -400,14 +344,8 @@ mod tests {
         let mut l = Ledger::new();
         l.create_account("a", i64::MAX).unwrap();
         let tx = TxId::from_u128(2);
-        assert!(matches!(
-            l.prepare(tx, &[op("zz", 1)]),
-            Err(Refusal::UnknownAccount { .. })
-        ));
-        assert!(matches!(
-            l.prepare(tx, &[op("a", 1)]),
-            Err(Refusal::Overflow { .. })
-        ));
+        assert!(matches!(l.prepare(tx, &[op("zz", 1)]), Err(Refusal::UnknownAccount { .. })));
+        assert!(matches!(l.prepare(tx, &[op("a", 1)]), Err(Refusal::Overflow { .. })));
     }
 
     #[test]
@@ -420,10 +358,6 @@ mod tests {
             assert_eq!(l.balance(&format!("acct-{i}")), Some(i));
         }
         assert_eq!(l.len(), 10_000);
-        assert!(
-            l.memory_bytes() / 10_000 < 100,
-            "{} bytes per account",
-            l.memory_bytes() / 10_000
-        );
+        assert!(l.memory_bytes() / 10_000 < 100, "{} bytes per account", l.memory_bytes() / 10_000);
     }
 }

@@ -41,14 +41,10 @@ mod participant;
 mod sync;
 mod txn;
 
-pub use coordinator::{
-    Audit, Builder, Coordinator, Durability, MAX_SERVICE_NAME_BYTES, RetryPolicy,
-};
+pub use coordinator::{Audit, Builder, Coordinator, Durability, MAX_SERVICE_NAME_BYTES, RetryPolicy};
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};
 pub use metrics::{LatencySummary, MetricsSnapshot};
-pub use participant::{
-    BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal,
-};
+pub use participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
 pub use txn::{AbortReason, AccountRef, Outcome, ParseTxIdError, Transfer, TxId};

@@ -83,9 +83,7 @@ impl Default for Metrics {
             parked: Counter::default(),
             violations: Counter::default(),
             histograms: (0..SHARDS)
-                .map(|_| {
-                    CachePadded::new(Mutex::new(STAGES.iter().map(|_| new_histogram()).collect()))
-                })
+                .map(|_| CachePadded::new(Mutex::new(STAGES.iter().map(|_| new_histogram()).collect())))
                 .collect(),
         }
     }
@@ -110,21 +108,13 @@ impl Metrics {
         MetricsSnapshot {
             committed: self.committed.get(),
             commit_pending: self.commit_pending.get(),
-            aborted: AbortReason::CODES
-                .iter()
-                .zip(&self.aborted)
-                .map(|(c, n)| (*c, n.get()))
-                .collect(),
+            aborted: AbortReason::CODES.iter().zip(&self.aborted).map(|(c, n)| (*c, n.get())).collect(),
             retries: self.retries.get(),
             timeouts: self.timeouts.get(),
             panics: self.panics.get(),
             parked: self.parked.get(),
             protocol_violations: self.violations.get(),
-            latency: STAGES
-                .iter()
-                .zip(&merged)
-                .map(|(s, h)| (*s, LatencySummary::of(h)))
-                .collect(),
+            latency: STAGES.iter().zip(&merged).map(|(s, h)| (*s, LatencySummary::of(h))).collect(),
         }
     }
 }
@@ -199,10 +189,6 @@ impl MetricsSnapshot {
 
     /// Latency of one stage by name (`"total"`, `"prepare"`, …).
     pub fn stage(&self, name: &str) -> LatencySummary {
-        self.latency
-            .iter()
-            .find(|(s, _)| *s == name)
-            .map(|(_, l)| *l)
-            .unwrap_or_default()
+        self.latency.iter().find(|(s, _)| *s == name).map(|(_, l)| *l).unwrap_or_default()
     }
 }

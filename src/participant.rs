@@ -95,9 +95,7 @@ pub struct Failure {
 impl Failure {
     /// A failure with this explanation.
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
+        Self { message: message.into() }
     }
 }
 

@@ -11,9 +11,7 @@
 #[cfg(not(loom))]
 mod imp {
     pub use std::sync::Arc;
-    pub use std::sync::atomic::{
-        AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
-    };
+    pub use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
     pub use std::thread;
 
     /// A mutex without poisoning: a panic inside a participant must not make
@@ -68,9 +66,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;
-    pub use loom::sync::atomic::{
-        AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
-    };
+    pub use loom::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
     pub use loom::thread;
 
     #[derive(Debug, Default)]

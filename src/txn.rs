@@ -61,9 +61,7 @@ impl FromStr for TxId {
         if t.is_empty() || t.len() > 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseTxIdError(s.to_string()));
         }
-        u128::from_str_radix(t, 16)
-            .map(TxId)
-            .map_err(|_| ParseTxIdError(s.to_string()))
+        u128::from_str_radix(t, 16).map(TxId).map_err(|_| ParseTxIdError(s.to_string()))
     }
 }
 
@@ -76,10 +74,7 @@ pub(crate) struct TxIdGen {
 
 impl TxIdGen {
     pub(crate) fn new(salt: u64) -> Self {
-        Self {
-            last_ns: AtomicU64::new(0),
-            salt,
-        }
+        Self { last_ns: AtomicU64::new(0), salt }
     }
 
     pub(crate) fn next(&self) -> TxId {
@@ -89,12 +84,7 @@ impl TxIdGen {
         let mut prev = self.last_ns.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_ns.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match self.last_ns.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return TxId(((next as u128) << 64) | self.salt as u128),
                 Err(actual) => prev = actual,
             }
@@ -104,16 +94,12 @@ impl TxIdGen {
     /// Never hand out an id at or below `seen` again (after recovery).
     pub(crate) fn observe(&self, seen: TxId) {
         // Relaxed: see `next`.
-        self.last_ns
-            .fetch_max(seen.timestamp_ns(), Ordering::Relaxed);
+        self.last_ns.fetch_max(seen.timestamp_ns(), Ordering::Relaxed);
     }
 }
 
 pub(crate) fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// One account of one service.
@@ -153,14 +139,8 @@ impl<'a> Transfer<'a> {
         amount: u64,
     ) -> Self {
         Self {
-            from: AccountRef {
-                service: from_service,
-                account: from_account,
-            },
-            to: AccountRef {
-                service: to_service,
-                account: to_account,
-            },
+            from: AccountRef { service: from_service, account: from_account },
+            to: AccountRef { service: to_service, account: to_account },
             amount,
         }
     }
@@ -262,11 +242,7 @@ impl fmt::Display for AbortReason {
             AbortReason::InsufficientFunds { service, account } => {
                 write!(f, "insufficient funds in {service}/{account}")
             }
-            AbortReason::Refused {
-                service,
-                code,
-                message,
-            } => {
+            AbortReason::Refused { service, code, message } => {
                 write!(f, "{service} refused ({code}): {message}")
             }
             AbortReason::PrepareTimeout { service } => write!(f, "{service} did not vote in time"),

@@ -62,12 +62,7 @@ pub(crate) struct Barrier<P> {
 
 impl<P> Barrier<P> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            entries: HashMap::new(),
-            finished: VecDeque::new(),
-            capacity: capacity.max(1),
-            live: 0,
-        }
+        Self { entries: HashMap::new(), finished: VecDeque::new(), capacity: capacity.max(1), live: 0 }
     }
 
     pub(crate) fn decide(&self, tx: TxId, phase: Phase) -> Decision {
@@ -103,19 +98,13 @@ impl<P> Barrier<P> {
     }
 
     pub(crate) fn prepared_ok(&mut self, tx: TxId, value: Option<P>) {
-        debug_assert!(
-            !self.entries.contains_key(&tx),
-            "prepare recorded twice for {tx}"
-        );
+        debug_assert!(!self.entries.contains_key(&tx), "prepare recorded twice for {tx}");
         self.entries.insert(tx, Entry::Prepared(value));
         self.live += 1;
     }
 
     pub(crate) fn committed(&mut self, tx: TxId) {
-        debug_assert!(matches!(
-            self.entries.get(&tx),
-            Some(Entry::Prepared(Some(_)))
-        ));
+        debug_assert!(matches!(self.entries.get(&tx), Some(Entry::Prepared(Some(_)))));
         self.finish(tx, Entry::Committed);
     }
 
@@ -131,10 +120,7 @@ impl<P> Barrier<P> {
     }
 
     fn is_finished(&self, tx: TxId) -> bool {
-        matches!(
-            self.entries.get(&tx),
-            Some(Entry::Committed | Entry::RolledBack)
-        )
+        matches!(self.entries.get(&tx), Some(Entry::Committed | Entry::RolledBack))
     }
 
     fn finish(&mut self, tx: TxId, entry: Entry<P>) {

@@ -46,14 +46,8 @@ impl StripedLocks {
     /// `count` is rounded up to a power of two (at least 1).
     pub(crate) fn new(count: usize) -> Self {
         let count = count.max(1).next_power_of_two();
-        let stripes = (0..count)
-            .map(|_| CachePadded::new(Mutex::new(())))
-            .collect();
-        Self {
-            stripes,
-            mask: count - 1,
-            hasher: hashbrown::DefaultHashBuilder::default(),
-        }
+        let stripes = (0..count).map(|_| CachePadded::new(Mutex::new(()))).collect();
+        Self { stripes, mask: count - 1, hasher: hashbrown::DefaultHashBuilder::default() }
     }
 
     /// The stripe covering `account` of service number `service`.
@@ -67,10 +61,7 @@ impl StripedLocks {
     /// Takes every stripe of `sorted` (strictly ascending) or none, waiting
     /// until `deadline` at most.
     pub(crate) fn acquire(&self, sorted: &[usize], deadline: Instant) -> Option<LockSet<'_>> {
-        assert!(
-            sorted.windows(2).all(|w| w[0] < w[1]),
-            "lock set must be strictly ascending"
-        );
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]), "lock set must be strictly ascending");
         let mut guards = SmallVec::new();
         for &stripe in sorted {
             let lock = &self.stripes[stripe];
@@ -111,9 +102,7 @@ mod tests {
                         let (a, b) = if (t + i) % 2 == 0 { (1, 6) } else { (6, 1) };
                         let mut set = [a, b];
                         set.sort_unstable();
-                        let held = locks
-                            .acquire(&set, Instant::now() + Duration::from_secs(60))
-                            .unwrap();
+                        let held = locks.acquire(&set, Instant::now() + Duration::from_secs(60)).unwrap();
                         assert_eq!(held.len(), 2);
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -129,21 +118,11 @@ mod tests {
     #[test]
     fn acquire_times_out_and_releases_what_it_took() {
         let locks = StripedLocks::new(4);
-        let held = locks
-            .acquire(&[2], Instant::now() + Duration::from_secs(1))
-            .unwrap();
-        assert!(
-            locks
-                .acquire(&[1, 2], Instant::now() + Duration::from_millis(20))
-                .is_none()
-        );
+        let held = locks.acquire(&[2], Instant::now() + Duration::from_secs(1)).unwrap();
+        assert!(locks.acquire(&[1, 2], Instant::now() + Duration::from_millis(20)).is_none());
         // Stripe 1 was released when the attempt failed.
         assert!(locks.acquire(&[1], Instant::now()).is_some());
         drop(held);
-        assert!(
-            locks
-                .acquire_all(Instant::now() + Duration::from_secs(1))
-                .is_some()
-        );
+        assert!(locks.acquire_all(Instant::now() + Duration::from_secs(1)).is_some());
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
@@ -23,11 +23,10 @@ use crate::participant::{BalanceSummary, Participant, Refusal};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::txn::{AbortReason, Outcome, Transfer, TxId, TxIdGen};
 
-use barrier::Barrier;
 use locks::StripedLocks;
 use plan::{Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
-use worker::{Answer, Reply, Request, Step, Worker};
+use worker::{Answer, Reply, Request, Service, Step, Submitted};
 
 pub use worker::RetryPolicy;
 
@@ -57,6 +56,8 @@ pub(crate) struct Config {
     pub retry: RetryPolicy,
     pub durability: Durability,
     pub dir: Option<std::path::PathBuf>,
+    /// Testing aid: deliver every phase request 1..=max copies (seed, max).
+    pub redeliver: Option<(u64, u32)>,
 }
 
 impl Default for Config {
@@ -72,6 +73,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             durability: Durability::None,
             dir: None,
+            redeliver: None,
         }
     }
 }
@@ -145,6 +147,15 @@ impl Builder {
         self
     }
 
+    /// Testing aid: deliver every prepare, commit and rollback request
+    /// between 1 and `max_copies` times (drawn from `seed`, the transaction
+    /// and the phase), to show that duplicates have the effect of one.
+    #[doc(hidden)]
+    pub fn redeliver_for_testing(mut self, seed: u64, max_copies: u32) -> Self {
+        self.config.redeliver = Some((seed, max_copies.max(1)));
+        self
+    }
+
     /// Validates the configuration, starts one worker per service.
     pub fn open(self) -> Result<Coordinator> {
         let Builder { services, config } = self;
@@ -158,53 +169,42 @@ impl Builder {
             return Err(Error::Config("timeouts must be positive".into()));
         }
         if config.max_legs == 0 || config.queue_capacity == 0 {
-            return Err(Error::Config(
-                "max_legs and queue_capacity must be positive".into(),
-            ));
+            return Err(Error::Config("max_legs and queue_capacity must be positive".into()));
         }
         if config.durability != Durability::None {
-            return Err(Error::Config(
-                "durable mode needs the write-ahead log, not built yet".into(),
-            ));
+            return Err(Error::Config("durable mode needs the write-ahead log, not built yet".into()));
         }
         let mut by_name = HashMap::new();
         for (i, (name, _)) in services.iter().enumerate() {
             validate_service_name(name)?;
-            if by_name
-                .insert(name.clone().into_boxed_str(), i as u16)
-                .is_some()
-            {
+            if by_name.insert(name.clone().into_boxed_str(), i as u16).is_some() {
                 return Err(Error::Config(format!("service {name:?} registered twice")));
             }
         }
         let metrics = Arc::new(Metrics::default());
         let mut infos = Vec::with_capacity(services.len());
-        let mut senders = Vec::with_capacity(services.len());
+        let mut handles = Vec::with_capacity(services.len());
         let mut workers = Vec::with_capacity(services.len());
         for (i, (name, participant)) in services.into_iter().enumerate() {
             let name: Arc<str> = name.into();
             let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
-            infos.push(ServiceInfo {
-                name: name.clone(),
-                directory: participant.directory(),
-            });
-            let worker = Worker {
-                service: i as u16,
-                name: name.clone(),
+            infos.push(ServiceInfo { name: name.clone(), directory: participant.directory() });
+            let service = Arc::new(Service::new(
+                i as u16,
+                name.clone(),
                 participant,
-                barrier: Barrier::new(config.barrier_capacity),
-                metrics: metrics.clone(),
-                retry: config.retry,
-                requests,
-            };
+                config.barrier_capacity,
+                sender,
+                metrics.clone(),
+                config.retry,
+                config.redeliver,
+            ));
+            let worker = service.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("dtc-{name}"))
-                .spawn(move || worker.run())
-                .map_err(|source| Error::Io {
-                    op: format!("spawning the worker of {name}"),
-                    source,
-                })?;
-            senders.push(sender);
+                .spawn(move || worker.run(requests))
+                .map_err(|source| Error::Io { op: format!("spawning the worker of {name}"), source })?;
+            handles.push(service);
             workers.push(handle);
         }
         let inner = Inner {
@@ -213,25 +213,20 @@ impl Builder {
             ids: TxIdGen::new(rand::random()),
             config,
             services: infos,
-            senders,
+            handles,
             by_name,
             metrics,
             in_flight: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             workers: Mutex::new(workers),
         };
-        Ok(Coordinator {
-            inner: Arc::new(inner),
-        })
+        Ok(Coordinator { inner: Arc::new(inner) })
     }
 }
 
 fn validate_service_name(name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(Error::InvalidName {
-            name: name.into(),
-            why: "empty service name",
-        });
+        return Err(Error::InvalidName { name: name.into(), why: "empty service name" });
     }
     if name.len() > MAX_SERVICE_NAME_BYTES {
         return Err(Error::InvalidName {
@@ -284,7 +279,7 @@ pub struct Coordinator {
 struct Inner {
     config: Config,
     services: Vec<ServiceInfo>,
-    senders: Vec<Sender<Request>>,
+    handles: Vec<Arc<Service>>,
     by_name: HashMap<Box<str>, u16>,
     locks: StripedLocks,
     ids: TxIdGen,
@@ -322,10 +317,7 @@ impl Drop for InFlight<'_> {
 impl Coordinator {
     /// Starts configuring a coordinator.
     pub fn builder() -> Builder {
-        Builder {
-            services: Vec::new(),
-            config: Config::default(),
-        }
+        Builder { services: Vec::new(), config: Config::default() }
     }
 
     /// A fresh transaction id (unique, time-ordered) for [`Coordinator::execute_as`].
@@ -367,11 +359,7 @@ impl Coordinator {
 
     /// Names of the registered services, in registration order.
     pub fn services(&self) -> Vec<String> {
-        self.inner
-            .services
-            .iter()
-            .map(|s| s.name.to_string())
-            .collect()
+        self.inner.services.iter().map(|s| s.name.to_string()).collect()
     }
 
     /// Stops accepting transactions, waits for those in flight, lets every
@@ -398,10 +386,7 @@ impl Inner {
 
     fn find(&self, name: &str) -> Option<u16> {
         if self.services.len() <= 8 {
-            self.services
-                .iter()
-                .position(|s| &*s.name == name)
-                .map(|i| i as u16)
+            self.services.iter().position(|s| &*s.name == name).map(|i| i as u16)
         } else {
             self.by_name.get(name).copied()
         }
@@ -414,14 +399,8 @@ impl Inner {
     fn run(&self, tx: TxId, legs: &[Transfer<'_>], tracked: bool) -> Result<Outcome> {
         let started = Instant::now();
         let _in_flight = self.enter()?;
-        let plan = Arc::new(plan::build(
-            tx,
-            legs,
-            &self.services,
-            |n| self.find(n),
-            &self.locks,
-            self.config.max_legs,
-        )?);
+        let plan =
+            Arc::new(plan::build(tx, legs, &self.services, |n| self.find(n), &self.locks, self.config.max_legs)?);
         if tracked {
             match self.recent.begin(tx, plan.fingerprint) {
                 Begin::New => {}
@@ -466,43 +445,23 @@ impl Inner {
             return Ok(Outcome::Aborted(AbortReason::LockTimeout));
         };
         self.metrics.record(Stage::LockWait, locked_at.elapsed());
-        let outcome = if plan.groups.len() == 1 {
-            self.one_phase(plan, deadline)
-        } else {
-            self.two_phase(plan, deadline)
-        };
+        let outcome =
+            if plan.groups.len() == 1 { self.one_phase(plan, deadline) } else { self.two_phase(plan, deadline) };
         // Every commit/rollback is enqueued by now; per-service FIFO makes it
         // visible to whoever takes these locks next.
         drop(locks);
         outcome
     }
 
-    /// Sends a request; `Ok(false)` if the queue stayed full until `deadline`.
-    fn send(&self, service: u16, request: Request, deadline: Option<Instant>) -> Result<bool> {
-        let sender = &self.senders[usize::from(service)];
-        let unavailable = || Error::ServiceUnavailable {
-            service: self.name(service),
-        };
-        match deadline {
-            Some(d) => match sender.send_deadline(request, d) {
-                Ok(()) => Ok(true),
-                Err(SendTimeoutError::Timeout(_)) => Ok(false),
-                Err(SendTimeoutError::Disconnected(_)) => Err(unavailable()),
-            },
-            None => sender
-                .send(request)
-                .map(|()| true)
-                .map_err(|_| unavailable()),
-        }
-    }
-
-    fn phase(&self, plan: &Arc<Plan>, group: usize, step: Step, reply: &Sender<Reply>) -> Request {
-        Request::Phase {
-            plan: plan.clone(),
-            group,
-            step,
-            reply: reply.clone(),
-        }
+    fn submit(
+        &self,
+        plan: &Arc<Plan>,
+        group: usize,
+        step: Step,
+        reply: &Sender<Reply>,
+        deadline: Option<Instant>,
+    ) -> Submitted {
+        self.handles[usize::from(plan.service_of(group))].submit(plan, group, step, reply, deadline)
     }
 
     fn one_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
@@ -510,37 +469,25 @@ impl Inner {
         let vote_deadline = deadline.min(started + self.config.call_timeout);
         let service = plan.service_of(0);
         let (reply, replies) = replies();
-        let sent = self.send(
-            service,
-            self.phase(plan, 0, Step::OnePhase, &reply),
-            Some(vote_deadline),
-        )?;
-        let answer = if sent {
-            wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline)
-        } else {
-            None
+        let answer = match self.submit(plan, 0, Step::OnePhase, &reply, Some(vote_deadline)) {
+            Submitted::Inline(answer) => Some(answer),
+            Submitted::Queued => wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline),
+            Submitted::Full => None,
         };
         let outcome = match answer {
-            Some(answer) => self.one_phase_outcome(plan, service, answer),
+            Some(answer) => self.one_phase_outcome(service, answer),
             None if plan.cancel() => {
                 self.metrics.timeouts.add(1);
                 tracing::warn!(tx = %plan.tx, service = %self.name(service), "no vote in time; cancelled");
-                Ok(Outcome::Aborted(AbortReason::PrepareTimeout {
-                    service: self.name(service),
-                }))
+                Ok(Outcome::Aborted(AbortReason::PrepareTimeout { service: self.name(service) }))
             }
             None => {
                 // The worker claimed the commit just as we gave up: the
                 // transaction is committing. Give the commit one more call
                 // timeout before reporting it pending.
-                let late = wait_for(
-                    &replies,
-                    plan.tx,
-                    Step::OnePhase,
-                    Instant::now() + self.config.call_timeout,
-                );
+                let late = wait_for(&replies, plan.tx, Step::OnePhase, Instant::now() + self.config.call_timeout);
                 match late {
-                    Some(answer) => self.one_phase_outcome(plan, service, answer),
+                    Some(answer) => self.one_phase_outcome(service, answer),
                     None => {
                         self.metrics.timeouts.add(1);
                         Ok(Outcome::CommitPending)
@@ -552,13 +499,11 @@ impl Inner {
         outcome
     }
 
-    fn one_phase_outcome(&self, plan: &Plan, service: u16, answer: Answer) -> Result<Outcome> {
+    fn one_phase_outcome(&self, service: u16, answer: Answer) -> Result<Outcome> {
         match answer {
             Answer::Done => Ok(Outcome::Committed),
             Answer::Parked => Ok(Outcome::CommitPending),
-            other => self
-                .abort_reason(plan, service, other)
-                .map(Outcome::Aborted),
+            other => self.abort_reason(service, other).map(Outcome::Aborted),
         }
     }
 
@@ -569,107 +514,92 @@ impl Inner {
         let (reply, replies) = replies();
         let mut votes: SmallVec<[Option<Answer>; 4]> = (0..groups).map(|_| None).collect();
         let mut awaiting = 0;
-        let mut failed = None;
+        let mut refused = false;
+        let mut unsent = None;
         for group in 0..groups {
-            if self.send(
-                plan.service_of(group),
-                self.phase(plan, group, Step::Prepare, &reply),
-                Some(vote_deadline),
-            )? {
-                awaiting += 1;
-            } else {
-                failed = Some(group);
-                break;
+            match self.submit(plan, group, Step::Prepare, &reply, Some(vote_deadline)) {
+                Submitted::Inline(answer) => {
+                    refused = !matches!(answer, Answer::Yes);
+                    votes[group] = Some(answer);
+                }
+                Submitted::Queued => awaiting += 1,
+                Submitted::Full => unsent = Some(group),
+            }
+            if refused || unsent.is_some() {
+                break; // one no is enough: do not ask the rest
             }
         }
-        if failed.is_none() {
-            while awaiting > 0 {
-                let Some((service, answer)) =
-                    wait_any(&replies, plan.tx, Step::Prepare, vote_deadline)
-                else {
-                    break;
-                };
-                let group = plan
-                    .groups
-                    .iter()
-                    .position(|g| g.service == service)
-                    .unwrap_or(0);
-                awaiting -= 1;
-                let yes = matches!(answer, Answer::Yes);
-                votes[group] = Some(answer);
-                if !yes {
-                    break; // one no is enough: do not wait for the rest
-                }
+        while awaiting > 0 && !refused && unsent.is_none() {
+            let Some((service, answer)) = wait_any(&replies, plan.tx, Step::Prepare, vote_deadline) else { break };
+            let Some(group) = plan.groups.iter().position(|g| g.service == service) else { continue };
+            if votes[group].is_some() {
+                continue; // a duplicate delivery's second answer
             }
+            awaiting -= 1;
+            refused = !matches!(answer, Answer::Yes);
+            votes[group] = Some(answer);
         }
         self.metrics.record(Stage::Prepare, started.elapsed());
         if votes.iter().all(|v| matches!(v, Some(Answer::Yes))) {
-            return self.commit_all(plan, &reply, &replies);
+            return Ok(self.commit_all(plan, &reply, &replies));
         }
         // Abort: tell workers that have not started to skip the prepare, and
         // roll back everyone (a no-op where nothing was prepared). The
-        // rollbacks are enqueued before our locks drop, so FIFO makes them
-        // visible to the next transaction; we need not wait for them.
+        // rollbacks are enqueued or applied before our locks drop, so FIFO
+        // makes them visible to the next transaction; we need not wait.
         plan.cancel();
         for group in 0..groups {
-            self.send(
-                plan.service_of(group),
-                self.phase(plan, group, Step::Rollback, &reply),
-                None,
-            )?;
+            self.submit(plan, group, Step::Rollback, &reply, None);
         }
-        let (group, answer) = match votes
-            .iter_mut()
-            .enumerate()
-            .find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes)))
-        {
-            Some((g, v)) => (g, v.take()),
-            None => (
-                failed
-                    .or_else(|| votes.iter().position(Option::is_none))
-                    .unwrap_or(0),
-                None,
-            ),
-        };
-        let service = plan.service_of(group);
-        match answer {
-            Some(answer) => self
-                .abort_reason(plan, service, answer)
-                .map(Outcome::Aborted),
+        let no = votes.iter_mut().enumerate().find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes)));
+        match no {
+            Some((group, vote)) => {
+                let answer = vote.take().unwrap_or(Answer::Violation);
+                self.abort_reason(plan.service_of(group), answer).map(Outcome::Aborted)
+            }
             None => {
+                let group = unsent.or_else(|| votes.iter().position(Option::is_none)).unwrap_or(0);
+                let service = self.name(plan.service_of(group));
                 self.metrics.timeouts.add(1);
-                tracing::warn!(tx = %plan.tx, service = %self.name(service), "prepare timed out; rolling back");
-                Ok(Outcome::Aborted(AbortReason::PrepareTimeout {
-                    service: self.name(service),
-                }))
+                tracing::warn!(tx = %plan.tx, %service, "prepare timed out; rolling back");
+                Ok(Outcome::Aborted(AbortReason::PrepareTimeout { service }))
             }
         }
     }
 
-    fn commit_all(
-        &self,
-        plan: &Arc<Plan>,
-        reply: &Sender<Reply>,
-        replies: &Receiver<Reply>,
-    ) -> Result<Outcome> {
+    fn commit_all(&self, plan: &Arc<Plan>, reply: &Sender<Reply>, replies: &Receiver<Reply>) -> Outcome {
         let started = Instant::now();
-        for group in 0..plan.groups.len() {
-            self.send(
-                plan.service_of(group),
-                self.phase(plan, group, Step::Commit, reply),
-                None,
-            )?;
+        let groups = plan.groups.len();
+        let mut acked: SmallVec<[bool; 4]> = (0..groups).map(|_| false).collect();
+        let mut awaiting = 0;
+        let mut pending = false;
+        for group in 0..groups {
+            match self.submit(plan, group, Step::Commit, reply, None) {
+                Submitted::Inline(Answer::Done) => acked[group] = true,
+                Submitted::Inline(_) => pending = true,
+                Submitted::Queued => awaiting += 1,
+                Submitted::Full => {
+                    // The worker is gone: only possible after an engine bug.
+                    let service = self.name(plan.service_of(group));
+                    tracing::error!(tx = %plan.tx, %service, "commit could not be delivered");
+                    pending = true;
+                }
+            }
         }
         let ack_deadline = started + self.config.call_timeout;
-        let mut acked = 0;
-        let mut pending = false;
-        while acked < plan.groups.len() {
+        while awaiting > 0 {
             match wait_any(replies, plan.tx, Step::Commit, ack_deadline) {
-                Some((_, Answer::Done)) => acked += 1,
                 Some((service, answer)) => {
-                    tracing::warn!(tx = %plan.tx, service = %self.name(service), ?answer, "commit not applied yet");
-                    acked += 1;
-                    pending = true;
+                    let Some(group) = plan.groups.iter().position(|g| g.service == service) else { continue };
+                    if acked[group] {
+                        continue;
+                    }
+                    acked[group] = true;
+                    awaiting -= 1;
+                    if !matches!(answer, Answer::Done) {
+                        tracing::warn!(tx = %plan.tx, service = %self.name(service), ?answer, "commit not applied yet");
+                        pending = true;
+                    }
                 }
                 None => {
                     self.metrics.timeouts.add(1);
@@ -680,52 +610,35 @@ impl Inner {
             }
         }
         self.metrics.record(Stage::Commit, started.elapsed());
-        Ok(if pending {
-            Outcome::CommitPending
-        } else {
-            Outcome::Committed
-        })
+        if pending { Outcome::CommitPending } else { Outcome::Committed }
     }
 
     /// Turns a non-yes vote into the reason (or the typed error for an
     /// account the participant does not know).
-    fn abort_reason(&self, _plan: &Plan, service: u16, answer: Answer) -> Result<AbortReason> {
+    fn abort_reason(&self, service: u16, answer: Answer) -> Result<AbortReason> {
         let service_name = self.name(service);
         Ok(match answer {
-            Answer::No(Refusal::InsufficientFunds { account }) => AbortReason::InsufficientFunds {
-                service: service_name,
-                account,
-            },
+            Answer::No(Refusal::InsufficientFunds { account }) => {
+                AbortReason::InsufficientFunds { service: service_name, account }
+            }
             Answer::No(Refusal::UnknownAccount { account }) => {
-                return Err(Error::UnknownAccount {
-                    leg: usize::MAX,
-                    service: service_name,
-                    account,
-                });
+                return Err(Error::UnknownAccount { leg: usize::MAX, service: service_name, account });
             }
             Answer::No(Refusal::Overflow { account }) => AbortReason::Refused {
                 service: service_name,
                 code: "balance_overflow".into(),
                 message: format!("balance of {account} would overflow"),
             },
-            Answer::No(Refusal::Other { code, message }) => AbortReason::Refused {
-                service: service_name,
-                code,
-                message,
-            },
-            Answer::Panicked => AbortReason::ParticipantPanicked {
-                service: service_name,
-            },
-            Answer::LateRefused | Answer::Cancelled => AbortReason::AlreadyRolledBack {
-                service: service_name,
-            },
-            Answer::Yes | Answer::Done | Answer::Parked | Answer::Violation => {
-                AbortReason::Refused {
-                    service: service_name,
-                    code: "protocol_violation".into(),
-                    message: "unexpected answer".into(),
-                }
+            Answer::No(Refusal::Other { code, message }) => {
+                AbortReason::Refused { service: service_name, code, message }
             }
+            Answer::Panicked => AbortReason::ParticipantPanicked { service: service_name },
+            Answer::LateRefused | Answer::Cancelled => AbortReason::AlreadyRolledBack { service: service_name },
+            Answer::Yes | Answer::Done | Answer::Parked | Answer::Violation => AbortReason::Refused {
+                service: service_name,
+                code: "protocol_violation".into(),
+                message: "unexpected answer".into(),
+            },
         })
     }
 
@@ -736,18 +649,12 @@ impl Inner {
             return Err(Error::AuditTimeout);
         };
         let (reply, replies) = replies();
-        for service in 0..self.senders.len() {
-            if !self.send(
-                service as u16,
-                Request::Audit {
-                    reply: reply.clone(),
-                },
-                Some(deadline),
-            )? {
+        for service in &self.handles {
+            if !matches!(service.enqueue(Request::Audit { reply: reply.clone() }, Some(deadline)), Submitted::Queued) {
                 return Err(Error::AuditTimeout);
             }
         }
-        let mut parts: Vec<Option<Option<BalanceSummary>>> = vec![None; self.senders.len()];
+        let mut parts: Vec<Option<Option<BalanceSummary>>> = vec![None; self.handles.len()];
         let mut got = 0;
         while got < parts.len() {
             match replies.recv_deadline(deadline) {
@@ -763,12 +670,7 @@ impl Inner {
             }
         }
         drop(locks);
-        let mut audit = Audit {
-            services: Vec::new(),
-            accounts: 0,
-            total: 0,
-            negative: 0,
-        };
+        let mut audit = Audit { services: Vec::new(), accounts: 0, total: 0, negative: 0 };
         for (service, part) in parts.into_iter().enumerate() {
             if let Some(Some(summary)) = part {
                 audit.accounts += summary.accounts;
@@ -791,9 +693,9 @@ impl Inner {
         if workers.is_empty() {
             return;
         }
-        for sender in &self.senders {
+        for service in &self.handles {
             // A worker that is gone already is fine.
-            let _ = sender.send(Request::Shutdown);
+            let _ = service.enqueue(Request::Shutdown, None);
         }
         for worker in workers {
             if worker.join().is_err() {
@@ -810,20 +712,12 @@ impl Drop for Inner {
 }
 
 /// The next reply for (`tx`, `step`), skipping stale ones, until `deadline`.
-fn wait_any(
-    replies: &Receiver<Reply>,
-    tx: TxId,
-    step: Step,
-    deadline: Instant,
-) -> Option<(u16, Answer)> {
+fn wait_any(replies: &Receiver<Reply>, tx: TxId, step: Step, deadline: Instant) -> Option<(u16, Answer)> {
     loop {
         match replies.recv_deadline(deadline) {
-            Ok(Reply::Phase {
-                tx: t,
-                service,
-                step: s,
-                answer,
-            }) if t == tx && s == step => return Some((service, answer)),
+            Ok(Reply::Phase { tx: t, service, step: s, answer }) if t == tx && s == step => {
+                return Some((service, answer));
+            }
             Ok(_) => continue,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
         }

@@ -70,11 +70,7 @@ impl Plan {
         let g = self.groups[group];
         self.ops[g.start as usize..g.end as usize]
             .iter()
-            .map(|op| Operation {
-                account: self.account(op),
-                key: op.key,
-                delta: op.delta,
-            })
+            .map(|op| Operation { account: self.account(op), key: op.key, delta: op.delta })
             .collect()
     }
 
@@ -83,12 +79,7 @@ impl Plan {
     pub(crate) fn claim_commit(&self) -> bool {
         // AcqRel/Acquire: the winner's view of the plan is the one the other
         // side acts on; this single location is the whole agreement.
-        match self.decision.compare_exchange(
-            OPEN,
-            COMMIT_CLAIMED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match self.decision.compare_exchange(OPEN, COMMIT_CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => true,
             Err(state) => state == COMMIT_CLAIMED,
         }
@@ -98,10 +89,7 @@ impl Plan {
     /// the commit (then the transaction is committing and must be reported so).
     pub(crate) fn cancel(&self) -> bool {
         // See `claim_commit`.
-        match self
-            .decision
-            .compare_exchange(OPEN, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match self.decision.compare_exchange(OPEN, CANCELLED, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => true,
             Err(state) => state == CANCELLED,
         }
@@ -124,12 +112,7 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
 pub(crate) fn fingerprint(legs: &[Transfer<'_>]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325;
     for leg in legs {
-        for part in [
-            leg.from.service,
-            leg.from.account,
-            leg.to.service,
-            leg.to.account,
-        ] {
+        for part in [leg.from.service, leg.from.account, leg.to.service, leg.to.account] {
             fnv(&mut h, &(part.len() as u32).to_le_bytes());
             fnv(&mut h, part.as_bytes());
         }
@@ -159,10 +142,7 @@ pub(crate) fn build(
         return Err(Error::EmptyTransaction);
     }
     if legs.len() > max_legs {
-        return Err(Error::TooManyLegs {
-            legs: legs.len(),
-            limit: max_legs,
-        });
+        return Err(Error::TooManyLegs { legs: legs.len(), limit: max_legs });
     }
     let mut sides: SmallVec<[Side<'_>; 8]> = SmallVec::with_capacity(legs.len() * 2);
     for (i, leg) in legs.iter().enumerate() {
@@ -170,12 +150,8 @@ pub(crate) fn build(
             return Err(Error::NonPositiveAmount { leg: i });
         }
         let amount = i64::try_from(leg.amount).map_err(|_| Error::AmountOverflow { leg: i })?;
-        let service = |name: &str| {
-            find(name).ok_or_else(|| Error::UnknownService {
-                leg: i,
-                service: name.to_string(),
-            })
-        };
+        let service =
+            |name: &str| find(name).ok_or_else(|| Error::UnknownService { leg: i, service: name.to_string() });
         let from = service(leg.from.service)?;
         let to = service(leg.to.service)?;
         validate_account_id(leg.from.account)?;
@@ -187,10 +163,7 @@ pub(crate) fn build(
                 account: leg.from.account.to_string(),
             });
         }
-        for (svc, account, delta) in [
-            (from, leg.from.account, -amount),
-            (to, leg.to.account, amount),
-        ] {
+        for (svc, account, delta) in [(from, leg.from.account, -amount), (to, leg.to.account, amount)] {
             let key = match &services[svc as usize].directory {
                 Some(dir) => Some(dir.lookup(account).ok_or_else(|| Error::UnknownAccount {
                     leg: i,
@@ -199,13 +172,7 @@ pub(crate) fn build(
                 })?),
                 None => None,
             };
-            sides.push(Side {
-                service: svc,
-                account,
-                key,
-                delta,
-                leg: i,
-            });
+            sides.push(Side { service: svc, account, key, delta, leg: i });
         }
     }
     sides.sort_unstable_by(|a, b| (a.service, a.account).cmp(&(b.service, b.account)));
@@ -224,31 +191,18 @@ pub(crate) fn build(
         if last == Some((side.service, side.account)) {
             // Same account again: merge into one net change.
             let op = plan.ops.last_mut().expect("merged into the previous op");
-            op.delta = op
-                .delta
-                .checked_add(side.delta)
-                .ok_or(Error::AmountOverflow { leg: side.leg })?;
+            op.delta = op.delta.checked_add(side.delta).ok_or(Error::AmountOverflow { leg: side.leg })?;
             continue;
         }
         last = Some((side.service, side.account));
         let name_start = plan.names.len() as u32;
         plan.names.push_str(side.account);
-        plan.ops.push(PlanOp {
-            key: side.key,
-            delta: side.delta,
-            name_start,
-            name_end: plan.names.len() as u32,
-        });
-        plan.stripes
-            .push(locks.stripe_of(side.service, side.account));
+        plan.ops.push(PlanOp { key: side.key, delta: side.delta, name_start, name_end: plan.names.len() as u32 });
+        plan.stripes.push(locks.stripe_of(side.service, side.account));
         let index = (plan.ops.len() - 1) as u32;
         match plan.groups.last_mut() {
             Some(g) if g.service == side.service => g.end = index + 1,
-            _ => plan.groups.push(Group {
-                service: side.service,
-                start: index,
-                end: index + 1,
-            }),
+            _ => plan.groups.push(Group { service: side.service, start: index, end: index + 1 }),
         }
     }
     plan.stripes.sort_unstable();

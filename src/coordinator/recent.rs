@@ -63,26 +63,14 @@ impl RecentIds {
                 }
             };
         }
-        shard.map.insert(
-            tx,
-            Slot {
-                fingerprint,
-                outcome: None,
-            },
-        );
+        shard.map.insert(tx, Slot { fingerprint, outcome: None });
         Begin::New
     }
 
     pub(crate) fn finish(&self, tx: TxId, fingerprint: u64, outcome: Outcome) {
         let per_shard = self.per_shard;
         let mut shard = self.shards[shard_of(tx)].lock();
-        shard.map.insert(
-            tx,
-            Slot {
-                fingerprint,
-                outcome: Some(outcome),
-            },
-        );
+        shard.map.insert(tx, Slot { fingerprint, outcome: Some(outcome) });
         shard.order.push_back(tx);
         while shard.order.len() > per_shard {
             if let Some(old) = shard.order.pop_front() {
@@ -100,11 +88,7 @@ impl RecentIds {
     }
 
     pub(crate) fn get(&self, tx: TxId) -> Option<Outcome> {
-        self.shards[shard_of(tx)]
-            .lock()
-            .map
-            .get(&tx)
-            .and_then(|s| s.outcome.clone())
+        self.shards[shard_of(tx)].lock().map.get(&tx).and_then(|s| s.outcome.clone())
     }
 }
 

@@ -14,12 +14,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::coordinator::barrier::{Barrier, Decision, Phase};
 use crate::coordinator::plan::Plan;
 use crate::metrics::Metrics;
 use crate::participant::{BalanceSummary, Participant, Prepared, Refusal};
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;
 
 /// Backoff for commit/rollback redelivery.
@@ -35,36 +38,21 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            initial_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(200),
-            max_attempts: 1_000,
-        }
+        Self { initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(200), max_attempts: 1_000 }
     }
 }
 
 impl RetryPolicy {
     /// The delay before attempt `attempt` (1-based retry count).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1).min(31))
-            .unwrap_or(u32::MAX);
-        self.initial_delay
-            .saturating_mul(factor)
-            .min(self.max_delay)
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+        self.initial_delay.saturating_mul(factor).min(self.max_delay)
     }
 }
 
 pub(crate) enum Request {
-    Phase {
-        plan: Arc<Plan>,
-        group: usize,
-        step: Step,
-        reply: Sender<Reply>,
-    },
-    Audit {
-        reply: Sender<Reply>,
-    },
+    Phase { plan: Arc<Plan>, group: usize, step: Step, reply: Sender<Reply> },
+    Audit { reply: Sender<Reply> },
     Shutdown,
 }
 
@@ -95,97 +83,263 @@ pub(crate) enum Answer {
 }
 
 pub(crate) enum Reply {
-    Phase {
-        tx: TxId,
-        service: u16,
-        step: Step,
-        answer: Answer,
-    },
-    Audit {
-        service: u16,
-        summary: Option<BalanceSummary>,
-    },
+    Phase { tx: TxId, service: u16, step: Step, answer: Answer },
+    Audit { service: u16, summary: Option<BalanceSummary> },
 }
 
-pub(crate) struct Worker {
-    pub service: u16,
-    pub name: Arc<str>,
+/// A participant with its barrier: everything one call needs, behind one lock.
+pub(crate) struct Core {
     pub participant: Box<dyn Participant>,
     pub barrier: Barrier<Prepared>,
-    pub metrics: Arc<Metrics>,
-    pub retry: RetryPolicy,
-    pub requests: Receiver<Request>,
 }
 
-impl Worker {
-    pub(crate) fn run(mut self) {
-        while let Ok(request) = self.requests.recv() {
-            match request {
-                Request::Phase {
-                    plan,
-                    group,
-                    step,
-                    reply,
-                } => {
-                    let answer = self.step(&plan, group, step);
-                    // The caller may have gone; its loss.
-                    let _ = reply.send(Reply::Phase {
-                        tx: plan.tx,
-                        service: self.service,
-                        step,
-                        answer,
-                    });
-                }
-                Request::Audit { reply } => {
-                    let summary =
-                        match catch_unwind(AssertUnwindSafe(|| self.participant.balances())) {
-                            Ok(s) => s,
-                            Err(_) => {
-                                self.metrics.panics.add(1);
-                                None
-                            }
-                        };
-                    let _ = reply.send(Reply::Audit {
-                        service: self.service,
-                        summary,
-                    });
-                }
-                Request::Shutdown => break,
-            }
-        }
-        if self.barrier.live() > 0 {
-            tracing::warn!(service = %self.name, prepared = self.barrier.live(), "worker stopped with undecided transactions");
+/// One registered service: its participant, its queue and its worker's
+/// bookkeeping, shared by the worker thread and the callers.
+pub(crate) struct Service {
+    pub index: u16,
+    pub name: Arc<str>,
+    core: Mutex<Core>,
+    /// Requests enqueued and not yet handled. A caller may run a request on
+    /// its own thread only while this is zero (see `submit`).
+    pending: AtomicUsize,
+    /// The participant never blocks, so running it inline is safe.
+    inline: bool,
+    sender: Sender<Request>,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+    redeliver: Option<(u64, u32)>,
+}
+
+/// What became of a submitted request.
+pub(crate) enum Submitted {
+    /// Ran on the caller's thread; here is the answer.
+    Inline(Answer),
+    /// In the worker's queue; the answer will come on the reply channel.
+    Queued,
+    /// The queue stayed full until the deadline.
+    Full,
+}
+
+/// How many times to spin on a busy participant before queueing instead.
+const INLINE_SPINS: u32 = 64;
+/// Requests a worker handles per lock acquisition.
+const WORKER_BATCH: usize = 64;
+
+impl Service {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: u16,
+        name: Arc<str>,
+        participant: Box<dyn Participant>,
+        barrier_capacity: usize,
+        sender: Sender<Request>,
+        metrics: Arc<Metrics>,
+        retry: RetryPolicy,
+        redeliver: Option<(u64, u32)>,
+    ) -> Self {
+        let inline = participant.is_nonblocking();
+        Self {
+            index,
+            name,
+            core: Mutex::new(Core { participant, barrier: Barrier::new(barrier_capacity) }),
+            pending: AtomicUsize::new(0),
+            inline,
+            sender,
+            metrics,
+            retry,
+            redeliver,
         }
     }
 
-    fn step(&mut self, plan: &Plan, group: usize, step: Step) -> Answer {
+    /// Copies of one phase request to deliver (1 unless testing redelivery).
+    fn copies(&self, plan: &Plan, step: Step) -> u32 {
+        match self.redeliver {
+            None => 1,
+            Some((seed, max)) => {
+                let mut h = seed ^ (plan.tx.as_u128() as u64) ^ ((plan.tx.as_u128() >> 64) as u64);
+                h ^= (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(self.index) << 48;
+                h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+                1 + ((h >> 33) % u64::from(max)) as u32
+            }
+        }
+    }
+
+    /// Runs `step` on the caller's thread when that keeps per-service FIFO
+    /// order, otherwise enqueues it for the worker.
+    ///
+    /// FIFO argument: two requests that must be ordered belong to
+    /// conflicting transactions, and the later transaction cannot submit
+    /// before the earlier one released its key locks, which happens only after
+    /// the earlier `submit` returned. `pending` is incremented before a
+    /// request is sent and decremented only after the worker handled it,
+    /// under the core lock; so a caller that holds the core lock and reads
+    /// `pending == 0` knows every earlier request has been applied. Otherwise
+    /// it queues behind them.
+    pub(crate) fn submit(
+        &self,
+        plan: &Arc<Plan>,
+        group: usize,
+        step: Step,
+        reply: &Sender<Reply>,
+        deadline: Option<Instant>,
+    ) -> Submitted {
+        let copies = self.copies(plan, step);
+        if self.inline {
+            if let Some(mut core) = self.try_core() {
+                // SeqCst pairs with the increments in `enqueue` (see above).
+                if self.pending.load(Ordering::SeqCst) == 0 {
+                    let mut answer = self.step(&mut core, plan, group, step, true);
+                    for _ in 1..copies {
+                        answer = self.step(&mut core, plan, group, step, true);
+                    }
+                    match answer {
+                        Some(answer) => return Submitted::Inline(answer),
+                        None => {
+                            // A commit or rollback failed inline: hand it to
+                            // the worker, which retries with backoff. Count it
+                            // as pending before the core lock drops so that no
+                            // later request overtakes it.
+                            self.pending.fetch_add(1, Ordering::SeqCst);
+                            drop(core);
+                            return self.send(
+                                Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() },
+                                None,
+                                true,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut result = Submitted::Queued;
+        for _ in 0..copies {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+            result =
+                self.send(Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() }, deadline, true);
+            if !matches!(result, Submitted::Queued) {
+                break;
+            }
+        }
+        result
+    }
+
+    /// Enqueues a request (already counted in `pending` when `counted`).
+    fn send(&self, request: Request, deadline: Option<Instant>, counted: bool) -> Submitted {
+        let sent = match deadline {
+            Some(d) => match self.sender.send_deadline(request, d) {
+                Ok(()) => Ok(()),
+                Err(SendTimeoutError::Timeout(_)) => Err(Submitted::Full),
+                Err(SendTimeoutError::Disconnected(_)) => Err(Submitted::Full),
+            },
+            None => self.sender.send(request).map_err(|_| Submitted::Full),
+        };
+        match sent {
+            Ok(()) => Submitted::Queued,
+            Err(not_sent) => {
+                if counted {
+                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                }
+                not_sent
+            }
+        }
+    }
+
+    /// Enqueues a request that is not a transaction phase (audit, shutdown).
+    pub(crate) fn enqueue(&self, request: Request, deadline: Option<Instant>) -> Submitted {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.send(request, deadline, true)
+    }
+
+    fn try_core(&self) -> Option<MutexGuard<'_, Core>> {
+        for _ in 0..INLINE_SPINS {
+            if let Some(core) = self.core.try_lock() {
+                return Some(core);
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// The worker thread's loop: handle requests in FIFO order, several per
+    /// lock acquisition, until a shutdown request.
+    pub(crate) fn run(&self, requests: Receiver<Request>) {
+        'serve: while let Ok(first) = requests.recv() {
+            let mut core = self.core.lock();
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(request) = next.take() {
+                let stop = self.handle(&mut core, request);
+                // SeqCst: see `submit`. Decrement after the request took effect.
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                if stop {
+                    break 'serve;
+                }
+                handled += 1;
+                if handled < WORKER_BATCH {
+                    next = requests.try_recv().ok();
+                }
+            }
+        }
+        let core = self.core.lock();
+        if core.barrier.live() > 0 {
+            tracing::warn!(service = %self.name, prepared = core.barrier.live(), "worker stopped with undecided transactions");
+        }
+    }
+
+    /// Handles one request; true for shutdown.
+    fn handle(&self, core: &mut Core, request: Request) -> bool {
+        match request {
+            Request::Phase { plan, group, step, reply } => {
+                let answer = self.step(core, &plan, group, step, false).unwrap_or(Answer::Parked);
+                // The caller may have gone; its loss.
+                let _ = reply.send(Reply::Phase { tx: plan.tx, service: self.index, step, answer });
+                false
+            }
+            Request::Audit { reply } => {
+                let summary = match catch_unwind(AssertUnwindSafe(|| core.participant.balances())) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        self.metrics.panics.add(1);
+                        None
+                    }
+                };
+                let _ = reply.send(Reply::Audit { service: self.index, summary });
+                false
+            }
+            Request::Shutdown => true,
+        }
+    }
+
+    /// One step. `None` only when `inline` and a commit/rollback failed (the
+    /// caller then hands it to the worker instead of retrying itself).
+    fn step(&self, core: &mut Core, plan: &Plan, group: usize, step: Step, inline: bool) -> Option<Answer> {
         let tx = plan.tx;
-        match step {
-            Step::Prepare => self.prepare(plan, group),
-            Step::OnePhase => match self.prepare(plan, group) {
-                Answer::Yes if plan.claim_commit() => self.commit(tx),
+        Some(match step {
+            Step::Prepare => self.prepare(core, plan, group),
+            Step::OnePhase => match self.prepare(core, plan, group) {
+                Answer::Yes if plan.claim_commit() => return self.commit(core, tx, inline),
                 Answer::Yes => {
                     tracing::debug!(%tx, service = %self.name, "one-phase cancelled by the caller; rolling back");
-                    match self.rollback(tx) {
+                    return self.rollback(core, tx, inline).map(|a| match a {
                         Answer::Done => Answer::Cancelled,
                         other => other,
-                    }
+                    });
                 }
                 // A panic may have left something half-prepared.
                 Answer::Panicked => {
-                    self.rollback(tx);
+                    self.rollback(core, tx, inline)?;
                     Answer::Panicked
                 }
                 other => other,
             },
-            Step::Commit => self.commit(tx),
-            Step::Rollback => self.rollback(tx),
-        }
+            Step::Commit => return self.commit(core, tx, inline),
+            Step::Rollback => return self.rollback(core, tx, inline),
+        })
     }
 
-    fn prepare(&mut self, plan: &Plan, group: usize) -> Answer {
+    fn prepare(&self, core: &mut Core, plan: &Plan, group: usize) -> Answer {
         let tx = plan.tx;
-        match self.barrier.decide(tx, Phase::Prepare) {
+        match core.barrier.decide(tx, Phase::Prepare) {
             Decision::AlreadyDone => return Answer::Yes,
             Decision::RefuseLate => return Answer::LateRefused,
             Decision::Violation => return self.violation(tx, "prepare"),
@@ -194,92 +348,98 @@ impl Worker {
         if plan.is_cancelled() {
             // The caller gave up before we started: refuse without calling,
             // and remember it so a duplicate prepare is refused too.
-            self.barrier.rolled_back(tx);
+            core.barrier.rolled_back(tx);
             return Answer::LateRefused;
         }
         let ops = plan.operations(group);
-        let participant = &mut self.participant;
+        let participant = &mut core.participant;
         match catch_unwind(AssertUnwindSafe(|| participant.prepare(tx, &ops))) {
             Ok(Ok(prepared)) => {
-                self.barrier.prepared_ok(tx, Some(prepared));
+                core.barrier.prepared_ok(tx, Some(prepared));
                 tracing::trace!(%tx, service = %self.name, "prepared");
                 Answer::Yes
             }
             Ok(Err(refusal)) => {
-                self.barrier.rolled_back(tx);
+                core.barrier.rolled_back(tx);
                 tracing::debug!(%tx, service = %self.name, %refusal, "prepare refused");
                 Answer::No(refusal)
             }
             Err(_) => {
                 self.metrics.panics.add(1);
                 // It may have half-prepared: rollback must still be called.
-                self.barrier.prepared_ok(tx, None);
+                core.barrier.prepared_ok(tx, None);
                 tracing::warn!(%tx, service = %self.name, "participant panicked in prepare");
                 Answer::Panicked
             }
         }
     }
 
-    fn commit(&mut self, tx: TxId) -> Answer {
-        match self.barrier.decide(tx, Phase::Commit) {
-            Decision::AlreadyDone => return Answer::Done,
-            Decision::RefuseLate | Decision::Violation => return self.violation(tx, "commit"),
+    fn commit(&self, core: &mut Core, tx: TxId, inline: bool) -> Option<Answer> {
+        match core.barrier.decide(tx, Phase::Commit) {
+            Decision::AlreadyDone => return Some(Answer::Done),
+            Decision::RefuseLate | Decision::Violation => return Some(self.violation(tx, "commit")),
             Decision::Call => {}
         }
-        let done = self.retrying(tx, "commit", |participant, barrier| {
-            let prepared = barrier
-                .prepared(tx)
-                .expect("decide() checked the prepared value");
-            participant.commit(tx, prepared)
-        });
-        if done {
-            self.barrier.committed(tx);
+        let done = self.retrying(core, tx, "commit", inline, |core| {
+            let prepared = core.barrier.prepared(tx).expect("decide() checked the prepared value");
+            core.participant.commit(tx, prepared)
+        })?;
+        Some(if done {
+            core.barrier.committed(tx);
             Answer::Done
         } else {
             Answer::Parked
-        }
+        })
     }
 
-    fn rollback(&mut self, tx: TxId) -> Answer {
-        match self.barrier.decide(tx, Phase::Rollback) {
-            Decision::AlreadyDone => return Answer::Done,
-            Decision::RefuseLate | Decision::Violation => return self.violation(tx, "rollback"),
+    fn rollback(&self, core: &mut Core, tx: TxId, inline: bool) -> Option<Answer> {
+        match core.barrier.decide(tx, Phase::Rollback) {
+            Decision::AlreadyDone => return Some(Answer::Done),
+            Decision::RefuseLate | Decision::Violation => return Some(self.violation(tx, "rollback")),
             Decision::Call => {}
         }
-        if !self.barrier.holds(tx) {
+        if !core.barrier.holds(tx) {
             // Rollback before (or instead of) prepare: nothing to undo, but
             // remember it so a late prepare is refused.
-            self.barrier.rolled_back(tx);
-            return Answer::Done;
+            core.barrier.rolled_back(tx);
+            return Some(Answer::Done);
         }
-        if self.retrying(tx, "rollback", |participant, _| participant.rollback(tx)) {
-            self.barrier.rolled_back(tx);
+        let done = self.retrying(core, tx, "rollback", inline, |core| core.participant.rollback(tx))?;
+        Some(if done {
+            core.barrier.rolled_back(tx);
             Answer::Done
         } else {
             Answer::Parked
-        }
+        })
     }
 
     /// Calls `f` until it succeeds, with capped exponential backoff; false
-    /// once `max_attempts` calls have failed.
+    /// once `max_attempts` calls have failed. Inline callers get one attempt
+    /// (`None` after a failure) so that they never sleep holding the core.
     fn retrying(
-        &mut self,
+        &self,
+        core: &mut Core,
         tx: TxId,
         what: &'static str,
-        mut f: impl FnMut(&mut Box<dyn Participant>, &Barrier<Prepared>) -> Result<(), crate::Failure>,
-    ) -> bool {
-        for attempt in 1..=self.retry.max_attempts.max(1) {
-            let participant = &mut self.participant;
-            let barrier = &self.barrier;
-            let error = match catch_unwind(AssertUnwindSafe(|| f(participant, barrier))) {
-                Ok(Ok(())) => return true,
+        inline: bool,
+        mut f: impl FnMut(&mut Core) -> Result<(), crate::Failure>,
+    ) -> Option<bool> {
+        let attempts = self.retry.max_attempts.max(1);
+        for attempt in 1..=attempts {
+            let error = match catch_unwind(AssertUnwindSafe(|| f(core))) {
+                Ok(Ok(())) => return Some(true),
                 Ok(Err(failure)) => failure.message,
                 Err(_) => {
                     self.metrics.panics.add(1);
                     "participant panicked".to_string()
                 }
             };
-            if attempt == self.retry.max_attempts.max(1) {
+            if inline {
+                self.metrics.retries.add(1);
+                tracing::warn!(%tx, service = %self.name, %error, "{what} failed inline; handing it to the worker");
+                return None;
+            }
+            if attempt == attempts {
                 break;
             }
             self.metrics.retries.add(1);
@@ -288,8 +448,8 @@ impl Worker {
             std::thread::sleep(delay);
         }
         self.metrics.parked.add(1);
-        tracing::error!(%tx, service = %self.name, attempts = self.retry.max_attempts, "{what} parked after exhausting retries");
-        false
+        tracing::error!(%tx, service = %self.name, attempts, "{what} parked after exhausting retries");
+        Some(false)
     }
 
     fn violation(&self, tx: TxId, what: &str) -> Answer {

@@ -78,9 +78,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         DurabilityArg::None => Durability::None,
         DurabilityArg::Sync => Durability::Sync,
     };
-    let mut builder = Coordinator::builder()
-        .durability(durability)
-        .max_legs(usize::from(args.legs).max(1));
+    let mut builder = Coordinator::builder().durability(durability).max_legs(usize::from(args.legs).max(1));
     for (s, ledger) in ledgers(&shape)?.into_iter().enumerate() {
         builder = builder.service(service_name(s), ledger);
     }
@@ -181,12 +179,7 @@ struct MemoryReport {
 pub fn memory(args: MemoryArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let before = resident_bytes();
     let started = Instant::now();
-    let shape = Shape {
-        services: usize::from(args.services),
-        accounts: args.accounts,
-        balance: 1000,
-        legs: 1,
-    };
+    let shape = Shape { services: usize::from(args.services), accounts: args.accounts, balance: 1000, legs: 1 };
     let ledgers = ledgers(&shape)?;
     let seconds = started.elapsed().as_secs_f64();
     let after = resident_bytes();
@@ -194,9 +187,7 @@ pub fn memory(args: MemoryArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
     let report = MemoryReport {
         accounts: args.accounts,
         structure_bytes_per_account: structure as f64 / args.accounts as f64,
-        resident_bytes_per_account: before
-            .zip(after)
-            .map(|(b, a)| a.saturating_sub(b) as f64 / args.accounts as f64),
+        resident_bytes_per_account: before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 / args.accounts as f64),
         seconds_to_create: seconds,
     };
     if args.json {
@@ -206,9 +197,7 @@ pub fn memory(args: MemoryArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
             "{} accounts: {:.1} bytes/account in the ledger's structures, {} resident, created in {:.1} s",
             report.accounts,
             report.structure_bytes_per_account,
-            report
-                .resident_bytes_per_account
-                .map_or("?".into(), |b| format!("{b:.1} bytes/account")),
+            report.resident_bytes_per_account.map_or("?".into(), |b| format!("{b:.1} bytes/account")),
             report.seconds_to_create
         );
     }

@@ -29,19 +29,13 @@ const ACCOUNTS: u64 = 100_000;
 const BALANCE: i64 = 1_000;
 
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let shape = Shape {
-        services: SERVICES,
-        accounts: ACCOUNTS,
-        balance: BALANCE,
-        legs: 2,
-    };
+    let shape = Shape { services: SERVICES, accounts: ACCOUNTS, balance: BALANCE, legs: 2 };
     println!(
         "dtc demo: {SERVICES} services, {ACCOUNTS} accounts of {BALANCE}, {} threads, {} s; faults: 0.2% refusals, 0.05% panics, 0.01% stalls of 150 ms past a 50 ms call timeout",
         args.threads, args.seconds
     );
-    let mut builder = Coordinator::builder()
-        .call_timeout(Duration::from_millis(50))
-        .transaction_timeout(Duration::from_secs(2));
+    let mut builder =
+        Coordinator::builder().call_timeout(Duration::from_millis(50)).transaction_timeout(Duration::from_secs(2));
     let mut counters = Vec::new();
     for (s, ledger) in ledgers(&shape)?.into_iter().enumerate() {
         let plan = FaultPlan::new(args.seed.wrapping_add(s as u64))
@@ -56,8 +50,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     let bar = ProgressBar::new(args.seconds);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let done = AtomicU64::new(0);
     let started = Instant::now();
@@ -75,15 +68,10 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             })
             .collect();
         while Instant::now() < stop {
-            std::thread::sleep(
-                Duration::from_millis(200).min(stop.saturating_duration_since(Instant::now())),
-            );
+            std::thread::sleep(Duration::from_millis(200).min(stop.saturating_duration_since(Instant::now())));
             let secs = started.elapsed().as_secs_f64();
             bar.set_position(secs as u64);
-            bar.set_message(format!(
-                "{:.0} tx/s",
-                done.load(Ordering::Relaxed) as f64 / secs.max(1e-9)
-            ));
+            bar.set_message(format!("{:.0} tx/s", done.load(Ordering::Relaxed) as f64 / secs.max(1e-9)));
         }
         for h in handles {
             if let Ok(tally) = h.join() {
@@ -97,17 +85,10 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let metrics = dtc.metrics();
     dtc.shutdown()?;
 
-    let injected = counters.iter().map(|c| c.get()).fold((0, 0, 0), |a, c| {
-        (a.0 + c.refusals, a.1 + c.panics, a.2 + c.stalls)
-    });
-    println!(
-        "\ncommitted      {}",
-        metrics.committed + metrics.commit_pending
-    );
-    println!(
-        "  of which commit-pending (acknowledged late) {}",
-        metrics.commit_pending
-    );
+    let injected =
+        counters.iter().map(|c| c.get()).fold((0, 0, 0), |a, c| (a.0 + c.refusals, a.1 + c.panics, a.2 + c.stalls));
+    println!("\ncommitted      {}", metrics.committed + metrics.commit_pending);
+    println!("  of which commit-pending (acknowledged late) {}", metrics.commit_pending);
     println!("aborted        {}", metrics.aborted_total());
     for (reason, n) in metrics.aborted.iter().filter(|(_, n)| *n > 0) {
         println!("  {reason:<22} {n}");
@@ -118,10 +99,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         "panics survived {} (injected {}, refusals injected {}, stalls injected {})",
         metrics.panics, injected.1, injected.0, injected.2
     );
-    println!(
-        "throughput     {:.0} tx/s",
-        (total.committed + total.aborted) as f64 / elapsed
-    );
+    println!("throughput     {:.0} tx/s", (total.committed + total.aborted) as f64 / elapsed);
     println!(
         "latency        p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
         micros(total.latency_ns.value_at_quantile(0.5)),
@@ -137,9 +115,5 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         audit.negative,
         if conserved { "yes" } else { "NO" }
     );
-    Ok(if conserved {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if conserved { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -9,11 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "dtc",
-    version,
-    about = "Fast in-process distributed transactions"
-)]
+#[command(name = "dtc", version, about = "Fast in-process distributed transactions")]
 struct Cli {
     /// Log filter (tracing syntax, e.g. `warn`, `dtc=debug`); overrides RUST_LOG.
     #[arg(long, global = true)]
@@ -38,10 +34,7 @@ fn init_logging(filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error")),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout).try_init();
 }
 
 /// Participant panics are caught and counted by the engine; report them

@@ -23,9 +23,7 @@ pub fn service_name(s: usize) -> String {
 /// One ledger per service, holding its share of the accounts.
 pub fn ledgers(shape: &Shape) -> Result<Vec<Ledger>, dtc::Error> {
     let per = (shape.accounts as usize).div_ceil(shape.services);
-    let ledgers: Vec<Ledger> = (0..shape.services)
-        .map(|_| Ledger::with_capacity(per))
-        .collect();
+    let ledgers: Vec<Ledger> = (0..shape.services).map(|_| Ledger::with_capacity(per)).collect();
     let mut name = String::new();
     for i in 0..shape.accounts {
         name.clear();
@@ -70,8 +68,7 @@ pub fn run_thread(
     stop: Instant,
     mut tick: impl FnMut(&Outcome),
 ) -> Tally {
-    let mut rng =
-        SmallRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = SmallRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let services: Vec<String> = (0..shape.services).map(service_name).collect();
     let mut tally = Tally::new();
     let mut names: Vec<String> = vec![String::new(); shape.legs * 2];
@@ -108,9 +105,7 @@ pub fn run_thread(
         let started = Instant::now();
         match dtc.execute(&legs) {
             Ok(outcome) => {
-                let _ = tally
-                    .latency_ns
-                    .record((started.elapsed().as_nanos() as u64).max(1));
+                let _ = tally.latency_ns.record((started.elapsed().as_nanos() as u64).max(1));
                 if outcome.is_committed() {
                     tally.committed += 1;
                 } else {
