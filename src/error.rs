@@ -112,6 +112,16 @@ pub enum Error {
         /// The service.
         service: String,
     },
+    /// The data directory holds damage recovery must not guess about.
+    #[error("corrupt data in {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file (or log position) concerned.
+        file: String,
+        /// Byte offset in it.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The engine could not take every lock for an audit before its deadline.
     #[error("audit timed out waiting for in-flight transactions")]
     AuditTimeout,
@@ -148,6 +158,7 @@ impl Error {
             Error::TxInProgress { .. } => "tx_in_progress",
             Error::ShuttingDown => "shutting_down",
             Error::ServiceUnavailable { .. } => "service_unavailable",
+            Error::Corrupt { .. } => "corrupt",
             Error::AuditTimeout => "audit_timeout",
             Error::Log(_) => "log",
             Error::Io { .. } => "io",

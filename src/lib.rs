@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 mod coordinator;
+mod durable;
 mod error;
 mod fault;
 mod ledger;
@@ -40,8 +41,10 @@ mod metrics;
 mod participant;
 mod sync;
 mod txn;
+mod wal;
 
-pub use coordinator::{Audit, Builder, Coordinator, Durability, MAX_SERVICE_NAME_BYTES, RetryPolicy};
+pub use coordinator::{Audit, Builder, Coordinator, Durability, LogStats, MAX_SERVICE_NAME_BYTES, RetryPolicy};
+pub use durable::RecoveryReport;
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};

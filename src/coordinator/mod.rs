@@ -4,6 +4,7 @@
 //! barrier (`barrier`) and the recent-id table (`recent`).
 
 pub(crate) mod barrier;
+mod durability;
 pub(crate) mod locks;
 pub(crate) mod plan;
 pub(crate) mod recent;
@@ -17,11 +18,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+use crate::durable::{Entry, Journal, JournalConfig, RecoveryReport};
 use crate::error::{Error, Result};
+use crate::ledger::Ledger;
 use crate::metrics::{Metrics, MetricsSnapshot, Stage};
 use crate::participant::{BalanceSummary, Participant, Refusal};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::txn::{AbortReason, Outcome, Transfer, TxId, TxIdGen};
+use crate::wal::Lsn;
 
 use locks::StripedLocks;
 use plan::{Plan, ServiceInfo};
@@ -56,6 +60,7 @@ pub(crate) struct Config {
     pub retry: RetryPolicy,
     pub durability: Durability,
     pub dir: Option<std::path::PathBuf>,
+    pub journal: JournalConfig,
     /// Testing aid: deliver every phase request 1..=max copies (seed, max).
     pub redeliver: Option<(u64, u32)>,
 }
@@ -73,6 +78,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             durability: Durability::None,
             dir: None,
+            journal: JournalConfig::default(),
             redeliver: None,
         }
     }
@@ -147,6 +153,27 @@ impl Builder {
         self
     }
 
+    /// Size of each log segment file (default 64 MiB; a multiple of 4096).
+    pub fn segment_size_bytes(mut self, bytes: u64) -> Self {
+        self.config.journal.wal.segment_size_bytes = bytes;
+        self.config.journal.checkpoint_every_bytes = bytes;
+        self
+    }
+
+    /// Most live log segment files (default 4, at least 3). With one
+    /// checkpoint file, this bounds the data directory: appends wait for a
+    /// checkpoint rather than grow the log past it.
+    pub fn max_segments(mut self, segments: usize) -> Self {
+        self.config.journal.wal.max_segments = segments;
+        self
+    }
+
+    /// Log bytes between checkpoints (default: one segment).
+    pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
+        self.config.journal.checkpoint_every_bytes = bytes.max(1);
+        self
+    }
+
     /// Testing aid: deliver every prepare, commit and rollback request
     /// between 1 and `max_copies` times (drawn from `seed`, the transaction
     /// and the phase), to show that duplicates have the effect of one.
@@ -171,9 +198,16 @@ impl Builder {
         if config.max_legs == 0 || config.queue_capacity == 0 {
             return Err(Error::Config("max_legs and queue_capacity must be positive".into()));
         }
-        if config.durability != Durability::None {
-            return Err(Error::Config("durable mode needs the write-ahead log, not built yet".into()));
+        if config.durability == Durability::Sync && config.journal.wal.max_segments < 3 {
+            return Err(Error::Config("max_segments must be at least 3".into()));
         }
+        let opened = match (config.durability, &config.dir) {
+            (Durability::None, _) => None,
+            (Durability::Sync, None) => {
+                return Err(Error::Config("durability Sync needs a data directory (dir)".into()));
+            }
+            (Durability::Sync, Some(dir)) => Some(Journal::open_dir(dir, config.journal.clone())?),
+        };
         let mut by_name = HashMap::new();
         for (i, (name, _)) in services.iter().enumerate() {
             validate_service_name(name)?;
@@ -184,11 +218,13 @@ impl Builder {
         let metrics = Arc::new(Metrics::default());
         let mut infos = Vec::with_capacity(services.len());
         let mut handles = Vec::with_capacity(services.len());
+        let mut ledgers = Vec::with_capacity(services.len());
         let mut workers = Vec::with_capacity(services.len());
         for (i, (name, participant)) in services.into_iter().enumerate() {
             let name: Arc<str> = name.into();
             let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
             infos.push(ServiceInfo { name: name.clone(), directory: participant.directory() });
+            ledgers.push(participant.ledger());
             let service = Arc::new(Service::new(
                 i as u16,
                 name.clone(),
@@ -207,7 +243,11 @@ impl Builder {
             handles.push(service);
             workers.push(handle);
         }
-        let inner = Inner {
+        let (journal, replayed) = match opened {
+            Some((journal, replayed)) => (Some(journal), Some(replayed)),
+            None => (None, None),
+        };
+        let mut inner = Inner {
             locks: StripedLocks::new(config.lock_stripes),
             recent: RecentIds::new(config.recent_ids),
             ids: TxIdGen::new(rand::random()),
@@ -219,8 +259,26 @@ impl Builder {
             in_flight: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             workers: Mutex::new(workers),
+            journal,
+            ledgers,
+            unresolved: Mutex::new(HashMap::new()),
+            recovery: RecoveryReport::default(),
+            checkpoint_lock: Mutex::new(()),
+            checkpointer: Mutex::new(None),
         };
-        Ok(Coordinator { inner: Arc::new(inner) })
+        if let Some(replayed) = replayed {
+            let fresh = replayed.report.fresh;
+            inner.recovery = inner.restore(replayed)?;
+            // A fresh log starts from a checkpoint of the initial balances; a
+            // recovered one is compacted at once, so recovery's work is saved.
+            inner.checkpoint_now()?;
+            tracing::info!(fresh, report = ?inner.recovery, "log opened");
+        }
+        let inner = Arc::new(inner);
+        if inner.journal.is_some() {
+            *inner.checkpointer.lock() = Some(durability::spawn_checkpointer(&inner)?);
+        }
+        Ok(Coordinator { inner })
     }
 }
 
@@ -235,6 +293,19 @@ fn validate_service_name(name: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Counters of the write-ahead log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStats {
+    /// Group-commit syncs completed.
+    pub syncs: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended (headers included).
+    pub bytes_written: u64,
+    /// Segment files live now.
+    pub segments_live: u64,
 }
 
 /// A consistent cut of every service's balances.
@@ -288,6 +359,15 @@ struct Inner {
     in_flight: AtomicUsize,
     closing: AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    journal: Option<Journal>,
+    /// The built-in ledger behind each service, if any (logged and
+    /// checkpointed by the coordinator).
+    ledgers: Vec<Option<Ledger>>,
+    /// Commits whose external participants have not all acknowledged.
+    unresolved: Mutex<HashMap<TxId, Vec<String>>>,
+    recovery: RecoveryReport,
+    checkpoint_lock: Mutex<()>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
 thread_local! {
@@ -362,6 +442,30 @@ impl Coordinator {
         self.inner.services.iter().map(|s| s.name.to_string()).collect()
     }
 
+    /// What recovery found when this coordinator opened its data directory.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.recovery.clone()
+    }
+
+    /// Writes a checkpoint now (durable mode; a no-op otherwise).
+    pub fn checkpoint(&self) -> Result<()> {
+        let _in_flight = self.inner.enter()?;
+        self.inner.checkpoint_now()
+    }
+
+    /// Log counters: syncs, records, bytes, records per sync (durable mode).
+    pub fn log_stats(&self) -> Option<LogStats> {
+        self.inner.journal.as_ref().map(|j| {
+            let s = j.stats();
+            LogStats {
+                syncs: s.syncs,
+                records: s.records,
+                bytes_written: s.bytes_written,
+                segments_live: s.segments_live,
+            }
+        })
+    }
+
     /// Stops accepting transactions, waits for those in flight, lets every
     /// worker drain its queue, and joins the workers. Idempotent.
     pub fn shutdown(&self) -> Result<()> {
@@ -409,12 +513,9 @@ impl Inner {
                 Begin::Mismatch => return Err(Error::TxIdReused { tx }),
             }
         }
-        let result = self.drive(&plan, started);
+        let result = self.drive(&plan, started, tracked);
         match &result {
             Ok(outcome) => {
-                if tracked {
-                    self.recent.finish(tx, plan.fingerprint, outcome.clone());
-                }
                 self.count(outcome);
                 self.metrics.record(Stage::Total, started.elapsed());
                 tracing::debug!(%tx, ?outcome, "transaction finished");
@@ -437,20 +538,67 @@ impl Inner {
         }
     }
 
-    fn drive(&self, plan: &Arc<Plan>, started: Instant) -> Result<Outcome> {
+    fn drive(&self, plan: &Arc<Plan>, started: Instant, tracked: bool) -> Result<Outcome> {
         let deadline = started + self.config.tx_timeout;
+        if let Some(journal) = &self.journal {
+            journal.backpressure(deadline)?;
+        }
         let locked_at = Instant::now();
         let Some(locks) = self.locks.acquire(&plan.stripes, deadline) else {
             tracing::warn!(tx = %plan.tx, "lock wait passed the transaction deadline");
-            return Ok(Outcome::Aborted(AbortReason::LockTimeout));
+            let outcome = Outcome::Aborted(AbortReason::LockTimeout);
+            let lsn = self.decided(plan, &outcome, tracked)?;
+            self.durable(lsn)?;
+            return Ok(outcome);
         };
         self.metrics.record(Stage::LockWait, locked_at.elapsed());
-        let outcome =
-            if plan.groups.len() == 1 { self.one_phase(plan, deadline) } else { self.two_phase(plan, deadline) };
-        // Every commit/rollback is enqueued by now; per-service FIFO makes it
-        // visible to whoever takes these locks next.
+        let result = if plan.groups.len() == 1 && self.journal.is_none() {
+            self.one_phase(plan, deadline).map(|o| (o, None))
+        } else {
+            self.two_phase(plan, deadline, tracked)
+        };
+        // Every commit/rollback is enqueued or applied by now; per-service
+        // FIFO makes it visible to whoever takes these locks next.
         drop(locks);
-        outcome
+        let (outcome, lsn) = result?;
+        self.durable(lsn)?;
+        Ok(outcome)
+    }
+
+    /// Records a decision: in the recent-id table (tracked ids) and, for an
+    /// abort of a tracked id, in the log. Called before the locks drop, so a
+    /// checkpoint (which takes every lock) never misses it.
+    fn decided(&self, plan: &Plan, outcome: &Outcome, tracked: bool) -> Result<Option<Lsn>> {
+        if !tracked {
+            return Ok(None);
+        }
+        self.recent.finish(plan.tx, plan.fingerprint, outcome.clone());
+        match (outcome, &self.journal) {
+            (Outcome::Aborted(reason), Some(journal)) => {
+                let entry = Entry::Abort { tx: plan.tx, fingerprint: plan.fingerprint, reason: reason.clone() };
+                self.log_or_fail(journal.append(&entry)).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits for the decision's record to be durable (group commit).
+    fn durable(&self, lsn: Option<Lsn>) -> Result<()> {
+        let (Some(lsn), Some(journal)) = (lsn, &self.journal) else { return Ok(()) };
+        let started = Instant::now();
+        self.log_or_fail(journal.wait(lsn))?;
+        self.metrics.record(Stage::Log, started.elapsed());
+        Ok(())
+    }
+
+    /// A log failure is fatal: stop accepting transactions (fail-stop).
+    fn log_or_fail<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result {
+            tracing::error!(%error, "write-ahead log failed; the coordinator stops accepting transactions");
+            // SeqCst: see `enter`.
+            self.closing.store(true, Ordering::SeqCst);
+        }
+        result
     }
 
     fn submit(
@@ -507,7 +655,7 @@ impl Inner {
         }
     }
 
-    fn two_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
+    fn two_phase(&self, plan: &Arc<Plan>, deadline: Instant, tracked: bool) -> Result<(Outcome, Option<Lsn>)> {
         let started = Instant::now();
         let groups = plan.groups.len();
         let vote_deadline = deadline.min(started + self.config.call_timeout);
@@ -540,8 +688,25 @@ impl Inner {
             votes[group] = Some(answer);
         }
         self.metrics.record(Stage::Prepare, started.elapsed());
+        let mut log_failure = None;
         if votes.iter().all(|v| matches!(v, Some(Answer::Yes))) {
-            return Ok(self.commit_all(plan, &reply, &replies));
+            // The commit point: the decision is logged before any participant
+            // is told to commit.
+            let lsn = match &self.journal {
+                None => None,
+                Some(journal) => match self.log_or_fail(journal.append(&self.commit_entry(plan))) {
+                    Ok(lsn) => Some(lsn),
+                    Err(error) => {
+                        log_failure = Some(error);
+                        None
+                    }
+                },
+            };
+            if log_failure.is_none() {
+                let outcome = self.commit_all(plan, &reply, &replies);
+                self.decided(plan, &outcome, tracked)?;
+                return Ok((outcome, lsn));
+            }
         }
         // Abort: tell workers that have not started to skip the prepare, and
         // roll back everyone (a no-op where nothing was prepared). The
@@ -551,6 +716,20 @@ impl Inner {
         for group in 0..groups {
             self.submit(plan, group, Step::Rollback, &reply, None);
         }
+        if let Some(error) = log_failure {
+            return Err(error);
+        }
+        let outcome = self.abort_outcome(plan, votes, unsent)?;
+        let lsn = self.decided(plan, &outcome, tracked)?;
+        Ok((outcome, lsn))
+    }
+
+    fn abort_outcome(
+        &self,
+        plan: &Plan,
+        mut votes: SmallVec<[Option<Answer>; 4]>,
+        unsent: Option<usize>,
+    ) -> Result<Outcome> {
         let no = votes.iter_mut().enumerate().find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes)));
         match no {
             Some((group, vote)) => {
@@ -610,7 +789,30 @@ impl Inner {
             }
         }
         self.metrics.record(Stage::Commit, started.elapsed());
+        self.external_acknowledged(plan, pending);
         if pending { Outcome::CommitPending } else { Outcome::Committed }
+    }
+
+    /// With a log and external participants: a `Done` record once all
+    /// acknowledged; until then the commit is remembered as unresolved.
+    fn external_acknowledged(&self, plan: &Plan, pending: bool) {
+        let Some(journal) = &self.journal else { return };
+        let external = (0..plan.groups.len()).any(|g| self.ledgers[usize::from(plan.service_of(g))].is_none());
+        if !external {
+            return;
+        }
+        if pending {
+            let names = (0..plan.groups.len())
+                .map(|g| usize::from(plan.service_of(g)))
+                .filter(|&s| self.ledgers[s].is_none())
+                .map(|s| self.services[s].name.to_string())
+                .collect();
+            self.unresolved.lock().insert(plan.tx, names);
+        } else if let Err(error) = journal.append(&Entry::Done { tx: plan.tx }) {
+            // Not fatal for this transaction: without `Done`, recovery asks the
+            // participants again and they answer from their own record.
+            tracing::warn!(tx = %plan.tx, %error, "could not log Done");
+        }
     }
 
     /// Turns a non-yes vote into the reason (or the typed error for an
@@ -692,6 +894,17 @@ impl Inner {
         let workers = std::mem::take(&mut *self.workers.lock());
         if workers.is_empty() {
             return;
+        }
+        if let Some(checkpointer) = self.checkpointer.lock().take() {
+            // The checkpointer may be the thread dropping the last handle.
+            if checkpointer.thread().id() != std::thread::current().id() {
+                let _ = checkpointer.join();
+            }
+        }
+        if self.journal.is_some() {
+            if let Err(error) = self.checkpoint_now() {
+                tracing::warn!(%error, "final checkpoint failed; recovery will replay the log");
+            }
         }
         for service in &self.handles {
             // A worker that is gone already is fine.

@@ -58,6 +58,26 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// A plan with no operations, for commit/rollback of a recovered
+    /// in-doubt transaction on one service.
+    pub(crate) fn bare(tx: TxId, service: u16) -> Plan {
+        Plan {
+            tx,
+            names: String::new(),
+            ops: Vec::new(),
+            groups: smallvec::smallvec![Group { service, start: 0, end: 0 }],
+            stripes: SmallVec::new(),
+            fingerprint: 0,
+            decision: AtomicU8::new(COMMIT_CLAIMED),
+        }
+    }
+
+    /// (account, delta) of every operation of `group`.
+    pub(crate) fn changes(&self, group: usize) -> impl Iterator<Item = (&str, i64)> {
+        let g = self.groups[group];
+        self.ops[g.start as usize..g.end as usize].iter().map(|op| (self.account(op), op.delta))
+    }
+
     pub(crate) fn account(&self, op: &PlanOp) -> &str {
         &self.names[op.name_start as usize..op.name_end as usize]
     }

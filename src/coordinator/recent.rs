@@ -87,6 +87,21 @@ impl RecentIds {
         }
     }
 
+    /// Finished ids with their fingerprints, oldest first within each shard
+    /// (for checkpoints).
+    pub(crate) fn snapshot(&self) -> Vec<(TxId, u64, Outcome)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for tx in &shard.order {
+                if let Some(Slot { fingerprint, outcome: Some(outcome) }) = shard.map.get(tx) {
+                    out.push((*tx, *fingerprint, outcome.clone()));
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn get(&self, tx: TxId) -> Option<Outcome> {
         self.shards[shard_of(tx)].lock().map.get(&tx).and_then(|s| s.outcome.clone())
     }

@@ -151,6 +151,29 @@ impl Service {
         }
     }
 
+    /// Asks the participant for transactions it holds prepared from before a
+    /// restart and records them as prepared, so a commit or rollback can
+    /// follow. Call before any transaction runs.
+    pub(crate) fn recover_in_doubt(&self) -> Vec<TxId> {
+        let mut core = self.core.lock();
+        let found = match catch_unwind(AssertUnwindSafe(|| core.participant.recover())) {
+            Ok(found) => found,
+            Err(_) => {
+                self.metrics.panics.add(1);
+                tracing::error!(service = %self.name, "participant panicked in recover()");
+                Vec::new()
+            }
+        };
+        let mut ids = Vec::with_capacity(found.len());
+        for (tx, prepared) in found {
+            if core.barrier.decide(tx, Phase::Prepare) == Decision::Call {
+                core.barrier.prepared_ok(tx, Some(prepared));
+                ids.push(tx);
+            }
+        }
+        ids
+    }
+
     /// Copies of one phase request to deliver (1 unless testing redelivery).
     fn copies(&self, plan: &Plan, step: Step) -> u32 {
         match self.redeliver {

@@ -40,6 +40,12 @@ pub struct Args {
     /// Durability mode.
     #[arg(long, value_enum, default_value_t = DurabilityArg::None)]
     durability: DurabilityArg,
+    /// Data directory (durability sync): reused if it holds a log.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Append `<tx-id> committed|aborted` per outcome to this file (direct writes).
+    #[arg(long)]
+    ack_log: Option<std::path::PathBuf>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -79,6 +85,15 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         DurabilityArg::Sync => Durability::Sync,
     };
     let mut builder = Coordinator::builder().durability(durability).max_legs(usize::from(args.legs).max(1));
+    if let Some(dir) = &args.dir {
+        builder = builder.dir(dir);
+    } else if durability == Durability::Sync {
+        return Err("--durability sync needs --dir".into());
+    }
+    let ack = match &args.ack_log {
+        None => None,
+        Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+    };
     for (s, ledger) in ledgers(&shape)?.into_iter().enumerate() {
         builder = builder.service(service_name(s), ledger);
     }
@@ -92,7 +107,8 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let handles: Vec<_> = (0..args.threads as usize)
             .map(|t| {
                 let (dtc, shape) = (&dtc, &shape);
-                scope.spawn(move || run_thread(dtc, shape, args.seed, t, stop, |_| {}))
+                let ack = ack.as_ref();
+                scope.spawn(move || run_thread(dtc, shape, args.seed, t, stop, ack, |_| {}))
             })
             .collect();
         for h in handles {

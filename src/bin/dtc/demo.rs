@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .map(|t| {
                 let (dtc, shape, done) = (&dtc, &shape, &done);
                 scope.spawn(move || {
-                    run_thread(dtc, shape, args.seed, t, stop, |_| {
+                    run_thread(dtc, shape, args.seed, t, stop, None, |_| {
                         done.fetch_add(1, Ordering::Relaxed);
                     })
                 })

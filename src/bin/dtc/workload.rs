@@ -2,6 +2,7 @@
 //! accounts (`acct-<i>` on service `i % S`), random transfers.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use dtc::{Coordinator, Ledger, Outcome, Transfer};
@@ -60,12 +61,16 @@ impl Tally {
 }
 
 /// Random transfers until `stop`; `tick` is called after each transaction.
+/// With `ack`, every outcome is appended to that file as `<tx-id> committed`
+/// or `<tx-id> aborted` (one `write` per line: no user-space buffering)
+/// after it was returned.
 pub fn run_thread(
     dtc: &Coordinator,
     shape: &Shape,
     seed: u64,
     thread: usize,
     stop: Instant,
+    ack: Option<&std::fs::File>,
     mut tick: impl FnMut(&Outcome),
 ) -> Tally {
     let mut rng = SmallRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -103,8 +108,17 @@ pub fn run_thread(
             })
             .collect();
         let started = Instant::now();
-        match dtc.execute(&legs) {
+        let id = dtc.new_tx_id();
+        match dtc.execute_as(id, &legs) {
             Ok(outcome) => {
+                if let Some(mut file) = ack {
+                    let line = format!("{id} {}\n", if outcome.is_committed() { "committed" } else { "aborted" });
+                    if let Err(error) = file.write_all(line.as_bytes()) {
+                        tracing::error!(%error, "cannot write the ack log");
+                        tally.errors += 1;
+                        break;
+                    }
+                }
                 let _ = tally.latency_ns.record((started.elapsed().as_nanos() as u64).max(1));
                 if outcome.is_committed() {
                     tally.committed += 1;
@@ -116,7 +130,7 @@ pub fn run_thread(
             Err(error) => {
                 tally.errors += 1;
                 tracing::error!(%error, "transaction error");
-                if matches!(error, dtc::Error::ShuttingDown | dtc::Error::Log(_)) {
+                if matches!(error, dtc::Error::ShuttingDown | dtc::Error::Log(_) | dtc::Error::Corrupt { .. }) {
                     break;
                 }
             }

@@ -1,0 +1,204 @@
+//! The coordinator's side of durability: what it logs for a decision,
+//! recovery on open, and checkpoints.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use super::plan::Plan;
+use super::worker::{Request, Step, Submitted};
+use super::{Inner, replies};
+use crate::durable::{Change, Checkpoint, Entry, RecoveryReport, Remembered, Replayed, Unresolved};
+use crate::error::{Error, Result};
+use crate::sync::Ordering;
+use crate::txn::{Outcome, TxId};
+
+impl Inner {
+    /// The commit record of `plan`: every ledger change, and the external
+    /// services that must acknowledge.
+    pub(super) fn commit_entry(&self, plan: &Plan) -> Entry {
+        let mut changes = Vec::with_capacity(plan.ops.len());
+        let mut external = Vec::new();
+        for group in 0..plan.groups.len() {
+            let service = usize::from(plan.service_of(group));
+            let name = &self.services[service].name;
+            if self.ledgers[service].is_some() {
+                changes.extend(plan.changes(group).map(|(account, delta)| Change {
+                    service: name.to_string(),
+                    account: account.to_string(),
+                    delta,
+                }));
+            } else {
+                external.push(name.to_string());
+            }
+        }
+        Entry::Commit { tx: plan.tx, fingerprint: plan.fingerprint, changes, external }
+    }
+
+    fn ledger_index(&self, service: &str) -> Result<usize> {
+        self.services.iter().position(|s| &*s.name == service).filter(|&i| self.ledgers[i].is_some()).ok_or_else(|| {
+            Error::Config(format!("the log holds ledger service {service:?}, which is not registered as a ledger"))
+        })
+    }
+
+    /// Rebuilds state from the last checkpoint and the records after it, and
+    /// resolves external participants' in-doubt transactions (presumed abort).
+    pub(super) fn restore(&self, replayed: Replayed) -> Result<RecoveryReport> {
+        let Replayed { checkpoint, entries, mut report } = replayed;
+        let mut committed: HashMap<TxId, Vec<String>> = HashMap::new();
+        if let Some(c) = checkpoint {
+            self.ids.observe(TxId::from_u128(c.high_water));
+            for (service, accounts) in &c.ledgers {
+                let ledger = self.ledgers[self.ledger_index(service)?].as_ref().expect("ledger_index checked");
+                for (account, balance) in accounts {
+                    ledger.put(account, *balance)?;
+                }
+            }
+            for m in c.recent {
+                let outcome = m.aborted.map_or(Outcome::Committed, Outcome::Aborted);
+                self.recent.finish(m.tx, m.fingerprint, outcome);
+            }
+            for u in c.unresolved {
+                committed.insert(u.tx, u.external);
+            }
+        }
+        for (_, entry) in entries {
+            match entry {
+                Entry::Commit { tx, fingerprint, changes, external } => {
+                    self.ids.observe(tx);
+                    for change in &changes {
+                        let ledger = self.ledgers[self.ledger_index(&change.service)?].as_ref().expect("checked");
+                        ledger.adjust(&change.account, change.delta)?;
+                    }
+                    self.recent.finish(tx, fingerprint, Outcome::Committed);
+                    if !external.is_empty() {
+                        committed.insert(tx, external);
+                    }
+                }
+                Entry::Abort { tx, fingerprint, reason } => {
+                    self.ids.observe(tx);
+                    self.recent.finish(tx, fingerprint, Outcome::Aborted(reason));
+                }
+                Entry::Done { tx } => {
+                    committed.remove(&tx);
+                }
+                Entry::Account { service, account, balance } => {
+                    let ledger = self.ledgers[self.ledger_index(&service)?].as_ref().expect("checked");
+                    ledger.put(&account, balance)?;
+                }
+            }
+        }
+        // External participants: commit what the log decided, roll back the rest.
+        let (reply, _replies) = replies();
+        for handle in &self.handles {
+            for tx in handle.recover_in_doubt() {
+                let commit = committed.contains_key(&tx) || matches!(self.recent.get(tx), Some(o) if o.is_committed());
+                let step = if commit { Step::Commit } else { Step::Rollback };
+                tracing::info!(%tx, service = %handle.name, ?step, "resolving in-doubt transaction");
+                let plan = Arc::new(Plan::bare(tx, handle.index));
+                if !matches!(handle.submit(&plan, 0, step, &reply, None), Submitted::Inline(_) | Submitted::Queued) {
+                    return Err(Error::ServiceUnavailable { service: handle.name.to_string() });
+                }
+                report.in_doubt_resolved += 1;
+            }
+        }
+        *self.unresolved.lock() = committed;
+        Ok(report)
+    }
+
+    /// Takes a consistent cut of the ledgers, the recent ids and the
+    /// unresolved commits, and writes it as a checkpoint.
+    pub(super) fn checkpoint_now(&self) -> Result<()> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        let deadline = Instant::now() + self.config.tx_timeout;
+        let Some(locks) = self.locks.acquire_all(deadline) else {
+            return Err(Error::Log("checkpoint could not take the locks before its deadline".into()));
+        };
+        // Every commit enqueued so far must be applied before the snapshot:
+        // a flush request behind them in each ledger's queue proves it.
+        self.flush_ledgers(deadline)?;
+        // No transaction holds a lock, so every record below `lsn` has been
+        // applied, and no record of an unapplied transaction lies below it.
+        let lsn = journal.end();
+        let mut checkpoint = Checkpoint { high_water: self.ids.next().as_u128(), ..Default::default() };
+        for (i, ledger) in self.ledgers.iter().enumerate() {
+            if let Some(ledger) = ledger {
+                let mut accounts = Vec::with_capacity(ledger.len());
+                ledger.for_each_account(|name, balance| accounts.push((name.to_string(), balance)));
+                checkpoint.ledgers.push((self.services[i].name.to_string(), accounts));
+            }
+        }
+        checkpoint.recent = self
+            .recent
+            .snapshot()
+            .into_iter()
+            .map(|(tx, fingerprint, outcome)| Remembered {
+                tx,
+                fingerprint,
+                aborted: match outcome {
+                    Outcome::Aborted(reason) => Some(reason),
+                    _ => None,
+                },
+            })
+            .collect();
+        checkpoint.unresolved = self
+            .unresolved
+            .lock()
+            .iter()
+            .map(|(tx, external)| Unresolved { tx: *tx, external: external.clone() })
+            .collect();
+        drop(locks);
+        let started = Instant::now();
+        journal.checkpoint(lsn, &checkpoint)?;
+        tracing::info!(lsn = lsn.0, elapsed = ?started.elapsed(), "checkpoint written");
+        Ok(())
+    }
+
+    /// Waits until every request queued to a ledger service so far is handled.
+    fn flush_ledgers(&self, deadline: Instant) -> Result<()> {
+        let (reply, replies) = replies();
+        let mut waiting = 0;
+        for (i, handle) in self.handles.iter().enumerate() {
+            if self.ledgers[i].is_some() {
+                match handle.enqueue(Request::Audit { reply: reply.clone() }, Some(deadline)) {
+                    Submitted::Queued => waiting += 1,
+                    _ => return Err(Error::Log("checkpoint could not reach a ledger worker".into())),
+                }
+            }
+        }
+        while waiting > 0 {
+            match replies.recv_deadline(deadline) {
+                Ok(super::Reply::Audit { .. }) => waiting -= 1,
+                Ok(_) => {}
+                Err(_) => return Err(Error::Log("checkpoint timed out waiting for a ledger worker".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoints in the background whenever enough log was written.
+pub(super) fn spawn_checkpointer(inner: &Arc<Inner>) -> Result<std::thread::JoinHandle<()>> {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    std::thread::Builder::new()
+        .name("dtc-checkpoint".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let Some(inner) = weak.upgrade() else { return };
+                // SeqCst: pairs with `shutdown`.
+                if inner.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+                let due = inner.journal.as_ref().is_some_and(|j| j.checkpoint_due());
+                if due {
+                    if let Err(error) = inner.checkpoint_now() {
+                        tracing::error!(%error, "checkpoint failed");
+                    }
+                }
+            }
+        })
+        .map_err(|source| Error::Io { op: "spawning the checkpoint thread".into(), source })
+}

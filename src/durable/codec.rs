@@ -1,0 +1,425 @@
+//! Byte layout of the engine's log records and checkpoints (little-endian).
+//!
+//! The log module frames, checksums and orders records; this module gives
+//! their payloads meaning. Decoding never panics: every read is bounds
+//! checked and a malformed payload is a `DecodeError`.
+
+use crate::txn::{AbortReason, TxId};
+
+/// Record kinds (the log reserves 0).
+pub(crate) const KIND_COMMIT: u8 = 1;
+pub(crate) const KIND_ABORT: u8 = 2;
+pub(crate) const KIND_DONE: u8 = 3;
+pub(crate) const KIND_ACCOUNT: u8 = 4;
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"DTCCKPT1";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {what} at byte {offset}")]
+pub(crate) struct DecodeError {
+    pub what: &'static str,
+    pub offset: usize,
+}
+
+/// One ledger change in a commit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub service: String,
+    pub account: String,
+    pub delta: i64,
+}
+
+/// What a log record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// The commit decision: ledger effects, and external services that must
+    /// acknowledge before a `Done`.
+    Commit { tx: TxId, fingerprint: u64, changes: Vec<Change>, external: Vec<String> },
+    /// The abort decision (logged so that a resubmitted id keeps its answer).
+    Abort { tx: TxId, fingerprint: u64, reason: AbortReason },
+    /// Every external participant acknowledged the commit.
+    Done { tx: TxId },
+    /// An account created after the store was opened.
+    Account { service: String, account: String, balance: i64 },
+}
+
+pub(crate) struct Writer(pub Vec<u8>);
+
+impl Writer {
+    pub(crate) fn new() -> Self {
+        Self(Vec::with_capacity(64))
+    }
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub(crate) fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn u128(&mut self, v: u128) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A string of at most 65 535 bytes (longer ones are cut at a char boundary).
+    pub(crate) fn str(&mut self, s: &str) {
+        let mut end = s.len().min(usize::from(u16::MAX));
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u16(end as u16);
+        self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+}
+
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Self { bytes, at: 0, what }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let out = &self.bytes[self.at..end];
+                self.at = end;
+                Ok(out)
+            }
+            None => Err(DecodeError { what: self.what, offset: self.at }),
+        }
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u128(&mut self) -> Result<u128, DecodeError> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn str(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        let at = self.at;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError { what: self.what, offset: at })
+    }
+    /// A count that cannot exceed what the remaining bytes could hold.
+    pub(crate) fn count(&mut self, min_item_bytes: usize) -> Result<usize, DecodeError> {
+        let at = self.at;
+        let n = self.u64()? as usize;
+        if n.saturating_mul(min_item_bytes.max(1)) > self.bytes.len() - self.at {
+            return Err(DecodeError { what: self.what, offset: at });
+        }
+        Ok(n)
+    }
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        if self.at == self.bytes.len() { Ok(()) } else { Err(DecodeError { what: self.what, offset: self.at }) }
+    }
+}
+
+fn write_reason(w: &mut Writer, reason: &AbortReason) {
+    w.u8(reason.slot() as u8);
+    let (a, b, c) = match reason {
+        AbortReason::InsufficientFunds { service, account } => (service.as_str(), account.as_str(), ""),
+        AbortReason::Refused { service, code, message } => (service.as_str(), code.as_str(), message.as_str()),
+        AbortReason::PrepareTimeout { service }
+        | AbortReason::ParticipantPanicked { service }
+        | AbortReason::AlreadyRolledBack { service } => (service.as_str(), "", ""),
+        AbortReason::LockTimeout => ("", "", ""),
+    };
+    w.str(a);
+    w.str(b);
+    w.str(c);
+}
+
+fn read_reason(r: &mut Reader<'_>) -> Result<AbortReason, DecodeError> {
+    let at = r.at;
+    let slot = usize::from(r.u8()?);
+    let (a, b, c) = (r.str()?, r.str()?, r.str()?);
+    let code = AbortReason::CODES.get(slot).copied();
+    Ok(match code {
+        Some("insufficient_funds") => AbortReason::InsufficientFunds { service: a, account: b },
+        Some("refused") => AbortReason::Refused { service: a, code: b, message: c },
+        Some("prepare_timeout") => AbortReason::PrepareTimeout { service: a },
+        Some("participant_panicked") => AbortReason::ParticipantPanicked { service: a },
+        Some("lock_timeout") => AbortReason::LockTimeout,
+        Some("already_rolled_back") => AbortReason::AlreadyRolledBack { service: a },
+        _ => return Err(DecodeError { what: "abort reason", offset: at }),
+    })
+}
+
+impl Entry {
+    pub(crate) fn kind(&self) -> u8 {
+        match self {
+            Entry::Commit { .. } => KIND_COMMIT,
+            Entry::Abort { .. } => KIND_ABORT,
+            Entry::Done { .. } => KIND_DONE,
+            Entry::Account { .. } => KIND_ACCOUNT,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Entry::Commit { tx, fingerprint, changes, external } => {
+                w.u128(tx.as_u128());
+                w.u64(*fingerprint);
+                w.u64(changes.len() as u64);
+                for c in changes {
+                    w.str(&c.service);
+                    w.str(&c.account);
+                    w.i64(c.delta);
+                }
+                w.u64(external.len() as u64);
+                for s in external {
+                    w.str(s);
+                }
+            }
+            Entry::Abort { tx, fingerprint, reason } => {
+                w.u128(tx.as_u128());
+                w.u64(*fingerprint);
+                write_reason(&mut w, reason);
+            }
+            Entry::Done { tx } => w.u128(tx.as_u128()),
+            Entry::Account { service, account, balance } => {
+                w.str(service);
+                w.str(account);
+                w.i64(*balance);
+            }
+        }
+        w.0
+    }
+
+    pub(crate) fn decode(kind: u8, payload: &[u8]) -> Result<Entry, DecodeError> {
+        let mut r = Reader::new(payload, "log record");
+        let entry = match kind {
+            KIND_COMMIT => {
+                let tx = TxId::from_u128(r.u128()?);
+                let fingerprint = r.u64()?;
+                let n = r.count(12)?;
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    changes.push(Change { service: r.str()?, account: r.str()?, delta: r.i64()? });
+                }
+                let n = r.count(2)?;
+                let mut external = Vec::with_capacity(n);
+                for _ in 0..n {
+                    external.push(r.str()?);
+                }
+                Entry::Commit { tx, fingerprint, changes, external }
+            }
+            KIND_ABORT => {
+                Entry::Abort { tx: TxId::from_u128(r.u128()?), fingerprint: r.u64()?, reason: read_reason(&mut r)? }
+            }
+            KIND_DONE => Entry::Done { tx: TxId::from_u128(r.u128()?) },
+            KIND_ACCOUNT => Entry::Account { service: r.str()?, account: r.str()?, balance: r.i64()? },
+            _ => return Err(DecodeError { what: "record kind", offset: 0 }),
+        };
+        r.finish()?;
+        Ok(entry)
+    }
+}
+
+/// A finished transaction remembered in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Remembered {
+    pub tx: TxId,
+    pub fingerprint: u64,
+    /// `None` for committed.
+    pub aborted: Option<AbortReason>,
+}
+
+/// A committed transaction some external participant has not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unresolved {
+    pub tx: TxId,
+    pub external: Vec<String>,
+}
+
+/// Everything needed to restart without the log before `lsn`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub high_water: u128,
+    /// (service, accounts with balances).
+    pub ledgers: Vec<(String, Vec<(String, i64)>)>,
+    pub recent: Vec<Remembered>,
+    pub unresolved: Vec<Unresolved>,
+}
+
+impl Checkpoint {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let accounts: usize = self.ledgers.iter().map(|(_, a)| a.len()).sum();
+        let mut w = Writer(Vec::with_capacity(64 + accounts * 24));
+        w.0.extend_from_slice(CHECKPOINT_MAGIC);
+        w.u128(self.high_water);
+        w.u64(self.ledgers.len() as u64);
+        for (service, accounts) in &self.ledgers {
+            w.str(service);
+            w.u64(accounts.len() as u64);
+            for (account, balance) in accounts {
+                w.str(account);
+                w.i64(*balance);
+            }
+        }
+        w.u64(self.recent.len() as u64);
+        for m in &self.recent {
+            w.u128(m.tx.as_u128());
+            w.u64(m.fingerprint);
+            match &m.aborted {
+                None => w.u8(0),
+                Some(reason) => {
+                    w.u8(1);
+                    write_reason(&mut w, reason);
+                }
+            }
+        }
+        w.u64(self.unresolved.len() as u64);
+        for u in &self.unresolved {
+            w.u128(u.tx.as_u128());
+            w.u64(u.external.len() as u64);
+            for s in &u.external {
+                w.str(s);
+            }
+        }
+        w.0
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
+        let mut r = Reader::new(bytes, "checkpoint");
+        if r.take(8)? != CHECKPOINT_MAGIC {
+            return Err(DecodeError { what: "checkpoint magic", offset: 0 });
+        }
+        let mut c = Checkpoint { high_water: r.u128()?, ..Default::default() };
+        for _ in 0..r.count(10)? {
+            let service = r.str()?;
+            let n = r.count(10)?;
+            let mut accounts = Vec::with_capacity(n);
+            for _ in 0..n {
+                accounts.push((r.str()?, r.i64()?));
+            }
+            c.ledgers.push((service, accounts));
+        }
+        for _ in 0..r.count(25)? {
+            let tx = TxId::from_u128(r.u128()?);
+            let fingerprint = r.u64()?;
+            let aborted = match r.u8()? {
+                0 => None,
+                1 => Some(read_reason(&mut r)?),
+                _ => return Err(DecodeError { what: "checkpoint outcome", offset: r.at }),
+            };
+            c.recent.push(Remembered { tx, fingerprint, aborted });
+        }
+        for _ in 0..r.count(24)? {
+            let tx = TxId::from_u128(r.u128()?);
+            let n = r.count(2)?;
+            let mut external = Vec::with_capacity(n);
+            for _ in 0..n {
+                external.push(r.str()?);
+            }
+            c.unresolved.push(Unresolved { tx, external });
+        }
+        r.finish()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Entry> {
+        vec![
+            Entry::Commit {
+                tx: TxId::from_u128(7 << 64 | 3),
+                fingerprint: 99,
+                changes: vec![
+                    Change { service: "svc-0".into(), account: "acct-1".into(), delta: -5 },
+                    Change { service: "svc-1".into(), account: "acct-2".into(), delta: 5 },
+                ],
+                external: vec!["inventory".into()],
+            },
+            Entry::Abort {
+                tx: TxId::from_u128(8),
+                fingerprint: 1,
+                reason: AbortReason::InsufficientFunds { service: "svc-0".into(), account: "acct-1".into() },
+            },
+            Entry::Abort { tx: TxId::from_u128(9), fingerprint: 2, reason: AbortReason::LockTimeout },
+            Entry::Done { tx: TxId::from_u128(10) },
+            Entry::Account { service: "svc-3".into(), account: "new".into(), balance: 12 },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for e in samples() {
+            assert_eq!(Entry::decode(e.kind(), &e.encode()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn checkpoint_round_trips() {
+        let c = Checkpoint {
+            high_water: 5,
+            ledgers: vec![("svc-0".into(), vec![("a".into(), 1), ("b".into(), 2)])],
+            recent: vec![
+                Remembered { tx: TxId::from_u128(1), fingerprint: 3, aborted: None },
+                Remembered { tx: TxId::from_u128(2), fingerprint: 4, aborted: Some(AbortReason::LockTimeout) },
+            ],
+            unresolved: vec![Unresolved { tx: TxId::from_u128(1), external: vec!["x".into()] }],
+        };
+        assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        for e in samples() {
+            let bytes = e.encode();
+            for cut in 0..bytes.len() {
+                assert!(Entry::decode(e.kind(), &bytes[..cut]).is_err(), "{e:?} cut at {cut}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(kind in 0u8..6, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Entry::decode(kind, &bytes);
+            let _ = Checkpoint::decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_records_never_panic(index in 0usize..5, at in any::<usize>(), byte in any::<u8>()) {
+            let e = &samples()[index];
+            let mut bytes = e.encode();
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            let _ = Entry::decode(e.kind(), &bytes);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The engine's use of the write-ahead log: what it records, how it
+//! checkpoints, and what recovery hands back.
+//!
+//! One record per decision (presumed abort):
+//! - `Commit`: written, under the transaction's key locks, *before* any
+//!   participant is told to commit; it carries the built-in ledgers' net
+//!   changes, so one record makes a cross-service transfer atomic and durable.
+//! - `Abort`: for transactions with a caller-chosen id, so a resubmission
+//!   after a crash still gets its answer.
+//! - `Done`: every external participant acknowledged a commit.
+//!
+//! The outcome is returned only once the record is durable (group commit).
+//! Locks are released before that wait (early lock release): a dependent
+//! transaction appends after us, so its record is durable only if ours is.
+
+pub(crate) mod codec;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::sync::{AtomicU64, Ordering};
+use crate::wal::{FsStorage, Lsn, Storage, Wal, WalConfig, WalError};
+
+pub(crate) use codec::{Change, Checkpoint, Entry, Remembered, Unresolved};
+
+/// What recovery found and did, for `Coordinator::recovery` and `dtc recover`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    /// True when the data directory held no log yet.
+    pub fresh: bool,
+    /// Segment files scanned.
+    pub segments: usize,
+    /// Log position of the checkpoint recovery started from.
+    pub checkpoint_lsn: u64,
+    /// Records replayed after the checkpoint.
+    pub records_replayed: usize,
+    /// Bytes of a torn tail that were truncated.
+    pub torn_tail_bytes: u64,
+    /// Commit decisions replayed.
+    pub commits_replayed: usize,
+    /// Abort decisions replayed.
+    pub aborts_replayed: usize,
+    /// In-doubt transactions of external participants resolved (committed or
+    /// rolled back).
+    pub in_doubt_resolved: usize,
+}
+
+pub(crate) fn wal_error(error: WalError) -> Error {
+    match error {
+        WalError::Corrupt { file, offset, reason } => Error::Corrupt { file, offset, reason },
+        other => Error::Log(other.to_string()),
+    }
+}
+
+/// Log tuning, from the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct JournalConfig {
+    pub wal: WalConfig,
+    /// Write a checkpoint once this many log bytes were appended since the last.
+    pub checkpoint_every_bytes: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        let wal = WalConfig::default();
+        let checkpoint_every_bytes = wal.segment_size_bytes;
+        Self { wal, checkpoint_every_bytes }
+    }
+}
+
+pub(crate) struct Journal {
+    wal: Wal,
+    config: JournalConfig,
+    /// Log position covered by the newest checkpoint.
+    checkpointed: AtomicU64,
+}
+
+pub(crate) struct Replayed {
+    pub checkpoint: Option<Checkpoint>,
+    pub entries: Vec<(Lsn, Entry)>,
+    pub report: RecoveryReport,
+}
+
+impl Journal {
+    pub(crate) fn open_dir(dir: &Path, config: JournalConfig) -> Result<(Journal, Replayed)> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| Error::Io { op: format!("creating {}", dir.display()), source })?;
+        let storage =
+            FsStorage::new(dir).map_err(|source| Error::Io { op: format!("opening {}", dir.display()), source })?;
+        Self::open(Arc::new(storage), config)
+    }
+
+    pub(crate) fn open(storage: Arc<dyn Storage>, config: JournalConfig) -> Result<(Journal, Replayed)> {
+        let (wal, recovery) = Wal::open(storage, config.wal.clone()).map_err(wal_error)?;
+        let mut report = RecoveryReport {
+            fresh: recovery.checkpoint.is_none() && recovery.records.is_empty(),
+            segments: recovery.segments_scanned,
+            torn_tail_bytes: recovery.torn_tail_bytes,
+            records_replayed: recovery.records.len(),
+            ..RecoveryReport::default()
+        };
+        let checkpoint = match &recovery.checkpoint {
+            None => None,
+            Some((lsn, bytes)) => {
+                report.checkpoint_lsn = lsn.0;
+                Some(Checkpoint::decode(bytes).map_err(|e| Error::Corrupt {
+                    file: "checkpoint".into(),
+                    offset: e.offset as u64,
+                    reason: e.to_string(),
+                })?)
+            }
+        };
+        if checkpoint.is_none() && !recovery.records.is_empty() {
+            return Err(Error::Corrupt {
+                file: "checkpoint".into(),
+                offset: 0,
+                reason: "the log holds records but no checkpoint to start from".into(),
+            });
+        }
+        let mut entries = Vec::with_capacity(recovery.records.len());
+        for record in &recovery.records {
+            let entry = Entry::decode(record.kind, &record.payload).map_err(|e| Error::Corrupt {
+                file: format!("log position {}", record.lsn),
+                offset: e.offset as u64,
+                reason: format!("{e} (a record with a valid checksum that the engine cannot read)"),
+            })?;
+            match entry {
+                Entry::Commit { .. } => report.commits_replayed += 1,
+                Entry::Abort { .. } => report.aborts_replayed += 1,
+                _ => {}
+            }
+            entries.push((record.lsn, entry));
+        }
+        let journal = Journal { checkpointed: AtomicU64::new(report.checkpoint_lsn), wal, config };
+        Ok((journal, Replayed { checkpoint, entries, report }))
+    }
+
+    pub(crate) fn append(&self, entry: &Entry) -> Result<Lsn> {
+        self.wal.append(entry.kind(), &entry.encode()).map_err(wal_error)
+    }
+
+    pub(crate) fn wait(&self, lsn: Lsn) -> Result<()> {
+        self.wal.wait_durable(lsn).map_err(wal_error)
+    }
+
+    pub(crate) fn end(&self) -> Lsn {
+        self.wal.end_lsn()
+    }
+
+    /// Log bytes written since the newest checkpoint.
+    pub(crate) fn since_checkpoint(&self) -> u64 {
+        // Relaxed: a heuristic for when to checkpoint.
+        self.end().0.saturating_sub(self.checkpointed.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint() >= self.config.checkpoint_every_bytes
+    }
+
+    /// Called before taking locks: if the log is close to full, wait (without
+    /// locks, so the checkpointer can run) until a checkpoint freed space.
+    pub(crate) fn backpressure(&self, deadline: Instant) -> Result<()> {
+        let limit = self.config.wal.segment_size_bytes * (self.config.wal.max_segments as u64).saturating_sub(2).max(1);
+        while self.since_checkpoint() >= limit {
+            if Instant::now() >= deadline {
+                return Err(Error::Log("log full: checkpoints are not keeping up".into()));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Writes `checkpoint` as covering every record before `lsn` (all of
+    /// which must already be applied to the state it holds).
+    pub(crate) fn checkpoint(&self, lsn: Lsn, checkpoint: &Checkpoint) -> Result<()> {
+        // Everything the snapshot reflects is durable before the snapshot
+        // replaces it, so a waiter is never answered from a recycled segment.
+        self.wal.wait_durable(lsn).map_err(wal_error)?;
+        self.wal.checkpoint(lsn, &checkpoint.encode()).map_err(wal_error)?;
+        // Relaxed: see `since_checkpoint`.
+        self.checkpointed.fetch_max(lsn.0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> crate::wal::WalStats {
+        self.wal.stats()
+    }
+}

@@ -1,0 +1,248 @@
+//! Completion tracking and group commit: the part of the log that decides
+//! when a position is durable. Uses only `crate::sync`, so the loom model in
+//! `tests/loom_wal.rs` checks exactly this code.
+//!
+//! Positions are bytes of the log. Writers own disjoint reserved ranges,
+//! copy their bytes, then call [`GroupCommit::complete`]. `completed` is the
+//! end of the longest prefix whose ranges are all complete; out-of-order
+//! completions wait in `pending` until the gap before them closes.
+//!
+//! One waiter at a time is the sync leader: it takes the completed prefix,
+//! syncs it with no lock held, publishes the new durable watermark and wakes
+//! everyone. A failed sync marks the log failed for good.
+
+use std::collections::BTreeMap;
+
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, thread};
+
+/// Leader election and the durable watermark, guarded by one mutex so that a
+/// waiter's check-then-sleep cannot miss the leader's notify.
+#[derive(Debug)]
+struct LeaderState {
+    /// A leader is between taking the prefix and publishing its sync.
+    active: bool,
+    /// Mirror of `GroupCommit::durable` under the lock.
+    durable: u64,
+    /// Kind of the first storage error; set once, never cleared.
+    failure: Option<std::io::ErrorKind>,
+}
+
+/// Why a wait ended without reaching its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed(pub std::io::ErrorKind);
+
+#[derive(Debug)]
+pub struct GroupCommit {
+    /// End of the contiguous completed prefix.
+    completed: AtomicU64,
+    /// Completed ranges (start -> end) that are not yet contiguous with the
+    /// prefix. Holds at most one entry per reservation completed while an
+    /// earlier one is still being copied.
+    pending: Mutex<BTreeMap<u64, u64>>,
+    /// Number of entries in `pending`, readable without the lock.
+    pending_count: AtomicUsize,
+    /// Everything below is durable.
+    durable: AtomicU64,
+    /// Fast-path copy of `LeaderState::failure.is_some()`.
+    failed: AtomicBool,
+    leader: Mutex<LeaderState>,
+    wakeup: Condvar,
+}
+
+impl GroupCommit {
+    /// A log whose bytes below `start` are complete and durable.
+    pub fn new(start: u64) -> Self {
+        GroupCommit {
+            completed: AtomicU64::new(start),
+            pending: Mutex::new(BTreeMap::new()),
+            pending_count: AtomicUsize::new(0),
+            durable: AtomicU64::new(start),
+            failed: AtomicBool::new(false),
+            leader: Mutex::new(LeaderState { active: false, durable: start, failure: None }),
+            wakeup: Condvar::new(),
+        }
+    }
+
+    /// Publishes that the bytes of the reservation `[start, end)` are written.
+    /// Each reservation is completed exactly once.
+    pub fn complete(&self, start: u64, end: u64) {
+        debug_assert!(start < end, "empty reservation {start}..{end}");
+        // SeqCst: with the SeqCst `pending_count` increment and SeqCst reads
+        // below this forms a Dekker pair: either this thread sees the
+        // successor's pending entry, or the successor sees our new prefix.
+        // It also releases our copied bytes to whoever reads `completed`.
+        if self.completed.compare_exchange(start, end, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            // SeqCst: the other half of the Dekker pair above.
+            if self.pending_count.load(Ordering::SeqCst) > 0 {
+                self.drain();
+            }
+            return;
+        }
+        {
+            let mut pending = self.pending.lock();
+            let previous = pending.insert(start, end);
+            debug_assert!(previous.is_none(), "range {start} completed twice");
+            // SeqCst: Dekker pair with the prefix CAS above (see there).
+            self.pending_count.fetch_add(1, Ordering::SeqCst);
+        }
+        // Our predecessor may have reached `start` after our failed CAS.
+        self.drain();
+    }
+
+    /// Moves pending ranges that now touch the prefix into it.
+    fn drain(&self) {
+        let mut pending = self.pending.lock();
+        loop {
+            // SeqCst: Dekker pair with `complete`; also acquires the bytes of
+            // the range that ended at this prefix.
+            let prefix = self.completed.load(Ordering::SeqCst);
+            let Some(end) = pending.remove(&prefix) else {
+                return;
+            };
+            // SeqCst: see `complete`. Relaxed would do for the decrement
+            // itself, but a stale high count only costs an extra drain.
+            self.pending_count.fetch_sub(1, Ordering::SeqCst);
+            // Only the owner of the range starting at `prefix` may move the
+            // prefix from there, and that range is ours (it was pending), so
+            // this CAS cannot fail.
+            let moved = self.completed.compare_exchange(prefix, end, Ordering::SeqCst, Ordering::SeqCst);
+            debug_assert!(moved.is_ok(), "prefix moved under a pending range");
+        }
+    }
+
+    /// End of the contiguous completed prefix (merging pending ranges first).
+    pub fn completed(&self) -> u64 {
+        if self.pending_count.load(Ordering::SeqCst) > 0 {
+            self.drain();
+        }
+        // SeqCst (Acquire would do): the caller reads the bytes below.
+        self.completed.load(Ordering::SeqCst)
+    }
+
+    /// Everything below this is durable.
+    pub fn durable(&self) -> u64 {
+        // Acquire: pairs with the leader's Release store after its sync.
+        self.durable.load(Ordering::Acquire)
+    }
+
+    pub fn failure(&self) -> Option<Failed> {
+        // Acquire: pairs with the Release in `fail`; the kind is then read
+        // under the lock, which orders everything else.
+        if self.failed.load(Ordering::Acquire) {
+            let state = self.leader.lock();
+            return Some(Failed(state.failure.unwrap_or(std::io::ErrorKind::Other)));
+        }
+        None
+    }
+
+    /// Marks the log failed (a sync or a reserved write failed) and wakes all.
+    pub fn fail(&self, kind: std::io::ErrorKind) {
+        let mut state = self.leader.lock();
+        if state.failure.is_none() {
+            state.failure = Some(kind);
+        }
+        // Release: a thread that sees the flag then locks to read the kind.
+        self.failed.store(true, Ordering::Release);
+        drop(state);
+        self.wakeup.notify_all();
+    }
+
+    /// Returns once every byte below `position` is durable, leading syncs
+    /// when no other thread is. `position` must not exceed what has been
+    /// reserved, or this never returns.
+    ///
+    /// `before_sync(durable)` runs on the leader before it takes the prefix
+    /// (the log writes its sync marker there); `sync(from, to)` makes
+    /// `[from, to)` durable and runs with no lock held.
+    pub fn wait_durable(
+        &self,
+        position: u64,
+        mut before_sync: impl FnMut(u64),
+        mut sync: impl FnMut(u64, u64) -> std::io::Result<()>,
+    ) -> Result<(), WaitError> {
+        loop {
+            if self.durable() >= position {
+                return Ok(());
+            }
+            let from = {
+                let mut state = self.leader.lock();
+                loop {
+                    if let Some(kind) = state.failure {
+                        return Err(WaitError::Failed(Failed(kind)));
+                    }
+                    if state.durable >= position {
+                        return Ok(());
+                    }
+                    if !state.active {
+                        break;
+                    }
+                    state = self.wakeup.wait(state);
+                }
+                state.active = true;
+                state.durable
+            };
+            before_sync(from);
+            let to = match self.wait_for_progress(from) {
+                Ok(to) => to,
+                Err(failed) => {
+                    self.resign(None, None);
+                    return Err(WaitError::Failed(failed));
+                }
+            };
+            match sync(from, to) {
+                Ok(()) => self.resign(Some(to), None),
+                Err(error) => {
+                    self.resign(None, Some(error.kind()));
+                    return Err(WaitError::Sync(error));
+                }
+            }
+        }
+    }
+
+    /// Leader only: waits until some completed bytes lie beyond `from`.
+    /// Writers finish their copies without blocking, so this is short; it
+    /// yields so that a descheduled writer gets the core.
+    fn wait_for_progress(&self, from: u64) -> Result<u64, Failed> {
+        loop {
+            if let Some(failed) = self.failure() {
+                return Err(failed);
+            }
+            let to = self.completed();
+            if to > from {
+                return Ok(to);
+            }
+            thread::yield_now();
+        }
+    }
+
+    /// Leader only: ends the leadership, publishing a new watermark or a failure.
+    fn resign(&self, durable: Option<u64>, failure: Option<std::io::ErrorKind>) {
+        let mut state = self.leader.lock();
+        state.active = false;
+        if let Some(to) = durable {
+            debug_assert!(to >= state.durable, "watermark moved back");
+            state.durable = to;
+            // Release: a waiter that sees the watermark without the lock also
+            // sees everything the leader did before (the sync completed).
+            self.durable.store(to, Ordering::Release);
+        }
+        if let Some(kind) = failure {
+            if state.failure.is_none() {
+                state.failure = Some(kind);
+            }
+            // Release: see `fail`.
+            self.failed.store(true, Ordering::Release);
+        }
+        drop(state);
+        self.wakeup.notify_all();
+    }
+}
+
+/// How `wait_durable` failed.
+#[derive(Debug)]
+pub enum WaitError {
+    /// This thread led a sync and it failed; the log is now failed.
+    Sync(std::io::Error),
+    /// The log had already failed.
+    Failed(Failed),
+}

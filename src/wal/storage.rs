@@ -1,0 +1,179 @@
+//! The storage contract the log relies on, and its file-system implementation.
+
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::mmap::{MappedFile, write_zeros};
+
+/// One fixed-size segment file, open for writing.
+///
+/// Contract: `write_at` may be called concurrently for disjoint ranges; bytes
+/// written are visible to `read_at` at once but durable only after a `sync`
+/// covering them returns `Ok`. After a failed `sync` nothing is known about
+/// the range (the log never retries: see `WalError::Failed`).
+pub trait SegmentFile: Send + Sync + Debug {
+    /// Length in bytes; fixed for the life of the file.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Makes `[offset, offset + len)` durable (fdatasync semantics: the
+    /// length never changes, so no metadata needs to reach the disk).
+    fn sync(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Overwrites the whole file with zeros (not durable until `sync`).
+    fn zero_fill(&self) -> io::Result<()> {
+        const CHUNK_BYTES: u64 = 1 << 20;
+        let len = self.len();
+        let zeros = vec![0u8; CHUNK_BYTES.min(len) as usize];
+        let mut offset = 0;
+        while offset < len {
+            let n = CHUNK_BYTES.min(len - offset);
+            self.write_at(offset, &zeros[..n as usize])?;
+            offset += n;
+        }
+        Ok(())
+    }
+}
+
+/// A flat directory of files.
+///
+/// Contract: `create_segment` and `write_file_atomic` are durable when they
+/// return (content, then name: temp file, fsync, rename, fsync directory),
+/// so a crash leaves either no file or a complete one under the final name.
+/// `remove` and `rename` are atomic but durable only after `sync_dir`.
+/// Names are plain file names, no separators.
+pub trait Storage: Send + Sync + 'static {
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Creates `name` holding `len` zero bytes, really written (never sparse),
+    /// synced with its directory.
+    fn create_segment(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>>;
+    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>>;
+    fn remove(&self, name: &str) -> io::Result<()>;
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Replaces `name` with the concatenation of `parts`, atomically and durably.
+    fn write_file_atomic(&self, name: &str, parts: &[&[u8]]) -> io::Result<()>;
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// Suffix of files being written; never valid, removed on open.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// The real thing: a directory of memory-mapped segment files.
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    dir: PathBuf,
+}
+
+impl FsStorage {
+    /// Uses `dir`, creating it (and syncing its parent) if needed.
+    pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(FsStorage { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad file name {name:?}")));
+        }
+        Ok(self.dir.join(name))
+    }
+}
+
+impl SegmentFile for MappedFile {
+    fn len(&self) -> u64 {
+        MappedFile::len(self)
+    }
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        MappedFile::write_at(self, offset, bytes)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        MappedFile::read_at(self, offset, buf)
+    }
+    fn sync(&self, offset: u64, len: u64) -> io::Result<()> {
+        MappedFile::sync(self, offset, len)
+    }
+    fn zero_fill(&self) -> io::Result<()> {
+        MappedFile::zero_fill(self)
+    }
+}
+
+impl Storage for FsStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create_segment(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        let path = self.path(name)?;
+        let temp = self.path(&format!("{name}{TEMP_SUFFIX}"))?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temp)?;
+        // Zeros really written: a hole written through a mapping can SIGBUS
+        // on a full disk, and unwritten extents make every later sync commit
+        // metadata.
+        write_zeros(&file, len)?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        self.sync_dir()?;
+        Ok(Arc::new(MappedFile::new(file)?))
+    }
+
+    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(self.path(name)?)?;
+        Ok(Arc::new(MappedFile::new(file)?))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.path(name)?)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from)?, self.path(to)?)
+    }
+
+    fn write_file_atomic(&self, name: &str, parts: &[&[u8]]) -> io::Result<()> {
+        let path = self.path(name)?;
+        let temp = self.path(&format!("{name}{TEMP_SUFFIX}"))?;
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+        for part in parts {
+            writer.write_all(part)?;
+        }
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        self.sync_dir()
+    }
+
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(name)?)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
