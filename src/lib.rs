@@ -44,7 +44,7 @@ mod txn;
 mod wal;
 
 pub use coordinator::{Audit, Builder, Coordinator, Durability, LogStats, MAX_SERVICE_NAME_BYTES, RetryPolicy};
-pub use durable::RecoveryReport;
+pub use durable::{DataDir, RecoveryReport, RecoverySummary, TxStatus};
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};

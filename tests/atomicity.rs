@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bank, seed};
+use common::{Bank, Model, random_legs, seed};
 use dtc::{AbortReason, Coordinator, FaultCounter, FaultPlan, Outcome, RetryPolicy};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -36,28 +36,6 @@ fn faulty_bank(seed: u64) -> (Bank, Coordinator, Vec<FaultCounter>) {
     (bank, dtc, counters)
 }
 
-/// 1–6 random legs between distinct accounts, amounts up to 400.
-fn random_legs(rng: &mut SmallRng) -> Vec<(usize, usize, u64)> {
-    let legs = rng.random_range(1..=6);
-    (0..legs)
-        .map(|_| {
-            let from = rng.random_range(0..ACCOUNTS);
-            let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
-            (from, to, rng.random_range(1..=400))
-        })
-        .collect()
-}
-
-/// Net change per account of `legs`.
-fn net(legs: &[(usize, usize, u64)]) -> Vec<i64> {
-    let mut net = vec![0i64; ACCOUNTS];
-    for &(from, to, amount) in legs {
-        net[from] -= amount as i64;
-        net[to] += amount as i64;
-    }
-    net
-}
-
 /// Single-threaded, so the test can keep an exact model: after every
 /// transaction the ledgers equal the model (committed and commit-pending
 /// transactions applied all legs, aborted ones none), money is conserved and
@@ -68,14 +46,13 @@ fn faulty_transactions_apply_all_legs_or_none() {
     let seed = seed(0xA70_0001);
     let (bank, dtc, counters) = faulty_bank(seed);
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut model = vec![BALANCE; ACCOUNTS];
+    let mut model = Model::new(ACCOUNTS, BALANCE);
     let (mut committed, mut pending, mut aborted, mut short) = (0u64, 0u64, 0u64, 0u64);
     const TXS: usize = 800;
     for n in 0..TXS {
-        let legs = random_legs(&mut rng);
-        let transfers: Vec<_> = legs.iter().map(|&(f, t, a)| bank.leg(f, t, a)).collect();
-        let change = net(&legs);
-        let lacks_funds = model.iter().zip(&change).any(|(b, d)| b + d < 0);
+        let legs = random_legs(&mut rng, ACCOUNTS, 6, 400);
+        let transfers = bank.transfers(&legs);
+        let lacks_funds = !model.short(&legs).is_empty();
         let ctx = format!("seed {seed}, tx {n}, legs {legs:?}");
         let outcome = dtc.execute(&transfers).unwrap_or_else(|e| panic!("{ctx}: unexpected error {e}"));
         match &outcome {
@@ -92,18 +69,16 @@ fn faulty_transactions_apply_all_legs_or_none() {
         }
         if outcome.is_committed() {
             assert!(!lacks_funds, "{ctx}: committed without funds: {outcome:?}");
-            for (b, d) in model.iter_mut().zip(&change) {
-                *b += d;
-            }
+            model.apply(&legs);
         }
         // The audit is queued behind every commit enqueued so far, so after
         // it the ledgers can be read directly.
         bank.check_audit(&dtc, &ctx);
-        assert_eq!(bank.balances(), model, "{ctx}: ledgers differ from the model after {outcome:?}");
+        assert_eq!(bank.balances(), model.0, "{ctx}: ledgers differ from the model after {outcome:?}");
     }
     dtc.shutdown().unwrap();
     bank.check_ledgers(&format!("seed {seed}, after shutdown"));
-    assert_eq!(bank.balances(), model, "seed {seed}: after shutdown");
+    assert_eq!(bank.balances(), model.0, "seed {seed}: after shutdown");
 
     let m = dtc.metrics();
     eprintln!("seed {seed}: {m:?}");
@@ -140,8 +115,8 @@ fn concurrent_faulty_transactions_conserve_money() {
                 let mut rng = SmallRng::seed_from_u64(seed ^ (t << 32));
                 let mut ok = 0u64;
                 for n in 0..TXS {
-                    let legs = random_legs(&mut rng);
-                    let transfers: Vec<_> = legs.iter().map(|&(f, to, a)| bank.leg(f, to, a)).collect();
+                    let legs = random_legs(&mut rng, ACCOUNTS, 6, 400);
+                    let transfers = bank.transfers(&legs);
                     let ctx = format!("seed {seed}, thread {t}, tx {n}, legs {legs:?}");
                     dtc.execute(&transfers).unwrap_or_else(|e| panic!("{ctx}: unexpected error {e}"));
                     ok += 1;

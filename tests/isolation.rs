@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Bank, seed, with_watchdog};
+use common::{Bank, random_legs, seed, with_watchdog};
 use dtc::Outcome;
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 /// Runs `transferors` transfer threads and `auditors` audit threads over
 /// `services` services until `target` audits are done; returns
@@ -39,13 +39,7 @@ fn bank_invariant(
                 let mut rng = SmallRng::seed_from_u64(seed ^ (t << 40));
                 let mut committed = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let legs: Vec<_> = (0..rng.random_range(1..=3))
-                        .map(|_| {
-                            let from = rng.random_range(0..accounts);
-                            let to = (from + rng.random_range(1..accounts)) % accounts;
-                            bank.leg(from, to, rng.random_range(1..=1_500))
-                        })
-                        .collect();
+                    let legs = bank.transfers(&random_legs(&mut rng, accounts, 3, 1_500));
                     let outcome = dtc.execute(&legs).unwrap_or_else(|e| panic!("seed {seed}: transfer failed: {e}"));
                     committed += u64::from(outcome == Outcome::Committed);
                 }

@@ -442,6 +442,11 @@ impl Coordinator {
         self.inner.services.iter().map(|s| s.name.to_string()).collect()
     }
 
+    /// Commits still waiting for an external participant's acknowledgement.
+    pub fn unresolved_count(&self) -> usize {
+        self.inner.unresolved.lock().len()
+    }
+
     /// What recovery found when this coordinator opened its data directory.
     pub fn recovery(&self) -> RecoveryReport {
         self.inner.recovery.clone()

@@ -14,6 +14,9 @@
 //! transaction appends after us, so its record is durable only if ours is.
 
 pub(crate) mod codec;
+mod datadir;
+
+pub use datadir::{DataDir, RecoverySummary, TxStatus};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+use rand::rngs::SmallRng;
+
 use dtc::{
     BalanceSummary, Builder, Coordinator, Directory, Failure, FaultCounter, FaultPlan, Faulty, Ledger, Operation,
     Participant, Prepared, Refusal, Transfer, TxId,
@@ -65,6 +68,11 @@ impl Bank {
         )
     }
 
+    /// The transfers of `legs` (from, to, amount) over account numbers.
+    pub fn transfers(&self, legs: &[Leg]) -> Vec<Transfer<'_>> {
+        legs.iter().map(|&(f, t, a)| self.leg(f, t, a)).collect()
+    }
+
     /// A builder with every ledger registered as a plain service.
     pub fn builder(&self) -> Builder {
         self.builder_with(|_, ledger| Box::new(ledger))
@@ -115,6 +123,54 @@ impl Bank {
     /// that nothing is negative.
     pub fn check_audit(&self, dtc: &Coordinator, context: &str) {
         check_audit(dtc, self.total, self.accounts.len() as u64, context);
+    }
+}
+
+/// One leg over account numbers: (from, to, amount).
+pub type Leg = (usize, usize, u64);
+
+/// 1..=`max_legs` legs between distinct random accounts, amounts 1..=`max_amount`.
+pub fn random_legs(rng: &mut SmallRng, accounts: usize, max_legs: usize, max_amount: u64) -> Vec<Leg> {
+    (0..rng.random_range(1..=max_legs))
+        .map(|_| {
+            let from = rng.random_range(0..accounts);
+            let to = (from + rng.random_range(1..accounts)) % accounts;
+            (from, to, rng.random_range(1..=max_amount))
+        })
+        .collect()
+}
+
+/// The balances a test expects, index = account number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model(pub Vec<i64>);
+
+impl Model {
+    pub fn new(accounts: usize, balance: i64) -> Self {
+        Self(vec![balance; accounts])
+    }
+
+    /// Net change per account of `legs`.
+    pub fn net(&self, legs: &[Leg]) -> Vec<i64> {
+        let mut net = vec![0i64; self.0.len()];
+        for &(from, to, amount) in legs {
+            net[from] -= amount as i64;
+            net[to] += amount as i64;
+        }
+        net
+    }
+
+    /// Accounts that `legs` would take below zero.
+    pub fn short(&self, legs: &[Leg]) -> Vec<usize> {
+        let net = self.net(legs);
+        (0..self.0.len()).filter(|&i| self.0[i] + net[i] < 0).collect()
+    }
+
+    /// Applies every leg.
+    pub fn apply(&mut self, legs: &[Leg]) {
+        let net = self.net(legs);
+        for (b, d) in self.0.iter_mut().zip(net) {
+            *b += d;
+        }
     }
 }
 
@@ -273,11 +329,19 @@ impl ProbeControl {
 pub struct Probe {
     ledger: Ledger,
     control: Arc<ProbeControl>,
+    nonblocking: bool,
 }
 
 impl Probe {
     pub fn new(ledger: Ledger, control: &Arc<ProbeControl>) -> Self {
-        Self { ledger, control: control.clone() }
+        Self { ledger, control: control.clone(), nonblocking: false }
+    }
+
+    /// Declares the probe nonblocking, so the coordinator may call it on the
+    /// caller's thread (do not hold its phases then).
+    pub fn nonblocking(mut self) -> Self {
+        self.nonblocking = true;
+        self
     }
 }
 
@@ -327,5 +391,9 @@ impl Participant for Probe {
 
     fn ledger(&self) -> Option<Ledger> {
         Some(self.ledger.clone())
+    }
+
+    fn is_nonblocking(&self) -> bool {
+        self.nonblocking
     }
 }

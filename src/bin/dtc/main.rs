@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod ops;
 mod workload;
 
 use std::process::ExitCode;
@@ -26,6 +27,10 @@ enum Command {
     Bench(bench::Args),
     /// Measures the ledger's memory per account.
     Memory(bench::MemoryArgs),
+    /// Recovers a data directory and reports what it holds. Exit 2 on corruption.
+    Recover(ops::RecoverArgs),
+    /// Prints the recorded outcome of transaction ids: committed, aborted or unknown.
+    Status(ops::StatusArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -53,12 +58,18 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Memory(args) => bench::memory(args),
+        Command::Recover(args) => ops::recover(args),
+        Command::Status(args) => ops::status(args),
     };
     match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("dtc: {error}");
-            ExitCode::from(2)
+            // Corruption is exit 2 (as for invalid flags); other failures 1.
+            match error.downcast_ref::<dtc::Error>() {
+                Some(dtc::Error::Corrupt { .. }) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

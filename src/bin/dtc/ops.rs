@@ -1,0 +1,101 @@
+//! Commands over a data directory: `recover`, `status`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args as ClapArgs;
+use dtc::{DataDir, TxId, TxStatus};
+
+#[derive(ClapArgs, Debug)]
+pub struct RecoverArgs {
+    /// The data directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn recover(args: RecoverArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let summary = DataDir::new(&args.dir).recover()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let r = &summary.report;
+        println!("segments scanned        {}", r.segments);
+        println!("checkpoint at           {}", r.checkpoint_lsn);
+        println!(
+            "records replayed        {} ({} commits, {} aborts)",
+            r.records_replayed, r.commits_replayed, r.aborts_replayed
+        );
+        println!("torn tail truncated     {} bytes", r.torn_tail_bytes);
+        println!("in-doubt resolved       {}", r.in_doubt_resolved);
+        println!("unresolved external     {}", summary.unresolved_external);
+        println!("services                {}", summary.services.join(", "));
+        println!("accounts                {}", summary.accounts);
+        println!("total balance           {}", summary.total_balance);
+        println!("negative balances       {}", summary.negative_balances);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct StatusArgs {
+    /// The data directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// A file with one transaction id per line (32 hex digits).
+    #[arg(long)]
+    ids: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct StatusLine {
+    id: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason_code: Option<&'static str>,
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(&args.ids).map_err(|e| format!("reading {}: {e}", args.ids.display()))?;
+    let mut ids = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        // Accept the ack-log format too: the id is the first word.
+        let Some(word) = line.split_whitespace().next() else { continue };
+        let id: TxId = word.parse().map_err(|e| format!("{}:{}: {e}", args.ids.display(), n + 1))?;
+        ids.push(id);
+    }
+    let statuses = DataDir::new(&args.dir).status(&ids)?;
+    let lines: Vec<StatusLine> = statuses
+        .iter()
+        .map(|(id, status)| StatusLine {
+            id: id.to_string(),
+            status: status.as_str(),
+            reason: match status {
+                TxStatus::Aborted(reason) => Some(reason.to_string()),
+                _ => None,
+            },
+            reason_code: match status {
+                TxStatus::Aborted(reason) => Some(reason.code()),
+                _ => None,
+            },
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&lines)?);
+    } else {
+        for l in &lines {
+            match &l.reason {
+                Some(reason) => println!("{} {} ({reason})", l.id, l.status),
+                None => println!("{} {}", l.id, l.status),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,302 @@
+//! Idempotency: duplicated phase requests have the effect of one, and a
+//! resubmitted transaction id is answered from the record, never run twice.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Bank, Model, Probe, ProbeControl, random_legs, seed, wait_until};
+use dtc::{AbortReason, Coordinator, Error, Outcome, Participant};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+const ACCOUNTS: usize = 30;
+const BALANCE: i64 = 1_000;
+
+/// Services 0 and 1 are plain ledgers (run inline on the caller's thread when
+/// idle), service 2 a `Probe` (always through its worker's queue), so both
+/// delivery paths see duplicates.
+fn mixed_bank(control: &Arc<ProbeControl>) -> (Bank, dtc::Builder) {
+    let bank = Bank::new(3, ACCOUNTS, BALANCE);
+    let builder = bank.builder_with(|s, ledger| -> Box<dyn Participant> {
+        if s == 2 { Box::new(Probe::new(ledger, control)) } else { Box::new(ledger) }
+    });
+    (bank, builder)
+}
+
+/// With every prepare/commit/rollback delivered 1–5 times, balances after
+/// every transaction equal a model that applies each committed transaction
+/// once, and a transaction commits exactly when the model has the funds.
+#[test]
+fn redelivered_phases_apply_once() {
+    let seed = seed(0x1D0_0001);
+    let control = ProbeControl::new();
+    let (bank, builder) = mixed_bank(&control);
+    let dtc = builder.redeliver_for_testing(seed, 5).open().unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut model = Model::new(ACCOUNTS, BALANCE);
+    for n in 0..600 {
+        let legs = random_legs(&mut rng, ACCOUNTS, 4, 600);
+        let short = model.short(&legs);
+        let ctx = format!("seed {seed}, tx {n}, legs {legs:?}, short {short:?}");
+        let outcome = dtc.execute(&bank.transfers(&legs)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        if short.is_empty() {
+            assert_eq!(outcome, Outcome::Committed, "{ctx}");
+            model.apply(&legs);
+        } else {
+            assert!(matches!(outcome, Outcome::Aborted(_)), "{ctx}: {outcome:?}");
+        }
+        bank.check_audit(&dtc, &ctx);
+        assert_eq!(bank.balances(), model.0, "{ctx}: ledgers differ from the model");
+    }
+    dtc.shutdown().unwrap();
+    assert_eq!(bank.balances(), model.0, "seed {seed}: after shutdown");
+    assert_eq!(dtc.metrics().protocol_violations, 0, "seed {seed}");
+}
+
+/// Under redelivery a refused transaction still reports why it was refused
+/// (the duplicate's answer must not replace the original refusal).
+#[test]
+fn redelivered_refusal_keeps_its_reason() {
+    let seed = seed(0x1D0_0002);
+    let control = ProbeControl::new();
+    let (bank, builder) = mixed_bank(&control);
+    let dtc = builder.redeliver_for_testing(seed, 5).open().unwrap();
+    let mut wrong = Vec::new();
+    // acct-i lives on svc-(i % 3). Each try asks for more than any balance,
+    // alone on one service (one phase) and across two (two phases).
+    for n in 0..40u64 {
+        for (from, to) in [(0, 3), (1, 4), (2, 5), (0, 1), (1, 2), (2, 0)] {
+            let outcome = dtc.execute(&[bank.leg(from, to, BALANCE as u64 + 1 + n)]).unwrap();
+            let expected = Outcome::Aborted(AbortReason::InsufficientFunds {
+                service: bank.services[bank.service_index(from)].clone(),
+                account: bank.accounts[from].clone(),
+            });
+            if outcome != expected {
+                wrong.push((n, from, to, outcome));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "seed {seed}: {} of 240 refusals misreported, e.g. {:?}",
+        wrong.len(),
+        &wrong[..3.min(wrong.len())]
+    );
+    let m = dtc.metrics();
+    assert_eq!(m.aborted_total(), 240, "seed {seed}: {m:?}");
+    bank.check_audit(&dtc, "end");
+    assert_eq!(bank.balances(), vec![BALANCE; ACCOUNTS]);
+}
+
+/// A participant behind redelivery is called at most once per phase and
+/// transaction: committed ones exactly one prepare and one commit, aborted
+/// ones a rollback exactly where the prepare voted yes, never a commit.
+#[test]
+fn participants_see_each_phase_at_most_once() {
+    let seed = seed(0x1D0_0003);
+    let bank = Bank::new(3, ACCOUNTS, BALANCE);
+    let controls: Vec<_> = (0..3).map(|_| ProbeControl::new()).collect();
+    let dtc = bank
+        .builder_with(|s, ledger| Box::new(Probe::new(ledger, &controls[s])))
+        .redeliver_for_testing(seed, 5)
+        .open()
+        .unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut runs = Vec::new();
+    for _ in 0..300 {
+        let legs = random_legs(&mut rng, ACCOUNTS, 4, 700);
+        let tx = dtc.new_tx_id();
+        let outcome = dtc.execute_as(tx, &bank.transfers(&legs)).unwrap();
+        runs.push((tx, legs, outcome));
+    }
+    dtc.shutdown().unwrap(); // drains every queued duplicate
+    bank.check_ledgers(&format!("seed {seed}"));
+    let (mut committed, mut aborted) = (0, 0);
+    for (tx, legs, outcome) in &runs {
+        let touched: Vec<usize> = legs.iter().flat_map(|&(f, t, _)| [f % 3, t % 3]).collect();
+        for (s, control) in controls.iter().enumerate() {
+            let calls = control.calls(*tx);
+            let ctx = format!("seed {seed}, {tx}, legs {legs:?}, svc-{s}, {outcome:?}: {calls:?}");
+            assert!(calls.prepare <= 1 && calls.commit <= 1 && calls.rollback <= 1, "{ctx}");
+            if !touched.contains(&s) {
+                assert_eq!(calls, Default::default(), "{ctx}");
+            } else if outcome.is_committed() {
+                assert_eq!((calls.prepare_ok, calls.commit_ok, calls.rollback), (1, 1, 0), "{ctx}");
+            } else {
+                assert_eq!(calls.commit, 0, "{ctx}");
+                assert_eq!(calls.rollback, calls.prepare_ok, "{ctx}: rollback iff prepared");
+            }
+        }
+        if outcome.is_committed() {
+            committed += 1;
+        } else {
+            aborted += 1;
+        }
+    }
+    assert!(committed > 0 && aborted > 0, "seed {seed}: {committed} committed, {aborted} aborted");
+}
+
+/// Resubmitting an id with the same legs returns the recorded outcome
+/// (committed or aborted, one service or two) without running it again.
+#[test]
+fn same_id_same_legs_returns_the_recorded_outcome() {
+    let bank = Bank::new(2, 4, 100);
+    let dtc = bank.builder().open().unwrap();
+    // acct-0, acct-2 on svc-0; acct-1, acct-3 on svc-1.
+    let cases = [
+        (vec![bank.leg(0, 1, 30)], Outcome::Committed),
+        (vec![bank.leg(0, 2, 30)], Outcome::Committed),
+        (
+            vec![bank.leg(3, 0, 500)],
+            Outcome::Aborted(AbortReason::InsufficientFunds { service: "svc-1".into(), account: "acct-3".into() }),
+        ),
+        (
+            vec![bank.leg(2, 0, 500)],
+            Outcome::Aborted(AbortReason::InsufficientFunds { service: "svc-0".into(), account: "acct-2".into() }),
+        ),
+    ];
+    for (legs, expected) in cases {
+        let tx = dtc.new_tx_id();
+        assert_eq!(dtc.execute_as(tx, &legs).unwrap(), expected, "{legs:?}");
+        let balances = bank.balances();
+        let metrics = dtc.metrics();
+        for _ in 0..3 {
+            let again = dtc.execute_as(tx, &legs);
+            assert!(matches!(&again, Ok(o) if *o == expected), "{legs:?}: resubmitted: {again:?}");
+        }
+        assert_eq!(dtc.outcome_of(tx), Some(expected.clone()), "{legs:?}");
+        bank.check_audit(&dtc, "after resubmissions");
+        assert_eq!(bank.balances(), balances, "{legs:?}: resubmission changed balances");
+        assert_eq!(dtc.metrics().committed, metrics.committed, "{legs:?}: resubmission ran again");
+        assert_eq!(dtc.metrics().aborted_total(), metrics.aborted_total(), "{legs:?}");
+    }
+    // An aborted id stays aborted even once the funds are there.
+    let tx = dtc.new_tx_id();
+    let short = [bank.leg(1, 3, 200)];
+    assert!(matches!(dtc.execute_as(tx, &short).unwrap(), Outcome::Aborted(_)));
+    assert_eq!(dtc.execute(&[bank.leg(0, 1, 100)]).unwrap(), Outcome::Committed);
+    assert!(matches!(dtc.execute_as(tx, &short).unwrap(), Outcome::Aborted(_)));
+    assert_eq!(bank.balances()[3], 100);
+}
+
+/// The same id with different legs (amount, account, service, or an extra
+/// leg) is refused with `TxIdReused` and changes nothing.
+#[test]
+fn same_id_other_legs_is_refused() {
+    let bank = Bank::new(2, 4, 100);
+    let dtc = bank.builder().open().unwrap();
+    let tx = dtc.new_tx_id();
+    let legs = [bank.leg(0, 1, 10)];
+    assert_eq!(dtc.execute_as(tx, &legs).unwrap(), Outcome::Committed);
+    let balances = bank.balances();
+    let metrics = dtc.metrics();
+    for other in [
+        vec![bank.leg(0, 1, 11)],
+        vec![bank.leg(0, 3, 10)],
+        vec![bank.leg(1, 0, 10)],
+        vec![bank.leg(0, 2, 10)],
+        vec![bank.leg(0, 1, 10), bank.leg(2, 3, 1)],
+    ] {
+        let result = dtc.execute_as(tx, &other);
+        assert!(matches!(result, Err(Error::TxIdReused { tx: t }) if t == tx), "{other:?}: {result:?}");
+    }
+    assert_eq!(bank.balances(), balances);
+    assert_eq!(dtc.metrics().committed, metrics.committed);
+    assert_eq!(dtc.outcome_of(tx), Some(Outcome::Committed));
+}
+
+/// While an id is running, resubmitting it is refused with `TxInProgress`
+/// (other legs: `TxIdReused`); once finished, it returns the outcome.
+#[test]
+fn same_id_while_running_is_in_progress() {
+    let bank = Bank::new(2, 4, 100);
+    let control = ProbeControl::new();
+    let dtc = bank
+        .builder_with(|s, ledger| -> Box<dyn Participant> {
+            if s == 1 { Box::new(Probe::new(ledger, &control)) } else { Box::new(ledger) }
+        })
+        .open()
+        .unwrap();
+    let tx = dtc.new_tx_id();
+    let hold = control.hold_prepare();
+    let first = {
+        let (dtc, bank_accounts) = (dtc.clone(), bank.accounts.clone());
+        std::thread::spawn(move || {
+            dtc.execute_as(tx, &[dtc::Transfer::new("svc-0", &bank_accounts[0], "svc-1", &bank_accounts[1], 25)])
+        })
+    };
+    wait_until("the prepare to block", Duration::from_secs(10), || control.held() == 1);
+    let legs = [bank.leg(0, 1, 25)];
+    assert!(matches!(dtc.execute_as(tx, &legs), Err(Error::TxInProgress { tx: t }) if t == tx));
+    assert!(matches!(dtc.execute_as(tx, &[bank.leg(0, 1, 26)]), Err(Error::TxIdReused { .. })));
+    hold.release();
+    assert_eq!(first.join().unwrap().unwrap(), Outcome::Committed);
+    assert_eq!(dtc.execute_as(tx, &legs).unwrap(), Outcome::Committed);
+    bank.check_audit(&dtc, "end");
+    assert_eq!(bank.balances(), [75, 125, 100, 100]);
+    assert_eq!(control.calls(tx).commit_ok, 1);
+}
+
+/// Builds a 3-service bank that remembers only 16 recent ids.
+fn forgetful_bank() -> (Bank, Coordinator) {
+    let bank = Bank::new(3, 9, 100);
+    let dtc = bank.builder().recent_ids(16).open().unwrap();
+    (bank, dtc)
+}
+
+/// Pushes `tx` out of the recent-id table with fresh committed transactions.
+fn forget(dtc: &Coordinator, bank: &Bank, tx: dtc::TxId) {
+    let mut n = 0;
+    while dtc.outcome_of(tx).is_some() {
+        n += 1;
+        assert!(n < 10_000, "{tx} never left the recent-id table");
+        // acct-6 → acct-7 and back: net zero, always funded.
+        let (from, to) = if n % 2 == 0 { (6, 7) } else { (7, 6) };
+        assert_eq!(dtc.execute_as(dtc.new_tx_id(), &[bank.leg(from, to, 1)]).unwrap(), Outcome::Committed);
+    }
+}
+
+/// An id resubmitted with the same legs after the recent-id table forgot it
+/// is still not applied twice.
+#[test]
+fn forgotten_id_same_legs_is_not_applied_twice() {
+    let (bank, dtc) = forgetful_bank();
+    let tx = dtc.new_tx_id();
+    // acct-0 on svc-0 → acct-1 on svc-1.
+    let legs = [bank.leg(0, 1, 40)];
+    assert_eq!(dtc.execute_as(tx, &legs).unwrap(), Outcome::Committed);
+    forget(&dtc, &bank, tx);
+    let before = bank.balances();
+    let again = dtc.execute_as(tx, &legs);
+    bank.check_audit(&dtc, &format!("after resubmitting a forgotten id: {again:?}"));
+    assert_eq!(bank.balances(), before, "resubmission after eviction applied again: {again:?}");
+}
+
+/// An id reused with other legs after the recent-id table forgot it must
+/// either be refused or run in full: never half-applied (money created or
+/// destroyed) while reported committed.
+#[test]
+fn forgotten_id_other_legs_is_never_half_applied() {
+    let (bank, dtc) = forgetful_bank();
+    let tx = dtc.new_tx_id();
+    // acct-0 (svc-0) → acct-1 (svc-1), then later acct-4 (svc-1) → acct-2 (svc-2).
+    assert_eq!(dtc.execute_as(tx, &[bank.leg(0, 1, 40)]).unwrap(), Outcome::Committed);
+    forget(&dtc, &bank, tx);
+    let before = bank.balances();
+    let reused = dtc.execute_as(tx, &[bank.leg(4, 2, 30)]);
+    let after = bank.balances();
+    let audit = dtc.audit().unwrap();
+    assert_eq!(
+        audit.total, bank.total,
+        "reusing forgotten id {tx} with other legs returned {reused:?} and broke conservation: \
+         acct-4 {} -> {}, acct-2 {} -> {}",
+        before[4], after[4], before[2], after[2]
+    );
+    match reused {
+        Ok(o) if o.is_committed() => assert_eq!((after[4], after[2]), (before[4] - 30, before[2] + 30)),
+        Ok(_) | Err(Error::TxIdReused { .. }) => assert_eq!(after, before),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
