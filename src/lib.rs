@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+mod closures;
 mod coordinator;
 mod durable;
 mod error;
@@ -39,10 +40,15 @@ mod fault;
 mod ledger;
 mod metrics;
 mod participant;
+mod saga;
 mod sync;
 mod txn;
 mod wal;
 
+pub use closures::{
+    ClosureError, ClosureOutcome, ClosureParticipant, ClosureStats, ClosureTx, DEFAULT_PREPARE_TIMEOUT,
+    MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
+};
 pub use coordinator::{Audit, Builder, Coordinator, Durability, LogStats, MAX_SERVICE_NAME_BYTES, RetryPolicy};
 pub use durable::{DataDir, RecoveryReport, RecoverySummary, TxStatus};
 pub use error::{Error, Result};
@@ -50,4 +56,9 @@ pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};
 pub use metrics::{LatencySummary, MetricsSnapshot};
 pub use participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
+pub use saga::{
+    Backoff, Clock, DEFAULT_STEP_TIMEOUT, IdempotencyKey, MAX_INPUT_BYTES, ManualClock, MemoryLog, SagaBuilder,
+    SagaDefinition, SagaError, SagaExecutor, SagaExecutorBuilder, SagaInfo, SagaMetrics, SagaState, Step, StepContext,
+    StepError, SystemClock,
+};
 pub use txn::{AbortReason, AccountRef, Outcome, ParseTxIdError, Transfer, TxId};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{Bank, Model, random_legs, seed};
 use dtc::{AbortReason, Coordinator, FaultCounter, FaultPlan, Outcome, RetryPolicy};
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 const SERVICES: usize = 4;
 const ACCOUNTS: usize = 24;
@@ -36,13 +36,11 @@ fn faulty_bank(seed: u64) -> (Bank, Coordinator, Vec<FaultCounter>) {
     (bank, dtc, counters)
 }
 
-/// Single-threaded, so the test can keep an exact model: after every
-/// transaction the ledgers equal the model (committed and commit-pending
-/// transactions applied all legs, aborted ones none), money is conserved and
-/// nothing is negative; a transaction the model says lacks funds never
-/// commits.
+/// Single-threaded faulty transactions match an exact model after every step: all legs or none, money conserved.
 #[test]
 fn faulty_transactions_apply_all_legs_or_none() {
+    // Committed and commit-pending transactions applied all legs, aborted ones none; a transaction the model
+    // says lacks funds never commits.
     let seed = seed(0xA70_0001);
     let (bank, dtc, counters) = faulty_bank(seed);
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -99,8 +97,7 @@ fn faulty_transactions_apply_all_legs_or_none() {
     assert!(injected > 0, "seed {seed}: no fault injected");
 }
 
-/// Four threads run faulty random transactions at once; periodic audits and
-/// the final ledgers show money conserved and no negative balance.
+/// Four threads of faulty random transactions: periodic audits and the final ledgers conserve money.
 #[test]
 fn concurrent_faulty_transactions_conserve_money() {
     let seed = seed(0xA70_0002);
@@ -139,8 +136,7 @@ fn concurrent_faulty_transactions_conserve_money() {
     assert_eq!(m.protocol_violations, 0, "seed {seed}: {m:?}");
 }
 
-/// A three-service transaction whose last leg lacks funds applies no leg,
-/// and the abort names the short account.
+/// A three-service transaction whose last leg lacks funds applies no leg and names the short account.
 #[test]
 fn one_short_leg_aborts_every_leg() {
     let bank = Bank::new(3, 6, 100);

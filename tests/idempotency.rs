@@ -25,9 +25,7 @@ fn mixed_bank(control: &Arc<ProbeControl>) -> (Bank, dtc::Builder) {
     (bank, builder)
 }
 
-/// With every prepare/commit/rollback delivered 1–5 times, balances after
-/// every transaction equal a model that applies each committed transaction
-/// once, and a transaction commits exactly when the model has the funds.
+/// With every phase delivered 1–5 times, balances always equal a model applying each commit once.
 #[test]
 fn redelivered_phases_apply_once() {
     let seed = seed(0x1D0_0001);
@@ -55,8 +53,41 @@ fn redelivered_phases_apply_once() {
     assert_eq!(dtc.metrics().protocol_violations, 0, "seed {seed}");
 }
 
-/// Under redelivery a refused transaction still reports why it was refused
-/// (the duplicate's answer must not replace the original refusal).
+/// Four threads under redelivery (inline and queued services) conserve money.
+#[test]
+fn redelivered_phases_under_concurrency_conserve_money() {
+    let seed = seed(0x1D0_0006);
+    let control = ProbeControl::new();
+    let (bank, builder) = mixed_bank(&control);
+    let bank = Arc::new(bank);
+    let dtc = builder.redeliver_for_testing(seed, 5).open().unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (bank, dtc) = (bank.clone(), dtc.clone());
+            std::thread::spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(seed ^ (t << 32));
+                for n in 0..300 {
+                    let legs = random_legs(&mut rng, ACCOUNTS, 4, 600);
+                    let ctx = format!("seed {seed}, thread {t}, tx {n}, legs {legs:?}");
+                    dtc.execute(&bank.transfers(&legs)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    if n % 25 == 0 {
+                        bank.check_audit(&dtc, &ctx);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    dtc.shutdown().unwrap();
+    bank.check_ledgers(&format!("seed {seed}, after shutdown"));
+    let m = dtc.metrics();
+    assert_eq!(m.committed + m.commit_pending + m.aborted_total(), 1_200, "seed {seed}: {m:?}");
+    assert_eq!(m.protocol_violations, 0, "seed {seed}: {m:?}");
+}
+
+/// Under redelivery a refused transaction still reports its own refusal, not a duplicate's answer.
 #[test]
 fn redelivered_refusal_keeps_its_reason() {
     let seed = seed(0x1D0_0002);
@@ -90,16 +121,14 @@ fn redelivered_refusal_keeps_its_reason() {
     assert_eq!(bank.balances(), vec![BALANCE; ACCOUNTS]);
 }
 
-/// A participant behind redelivery is called at most once per phase and
-/// transaction: committed ones exactly one prepare and one commit, aborted
-/// ones a rollback exactly where the prepare voted yes, never a commit.
-#[test]
-fn participants_see_each_phase_at_most_once() {
-    let seed = seed(0x1D0_0003);
+fn each_phase_at_most_once(seed: u64, nonblocking: bool) {
     let bank = Bank::new(3, ACCOUNTS, BALANCE);
     let controls: Vec<_> = (0..3).map(|_| ProbeControl::new()).collect();
     let dtc = bank
-        .builder_with(|s, ledger| Box::new(Probe::new(ledger, &controls[s])))
+        .builder_with(|s, ledger| {
+            let probe = Probe::new(ledger, &controls[s]);
+            Box::new(if nonblocking { probe.nonblocking() } else { probe })
+        })
         .redeliver_for_testing(seed, 5)
         .open()
         .unwrap();
@@ -138,8 +167,20 @@ fn participants_see_each_phase_at_most_once() {
     assert!(committed > 0 && aborted > 0, "seed {seed}: {committed} committed, {aborted} aborted");
 }
 
-/// Resubmitting an id with the same legs returns the recorded outcome
-/// (committed or aborted, one service or two) without running it again.
+/// Under redelivery a (queued) participant sees each phase at most once per transaction.
+#[test]
+fn participants_see_each_phase_at_most_once() {
+    // Committed: exactly one prepare and one commit; aborted: a rollback exactly where the prepare voted yes.
+    each_phase_at_most_once(seed(0x1D0_0003), false);
+}
+
+/// The same for a nonblocking participant called inline, where duplicates are repeated steps.
+#[test]
+fn participants_see_each_phase_at_most_once_inline() {
+    each_phase_at_most_once(seed(0x1D0_0005), true);
+}
+
+/// Resubmitting an id with the same legs returns the recorded outcome without running it again.
 #[test]
 fn same_id_same_legs_returns_the_recorded_outcome() {
     let bank = Bank::new(2, 4, 100);
@@ -181,8 +222,7 @@ fn same_id_same_legs_returns_the_recorded_outcome() {
     assert_eq!(bank.balances()[3], 100);
 }
 
-/// The same id with different legs (amount, account, service, or an extra
-/// leg) is refused with `TxIdReused` and changes nothing.
+/// The same id with different legs is refused with `TxIdReused` and changes nothing.
 #[test]
 fn same_id_other_legs_is_refused() {
     let bank = Bank::new(2, 4, 100);
@@ -207,8 +247,7 @@ fn same_id_other_legs_is_refused() {
     assert_eq!(dtc.outcome_of(tx), Some(Outcome::Committed));
 }
 
-/// While an id is running, resubmitting it is refused with `TxInProgress`
-/// (other legs: `TxIdReused`); once finished, it returns the outcome.
+/// Resubmitting an id while it runs gives `TxInProgress`; once finished, its outcome.
 #[test]
 fn same_id_while_running_is_in_progress() {
     let bank = Bank::new(2, 4, 100);
@@ -258,8 +297,7 @@ fn forget(dtc: &Coordinator, bank: &Bank, tx: dtc::TxId) {
     }
 }
 
-/// An id resubmitted with the same legs after the recent-id table forgot it
-/// is still not applied twice.
+/// An id resubmitted after the recent-id table forgot it is still not applied twice.
 #[test]
 fn forgotten_id_same_legs_is_not_applied_twice() {
     let (bank, dtc) = forgetful_bank();
@@ -274,9 +312,7 @@ fn forgotten_id_same_legs_is_not_applied_twice() {
     assert_eq!(bank.balances(), before, "resubmission after eviction applied again: {again:?}");
 }
 
-/// An id reused with other legs after the recent-id table forgot it must
-/// either be refused or run in full: never half-applied (money created or
-/// destroyed) while reported committed.
+/// An id reused with other legs after it was forgotten is refused or run in full, never half-applied.
 #[test]
 fn forgotten_id_other_legs_is_never_half_applied() {
     let (bank, dtc) = forgetful_bank();
@@ -299,4 +335,40 @@ fn forgotten_id_other_legs_is_never_half_applied() {
         Ok(_) | Err(Error::TxIdReused { .. }) => assert_eq!(after, before),
         Err(e) => panic!("unexpected error {e}"),
     }
+}
+
+/// Under redelivery an inline prepare panic still aborts with `ParticipantPanicked`, nothing applied.
+#[test]
+fn redelivered_panicking_prepare_applies_nothing() {
+    // A duplicate prepare must not turn the panic into a yes vote.
+    let seed = seed(0x1D0_0004);
+    let bank = Bank::new(2, 4, 1_000);
+    let control = ProbeControl::new();
+    let dtc = bank
+        .builder_with(|s, ledger| -> Box<dyn Participant> {
+            if s == 0 { Box::new(Probe::new(ledger, &control).nonblocking()) } else { Box::new(ledger) }
+        })
+        .redeliver_for_testing(seed, 5)
+        .open()
+        .unwrap();
+    let expected = Outcome::Aborted(AbortReason::ParticipantPanicked { service: "svc-0".into() });
+    let mut wrong = Vec::new();
+    for n in 0..40 {
+        // Alternately two services (svc-1/acct-1 → svc-0/acct-0) and one (svc-0 only).
+        let legs = if n % 2 == 0 { [bank.leg(1, 0, 10)] } else { [bank.leg(2, 0, 10)] };
+        control.panic_prepares(1);
+        let outcome = dtc.execute(&legs).unwrap();
+        bank.check_audit(&dtc, &format!("seed {seed}, tx {n}: {outcome:?}"));
+        assert_eq!(bank.balances(), [1_000; 4], "seed {seed}, tx {n}: {outcome:?} applied something");
+        if outcome != expected {
+            wrong.push((n, outcome));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "seed {seed}: {} of 40 misreported, e.g. {:?}",
+        wrong.len(),
+        &wrong[..3.min(wrong.len())]
+    );
+    assert_eq!(dtc.metrics().protocol_violations, 0, "seed {seed}");
 }

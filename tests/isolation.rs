@@ -76,21 +76,19 @@ fn bank_invariant(
     (audits.load(Ordering::Relaxed), violations.load(Ordering::Relaxed), first, committed)
 }
 
-/// 100 000 audits from 2 threads against 2 transfer threads over 3 services
-/// and 999 accounts: zero violations of the bank invariant.
+/// 100 000 audits (3 threads) against 2 transfer threads, 3 services, 999 accounts: 0 violations.
 #[test]
 fn audits_never_see_a_partial_transaction() {
     let seed = seed(0x150_0001);
     let (audits, violations, first, committed) =
-        with_watchdog("bank invariant", Duration::from_secs(300), move || bank_invariant(seed, 3, 999, 2, 2, 100_000));
+        with_watchdog("bank invariant", Duration::from_secs(300), move || bank_invariant(seed, 3, 999, 2, 3, 100_000));
     assert_eq!(violations, 0, "seed {seed}: {violations} of {audits} audits broke the invariant, first: {first:?}");
     assert!(audits >= 100_000, "seed {seed}: only {audits} audits");
     assert!(committed > 0, "seed {seed}: no transfer committed during the audits");
     eprintln!("seed {seed}: {audits} audits, {committed} transfers committed");
 }
 
-/// Long variant: 1 000 000 audits over 4 services, 3 transfer and 3 audit
-/// threads. Run with `cargo test --release --test isolation -- --ignored`.
+/// Long variant, 1 000 000 audits: `cargo test --release --test isolation -- --ignored`.
 #[test]
 #[ignore = "long; run with --release -- --ignored"]
 fn audits_never_see_a_partial_transaction_long() {

@@ -38,10 +38,7 @@ fn prepare_timeout_on_svc0() -> Outcome {
     Outcome::Aborted(AbortReason::PrepareTimeout { service: "svc-0".into() })
 }
 
-/// A prepare stalled past the call timeout aborts a two-service transaction
-/// with `PrepareTimeout` naming the slow service; nothing is applied on
-/// either service, the late prepare is rolled back, and once the stall ends
-/// the same transfer commits.
+/// A stalled prepare aborts a two-service transaction with `PrepareTimeout`; nothing applied; retry commits.
 #[test]
 fn stalled_prepare_two_services_times_out_and_applies_nothing() {
     let (bank, control, dtc) = probed(Duration::from_millis(100), WAIT);
@@ -66,8 +63,7 @@ fn stalled_prepare_two_services_times_out_and_applies_nothing() {
     dtc.shutdown().unwrap();
 }
 
-/// The same for a one-service (one-phase) transaction: the late prepare is
-/// not committed but rolled back.
+/// The same for one service (one phase): the late prepare is rolled back, not committed.
 #[test]
 fn stalled_prepare_one_service_times_out_and_applies_nothing() {
     let (bank, control, dtc) = probed(Duration::from_millis(100), WAIT);
@@ -88,9 +84,7 @@ fn stalled_prepare_one_service_times_out_and_applies_nothing() {
     dtc.shutdown().unwrap();
 }
 
-/// A commit acknowledged after the call timeout gives `CommitPending`; the
-/// commit is not lost: a later transaction on that service sees it applied
-/// (per-service FIFO), and it is applied exactly once.
+/// A late commit acknowledgement gives `CommitPending`; the commit is then applied once, in FIFO order.
 #[test]
 fn stalled_commit_is_pending_then_applied_once() {
     let (bank, control, dtc) = probed(Duration::from_millis(100), WAIT);
@@ -109,10 +103,7 @@ fn stalled_commit_is_pending_then_applied_once() {
     assert_eq!((m.commit_pending, m.committed), (1, 1), "{m:?}");
 }
 
-/// A commit still stalling when `shutdown` is called is drained by it:
-/// afterwards it is applied, exactly once, for one-phase and two-phase
-/// transactions alike (`Faulty` stalling every commit of svc-0 for 500 ms
-/// against a 50 ms call timeout).
+/// A commit still stalling at `shutdown` is drained by it and applied once (one and two phases).
 #[test]
 fn shutdown_drains_a_pending_commit() {
     for (legs, expected) in [
@@ -146,13 +137,11 @@ fn shutdown_drains_a_pending_commit() {
     }
 }
 
-/// A transaction waiting for a lock longer than `transaction_timeout` is
-/// aborted with `LockTimeout` and changes nothing; once the holder finishes,
-/// the same transfer commits. The lock is held by a transaction whose commit
-/// stalls on svc-0 (a prepare stall cannot outlast a later transaction's
-/// deadline: the vote wait is capped by the holder's own, earlier, deadline).
+/// A lock wait past `transaction_timeout` aborts with `LockTimeout` and changes nothing.
 #[test]
 fn lock_held_past_the_deadline_is_lock_timeout() {
+    // The lock is held by a transaction stalled in commit: a prepare stall cannot outlast a later transaction's
+    // deadline, because the holder's vote wait is capped by its own, earlier, deadline.
     let (bank, control, dtc) = probed(Duration::from_secs(30), Duration::from_millis(300));
     let hold = control.hold_commit();
     let holder = {

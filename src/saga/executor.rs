@@ -1,0 +1,754 @@
+//! The saga executor: starts sagas, records their progress in its own log,
+//! resumes them after a restart, and reports their states.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::backoff::{Backoff, Jitter};
+use super::clock::{Clock, SystemClock};
+use super::definition::{DefinitionInner, SagaDefinition};
+use super::error::SagaError;
+use super::log::{End, Phase, Rec, Row, StepState, Table};
+use super::run;
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::txn::{TxId, TxIdGen};
+use crate::wal::{FsStorage, MemStorage, Storage, Wal, WalConfig};
+
+/// Largest encoded (JSON) saga input, in bytes.
+pub const MAX_INPUT_BYTES: usize = 16 << 10;
+/// Most saga definitions one executor holds.
+pub const MAX_DEFINITIONS: usize = 1024;
+/// Longest failure explanation kept in the log, in bytes.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SagaState {
+    /// Going forward (or waiting to be resumed after a restart).
+    Running,
+    /// A step failed for good or the deadline passed; compensations are
+    /// running (or waiting to be resumed).
+    Compensating,
+    /// Every step is done.
+    Completed,
+    /// Every completed step was compensated.
+    Compensated,
+    /// A compensation kept failing past the limit: an operator must look.
+    /// See [`SagaExecutor::retry_stuck`].
+    Stuck,
+}
+
+impl SagaState {
+    /// A stable machine-readable name.
+    pub fn code(self) -> &'static str {
+        match self {
+            SagaState::Running => "running",
+            SagaState::Compensating => "compensating",
+            SagaState::Completed => "completed",
+            SagaState::Compensated => "compensated",
+            SagaState::Stuck => "stuck",
+        }
+    }
+
+    /// True for `Completed`, `Compensated` and `Stuck`.
+    pub fn is_final(self) -> bool {
+        matches!(self, SagaState::Completed | SagaState::Compensated | SagaState::Stuck)
+    }
+}
+
+impl fmt::Display for SagaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// One saga as the executor knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaInfo {
+    /// The saga's id.
+    pub id: TxId,
+    /// Its definition's name.
+    pub definition: String,
+    /// Where it is.
+    pub state: SagaState,
+    /// Steps in the definition.
+    pub steps: usize,
+    /// Steps whose action completed, in completion order (by name when the
+    /// definition is registered, else by index).
+    pub completed_steps: Vec<String>,
+    /// Steps whose compensation completed.
+    pub compensated_steps: usize,
+    /// Why it compensated, or why it is stuck.
+    pub failure: Option<String>,
+}
+
+/// Counters and gauges of one executor (since it was opened).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SagaMetrics {
+    /// Sagas started.
+    pub started: u64,
+    /// Sagas resumed after a restart or retried after being stuck.
+    pub resumed: u64,
+    /// Sagas that completed.
+    pub completed: u64,
+    /// Sagas that were compensated.
+    pub compensated: u64,
+    /// Times a saga became stuck.
+    pub stuck_events: u64,
+    /// Sagas stuck now.
+    pub stuck: u64,
+    /// Sagas not finished now (running, compensating or stuck).
+    pub open: u64,
+    /// Action calls made.
+    pub step_attempts: u64,
+    /// Action retries (calls after a failed one).
+    pub step_retries: u64,
+    /// Action or compensation calls that timed out.
+    pub timeouts: u64,
+    /// Action or compensation calls that panicked.
+    pub panics: u64,
+    /// Steps that failed for good.
+    pub step_failures: u64,
+    /// Sagas whose deadline passed.
+    pub deadlines_exceeded: u64,
+    /// Compensation calls made.
+    pub compensation_attempts: u64,
+    /// Compensation retries.
+    pub compensation_retries: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub started: AtomicU64,
+    pub resumed: AtomicU64,
+    pub completed: AtomicU64,
+    pub compensated: AtomicU64,
+    pub stuck_events: AtomicU64,
+    pub step_attempts: AtomicU64,
+    pub step_retries: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub panics: AtomicU64,
+    pub step_failures: AtomicU64,
+    pub deadlines_exceeded: AtomicU64,
+    pub compensation_attempts: AtomicU64,
+    pub compensation_retries: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    // Relaxed: statistics; no other memory is published through them.
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    // Relaxed: see `bump`.
+    counter.load(Ordering::Relaxed)
+}
+
+/// An in-memory saga log that can simulate crashes, for tests and demos.
+/// Clones share the same files.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryLog(MemStorage);
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self(MemStorage::new())
+    }
+    /// What a crash right now would leave: only the durable bytes. This
+    /// handle is unaffected.
+    pub fn crash(&self) -> MemoryLog {
+        Self(self.0.crash())
+    }
+    /// Arms a crash just before durability point `n + 1`: that operation and
+    /// every later one fail (the executor stops where it is), and
+    /// [`MemoryLog::crash_image`] returns what was durable after `n` points.
+    pub fn crash_after_syncs(&self, n: u64) {
+        self.0.crash_after_syncs(n);
+    }
+    /// The image captured by an armed crash, once it happened.
+    pub fn crash_image(&self) -> Option<MemoryLog> {
+        self.0.crash_image().map(Self)
+    }
+    /// Durability points passed so far.
+    pub fn sync_count(&self) -> u64 {
+        self.0.sync_count()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum LogChoice {
+    None,
+    Dir(PathBuf),
+    Memory(MemoryLog),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub compensation_retry: Backoff,
+    pub max_open_sagas: usize,
+    pub max_finished_sagas: usize,
+    pub checkpoint_every_bytes: u64,
+    pub redeliver: u32,
+}
+
+/// Configures and opens a [`SagaExecutor`].
+pub struct SagaExecutorBuilder {
+    log: LogChoice,
+    clock: Arc<dyn Clock>,
+    seed: Option<u64>,
+    config: Config,
+    segment_size_bytes: u64,
+}
+
+impl fmt::Debug for SagaExecutorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaExecutorBuilder").field("log", &self.log).field("config", &self.config).finish()
+    }
+}
+
+impl SagaExecutorBuilder {
+    /// Keep the saga log in `dir` (created if missing).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log = LogChoice::Dir(dir.into());
+        self
+    }
+    /// Keep the saga log in memory (crashes can be simulated on it).
+    pub fn memory_log(mut self, log: MemoryLog) -> Self {
+        self.log = LogChoice::Memory(log);
+        self
+    }
+    /// No log: nothing survives the process (the default).
+    pub fn no_log(mut self) -> Self {
+        self.log = LogChoice::None;
+        self
+    }
+    /// The clock for backoff and deadlines (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Seed of the jitter generator (default: random).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Retry policy of compensations; past its attempts the saga is
+    /// [`SagaState::Stuck`] (default: 10 ms doubling to 5 s, 20 attempts).
+    pub fn compensation_retry(mut self, policy: Backoff) -> Self {
+        self.config.compensation_retry = policy;
+        self
+    }
+    /// Most unfinished sagas (stuck ones included) at once (default 10 000).
+    pub fn max_open_sagas(mut self, limit: usize) -> Self {
+        self.config.max_open_sagas = limit;
+        self
+    }
+    /// Finished sagas remembered for [`SagaExecutor::sagas`] (default 1024).
+    pub fn max_finished_sagas(mut self, limit: usize) -> Self {
+        self.config.max_finished_sagas = limit;
+        self
+    }
+    /// Size of each saga log segment (default 1 MiB; a multiple of 4096, at
+    /// least 64 KiB). The log keeps at most 8 segments and checkpoints every
+    /// quarter segment.
+    pub fn segment_size_bytes(mut self, bytes: u64) -> Self {
+        self.segment_size_bytes = bytes;
+        self
+    }
+    /// Testing aid: call every successful action and compensation again
+    /// `copies` more times with the same key, to show that duplicates have
+    /// one effect.
+    #[doc(hidden)]
+    pub fn redeliver_for_testing(mut self, copies: u32) -> Self {
+        self.config.redeliver = copies.min(16);
+        self
+    }
+
+    /// Opens the log (recovering what it holds) and the executor. Sagas found
+    /// unfinished wait for [`SagaExecutor::resume`].
+    pub fn open(self) -> Result<SagaExecutor, SagaError> {
+        let config_error = |reason: &str| SagaError::Config { reason: reason.into() };
+        if self.config.max_open_sagas == 0 {
+            return Err(config_error("max_open_sagas must be positive"));
+        }
+        if self.segment_size_bytes < 64 << 10 {
+            return Err(config_error("segment_size_bytes must be at least 64 KiB"));
+        }
+        let (storage, location): (Arc<dyn Storage>, String) = match &self.log {
+            LogChoice::None => return Ok(SagaExecutor::with(self, None, Table::new(0))),
+            LogChoice::Dir(dir) => {
+                let storage = FsStorage::new(dir).map_err(|e| SagaError::Open {
+                    location: dir.display().to_string(),
+                    cause: format!("cannot open the directory: {e}"),
+                })?;
+                (Arc::new(storage), dir.display().to_string())
+            }
+            LogChoice::Memory(log) => (Arc::new(log.0.clone()), "memory".to_string()),
+        };
+        let wal_config =
+            WalConfig { segment_size_bytes: self.segment_size_bytes, max_segments: 8, preallocate_next: true };
+        let open_error = |cause: String| SagaError::Open { location: location.clone(), cause };
+        let (wal, recovery) = Wal::open(storage, wal_config).map_err(|e| open_error(e.to_string()))?;
+        let max_finished = self.config.max_finished_sagas;
+        let (checkpoint_lsn, mut table) = match &recovery.checkpoint {
+            Some((lsn, bytes)) => {
+                (lsn.0, Table::decode(bytes, max_finished).map_err(|e| open_error(format!("checkpoint: {e}")))?)
+            }
+            None => (0, Table::new(max_finished)),
+        };
+        for record in &recovery.records {
+            let rec = Rec::decode(record.kind, &record.payload)
+                .map_err(|e| open_error(format!("record at {}: {e}", record.lsn)))?;
+            if let Err(why) = table.apply(&rec) {
+                tracing::warn!(lsn = record.lsn.0, %why, "saga log record does not fit; skipped");
+            }
+        }
+        tracing::info!(
+            %location,
+            records = recovery.records.len(),
+            open = table.open(),
+            "saga log recovered"
+        );
+        let log = LogState { wal, checkpoint_lsn: Mutex::new(checkpoint_lsn) };
+        Ok(SagaExecutor::with(self, Some(log), table))
+    }
+}
+
+pub(crate) struct LogState {
+    pub wal: Wal,
+    /// Position of the newest checkpoint; also serializes checkpoints.
+    pub checkpoint_lsn: Mutex<u64>,
+}
+
+/// What drives one definition's sagas, its input type erased.
+pub(crate) trait ErasedDefinition: Send + Sync {
+    fn step_count(&self) -> usize;
+    fn step_name(&self, step: usize) -> Option<&str>;
+    fn drive_logged(&self, core: &Core, row: &Row) -> Result<SagaInfo, SagaError>;
+}
+
+impl<I> ErasedDefinition for DefinitionInner<I>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+    fn step_name(&self, step: usize) -> Option<&str> {
+        self.steps.get(step).map(|s| s.name.as_str())
+    }
+    fn drive_logged(&self, core: &Core, row: &Row) -> Result<SagaInfo, SagaError> {
+        let input: I = serde_json::from_str(&row.input).map_err(|e| SagaError::Input {
+            saga: Some(row.id),
+            definition: self.name.clone(),
+            phase: "decoding",
+            cause: e.to_string(),
+        })?;
+        run::drive(core, self, row.id, Arc::new(input))
+    }
+}
+
+/// The executor's shared state, used by the driving code in `run`.
+pub(crate) struct Core {
+    pub log: Option<LogState>,
+    pub table: Mutex<Table>,
+    pub clock: Arc<dyn Clock>,
+    pub jitter: Jitter,
+    pub config: Config,
+    pub counters: Counters,
+    pub in_flight: Arc<AtomicUsize>,
+    ids: TxIdGen,
+    active: Mutex<HashSet<TxId>>,
+    definitions: Mutex<HashMap<String, Arc<dyn ErasedDefinition>>>,
+}
+
+/// Marks a saga as driven by this thread until dropped.
+pub(crate) struct Claim<'a> {
+    core: &'a Core,
+    saga: TxId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.core.active.lock().remove(&self.saga);
+    }
+}
+
+pub(crate) fn clip(mut text: String) -> String {
+    if text.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+impl Core {
+    pub(crate) fn row(&self, saga: TxId) -> Result<Row, SagaError> {
+        self.table.lock().rows.get(&saga).cloned().ok_or(SagaError::UnknownSaga { saga })
+    }
+
+    fn claim(&self, saga: TxId) -> Result<Claim<'_>, SagaError> {
+        if !self.active.lock().insert(saga) {
+            return Err(SagaError::InProgress { saga });
+        }
+        Ok(Claim { core: self, saga })
+    }
+
+    /// Appends `rec`, applies it to the table, and waits until it is
+    /// durable. Appending and applying happen under the table lock, so a
+    /// snapshot taken under that lock matches a log position exactly.
+    pub(crate) fn record(&self, rec: Rec, step: Option<&str>) -> Result<(), SagaError> {
+        self.record_checked(rec, step, |_| Ok(()))
+    }
+
+    /// `record`, after `check` accepted the table (under the same lock).
+    fn record_checked(
+        &self,
+        rec: Rec,
+        step: Option<&str>,
+        check: impl FnOnce(&Table) -> Result<(), SagaError>,
+    ) -> Result<(), SagaError> {
+        let log_error = |cause: String| SagaError::Log {
+            saga: rec.saga(),
+            step: step.map(str::to_string),
+            record: rec.name(),
+            cause,
+        };
+        let lsn = {
+            let mut table = self.table.lock();
+            check(&table)?;
+            let lsn = match &self.log {
+                Some(log) => Some(log.wal.append(rec.kind(), &rec.encode()).map_err(|e| log_error(e.to_string()))?),
+                None => None,
+            };
+            if let Err(why) = table.apply(&rec) {
+                debug_assert!(false, "saga record does not fit the table: {why}");
+                tracing::error!(%why, "saga record does not fit the table");
+            }
+            lsn
+        };
+        if let (Some(log), Some(lsn)) = (&self.log, lsn) {
+            log.wal.wait_durable(lsn).map_err(|e| log_error(e.to_string()))?;
+        }
+        if let Rec::Finished { end, .. } = &rec {
+            match end {
+                End::Completed => bump(&self.counters.completed),
+                End::Compensated => bump(&self.counters.compensated),
+                End::Stuck => bump(&self.counters.stuck_events),
+            }
+        }
+        self.maybe_checkpoint();
+        Ok(())
+    }
+
+    /// Writes a checkpoint once the log has grown by a quarter segment since
+    /// the last one, so the log stays within its segments. A failure is
+    /// logged; the log itself is still whole.
+    fn maybe_checkpoint(&self) {
+        let Some(log) = &self.log else { return };
+        // Cheap check first: most records do not need a checkpoint.
+        if log.wal.end_lsn().0.saturating_sub(*log.checkpoint_lsn.lock()) < self.config.checkpoint_every_bytes {
+            return;
+        }
+        let mut newest = log.checkpoint_lsn.lock();
+        if log.wal.end_lsn().0.saturating_sub(*newest) < self.config.checkpoint_every_bytes {
+            return;
+        }
+        let (lsn, snapshot) = {
+            let table = self.table.lock();
+            (log.wal.end_lsn(), table.encode())
+        };
+        match log.wal.checkpoint(lsn, &snapshot) {
+            Ok(()) => *newest = lsn.0,
+            Err(e) => {
+                let error = SagaError::Checkpoint { lsn: lsn.0, cause: e.to_string() };
+                tracing::warn!(%error, "saga log checkpoint failed; will retry after the next saga");
+            }
+        }
+    }
+
+    fn start(&self, definition: &str, steps: usize, deadline: Duration, input: String) -> Result<TxId, SagaError> {
+        let deadline_at_ms = u64::try_from(self.clock.now().saturating_add(deadline).as_millis()).unwrap_or(u64::MAX);
+        let saga = self.ids.next();
+        let rec = Rec::Started { saga, definition: definition.to_string(), steps: steps as u16, deadline_at_ms, input };
+        let limit = self.config.max_open_sagas;
+        self.record_checked(rec, None, |table| {
+            if table.open() >= limit {
+                return Err(SagaError::TooManySagas { definition: definition.to_string(), limit });
+            }
+            Ok(())
+        })?;
+        bump(&self.counters.started);
+        Ok(saga)
+    }
+
+    pub(crate) fn info(&self, saga: TxId) -> Result<SagaInfo, SagaError> {
+        let row = self.row(saga)?;
+        let definition = self.definitions.lock().get(&row.definition).cloned();
+        Ok(info_of(&row, definition.as_deref()))
+    }
+}
+
+fn info_of(row: &Row, definition: Option<&dyn ErasedDefinition>) -> SagaInfo {
+    let state = match row.phase {
+        Phase::Forward => SagaState::Running,
+        Phase::Compensating => SagaState::Compensating,
+        Phase::Finished(End::Completed) => SagaState::Completed,
+        Phase::Finished(End::Compensated) => SagaState::Compensated,
+        Phase::Finished(End::Stuck) => SagaState::Stuck,
+    };
+    let name = |i: u16| match definition.and_then(|d| d.step_name(usize::from(i))) {
+        Some(name) => name.to_string(),
+        None => format!("#{i}"),
+    };
+    SagaInfo {
+        id: row.id,
+        definition: row.definition.clone(),
+        state,
+        steps: row.steps.len(),
+        completed_steps: row.done_order.iter().map(|&i| name(i)).collect(),
+        compensated_steps: row.steps.iter().filter(|s| **s == StepState::Compensated).count(),
+        failure: row.failure.clone(),
+    }
+}
+
+/// Runs sagas: each step's action in order (parallel groups concurrently),
+/// retried under its policy within the saga's deadline; on a failure for
+/// good or a passed deadline, the compensations of every completed step in
+/// reverse order of completion. Progress goes to the executor's own log, so
+/// reopening it on the same directory and calling [`SagaExecutor::resume`]
+/// finishes what a crash interrupted.
+///
+/// `Send + Sync`: sagas may be run from many threads at once; each runs on
+/// the thread that calls [`SagaExecutor::run`].
+///
+/// See [`SagaDefinition`] for an example.
+pub struct SagaExecutor {
+    core: Core,
+}
+
+impl fmt::Debug for SagaExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaExecutor").field("metrics", &self.metrics()).finish()
+    }
+}
+
+impl SagaExecutor {
+    /// Configures an executor.
+    pub fn builder() -> SagaExecutorBuilder {
+        SagaExecutorBuilder {
+            log: LogChoice::None,
+            clock: Arc::new(SystemClock),
+            seed: None,
+            config: Config {
+                compensation_retry: Backoff::new(Duration::from_millis(10), Duration::from_secs(5), 20),
+                max_open_sagas: 10_000,
+                max_finished_sagas: 1024,
+                checkpoint_every_bytes: 256 << 10,
+                redeliver: 0,
+            },
+            segment_size_bytes: 1 << 20,
+        }
+    }
+
+    /// An executor whose log lives in `dir`, with default settings.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<SagaExecutor, SagaError> {
+        Self::builder().dir(dir).open()
+    }
+
+    /// An executor with no log (nothing survives the process).
+    pub fn in_memory() -> SagaExecutor {
+        let builder = Self::builder();
+        Self::with(builder, None, Table::new(1024))
+    }
+
+    fn with(builder: SagaExecutorBuilder, log: Option<LogState>, mut table: Table) -> SagaExecutor {
+        let SagaExecutorBuilder { clock, seed, mut config, segment_size_bytes, .. } = builder;
+        config.checkpoint_every_bytes = segment_size_bytes / 4;
+        table.max_finished = config.max_finished_sagas;
+        let ids = TxIdGen::new(rand::random());
+        if let Some(newest) = table.rows.keys().max() {
+            ids.observe(*newest);
+        }
+        SagaExecutor {
+            core: Core {
+                log,
+                table: Mutex::new(table),
+                clock,
+                jitter: Jitter::new(seed.unwrap_or_else(rand::random)),
+                config,
+                counters: Counters::default(),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                ids,
+                active: Mutex::new(HashSet::new()),
+                definitions: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    /// Registers `definition` under its name, so that its unfinished sagas
+    /// can be resumed. Registering the same definition again is a no-op;
+    /// a different one under a taken name is refused.
+    pub fn register<I>(&self, definition: &SagaDefinition<I>) -> Result<(), SagaError>
+    where
+        I: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut definitions = self.core.definitions.lock();
+        let name = definition.name();
+        if let Some(existing) = definitions.get(name) {
+            let same = std::ptr::addr_eq(Arc::as_ptr(existing), Arc::as_ptr(&definition.inner));
+            return if same { Ok(()) } else { Err(SagaError::DefinitionConflict { definition: name.to_string() }) };
+        }
+        if definitions.len() >= MAX_DEFINITIONS {
+            return Err(SagaError::Config { reason: format!("more than {MAX_DEFINITIONS} saga definitions") });
+        }
+        let erased: Arc<dyn ErasedDefinition> = definition.inner.clone();
+        definitions.insert(name.to_string(), erased);
+        Ok(())
+    }
+
+    /// Starts a saga of `definition` (registering it if needed) with `input`
+    /// and drives it to its end on this thread: completed, compensated or
+    /// stuck. The input is logged as JSON and every call sees the logged
+    /// copy, so a resumed saga sees exactly the same input.
+    ///
+    /// An `Err` means the saga could not be started, or the log failed
+    /// midway (the saga then stops where it is, to be resumed on reopen).
+    pub fn run<I>(&self, definition: &SagaDefinition<I>, input: &I) -> Result<SagaInfo, SagaError>
+    where
+        I: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.register(definition)?;
+        let name = definition.name();
+        let input_error = |phase, e: serde_json::Error| SagaError::Input {
+            saga: None,
+            definition: name.to_string(),
+            phase,
+            cause: e.to_string(),
+        };
+        let json = serde_json::to_string(input).map_err(|e| input_error("encoding", e))?;
+        if json.len() > MAX_INPUT_BYTES {
+            return Err(SagaError::InputTooLarge {
+                definition: name.to_string(),
+                bytes: json.len(),
+                limit: MAX_INPUT_BYTES,
+            });
+        }
+        let logged: I = serde_json::from_str(&json).map_err(|e| input_error("decoding", e))?;
+        let inner = &definition.inner;
+        let saga = self.core.start(name, inner.steps.len(), inner.deadline, json)?;
+        let _claim = self.core.claim(saga)?;
+        tracing::info!(%saga, definition = name, "saga started");
+        run::drive(&self.core, inner, saga, Arc::new(logged))
+    }
+
+    /// Drives every unfinished (running or compensating) saga whose
+    /// definition is registered to its end, oldest first, on this thread;
+    /// returns their final states. Sagas whose definition is not registered,
+    /// or is registered with another step count, are left as they are (and
+    /// logged); stuck sagas wait for [`SagaExecutor::retry_stuck`].
+    pub fn resume(&self) -> Result<Vec<SagaInfo>, SagaError> {
+        let mut pending: Vec<Row> = {
+            let table = self.core.table.lock();
+            table.rows.values().filter(|r| matches!(r.phase, Phase::Forward | Phase::Compensating)).cloned().collect()
+        };
+        pending.sort_by_key(|r| r.id);
+        let mut resumed = Vec::with_capacity(pending.len());
+        for row in pending {
+            let Some(definition) = self.core.definitions.lock().get(&row.definition).cloned() else {
+                tracing::warn!(saga = %row.id, definition = %row.definition, "unfinished saga's definition is not registered; left as is");
+                continue;
+            };
+            let Ok(_claim) = self.core.claim(row.id) else { continue };
+            match self.drive_row(&*definition, &row) {
+                Ok(info) => resumed.push(info),
+                Err(e @ (SagaError::DefinitionMismatch { .. } | SagaError::Input { .. })) => {
+                    tracing::warn!(error = %e, code = e.code(), "saga not resumed");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(resumed)
+    }
+
+    fn drive_row(&self, definition: &dyn ErasedDefinition, row: &Row) -> Result<SagaInfo, SagaError> {
+        if definition.step_count() != row.steps.len() {
+            return Err(SagaError::DefinitionMismatch {
+                saga: row.id,
+                definition: row.definition.clone(),
+                logged_steps: row.steps.len(),
+                registered_steps: definition.step_count(),
+            });
+        }
+        bump(&self.core.counters.resumed);
+        tracing::info!(saga = %row.id, definition = %row.definition, "resuming saga");
+        definition.drive_logged(&self.core, row)
+    }
+
+    /// Runs the compensations of a stuck saga again (after an operator fixed
+    /// what made them fail), from where they stopped.
+    pub fn retry_stuck(&self, saga: TxId) -> Result<SagaInfo, SagaError> {
+        let row = self.core.row(saga)?;
+        let state = info_of(&row, None).state;
+        if state != SagaState::Stuck {
+            return Err(SagaError::NotStuck { saga, state });
+        }
+        let Some(definition) = self.core.definitions.lock().get(&row.definition).cloned() else {
+            return Err(SagaError::NotRegistered { saga, definition: row.definition });
+        };
+        let _claim = self.core.claim(saga)?;
+        self.core.record(Rec::StuckRetried { saga }, None)?;
+        let row = self.core.row(saga)?;
+        self.drive_row(&*definition, &row)
+    }
+
+    /// Every saga the executor knows (unfinished ones, stuck ones, and the
+    /// most recent finished ones), oldest first.
+    pub fn sagas(&self) -> Vec<SagaInfo> {
+        let mut rows: Vec<Row> = self.core.table.lock().rows.values().cloned().collect();
+        rows.sort_by_key(|r| r.id);
+        let definitions = self.core.definitions.lock();
+        rows.iter().map(|row| info_of(row, definitions.get(&row.definition).map(|d| &**d))).collect()
+    }
+
+    /// One saga, if known.
+    pub fn saga(&self, saga: TxId) -> Option<SagaInfo> {
+        self.core.info(saga).ok()
+    }
+
+    /// Counters since opening, and current gauges.
+    pub fn metrics(&self) -> SagaMetrics {
+        let c = &self.core.counters;
+        let (open, stuck) = {
+            let table = self.core.table.lock();
+            (table.open() as u64, table.stuck() as u64)
+        };
+        SagaMetrics {
+            started: read(&c.started),
+            resumed: read(&c.resumed),
+            completed: read(&c.completed),
+            compensated: read(&c.compensated),
+            stuck_events: read(&c.stuck_events),
+            stuck,
+            open,
+            step_attempts: read(&c.step_attempts),
+            step_retries: read(&c.step_retries),
+            timeouts: read(&c.timeouts),
+            panics: read(&c.panics),
+            step_failures: read(&c.step_failures),
+            deadlines_exceeded: read(&c.deadlines_exceeded),
+            compensation_attempts: read(&c.compensation_attempts),
+            compensation_retries: read(&c.compensation_retries),
+        }
+    }
+}
