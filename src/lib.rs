@@ -62,3 +62,17 @@ pub use saga::{
     StepError, SystemClock,
 };
 pub use txn::{AbortReason, AccountRef, Outcome, ParseTxIdError, Transfer, TxId};
+
+/// Testing aids (fault-injecting storage for crash simulations). Not API.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod testing {
+    pub use crate::wal::{FaultKind, FaultOp, MemStorage};
+}
+
+/// Internals exposed to the loom models in `tests/loom_*.rs` (not API).
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::wal::group::{Failed, GroupCommit, WaitError};
+}

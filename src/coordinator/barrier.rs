@@ -21,6 +21,22 @@ use hashbrown::HashMap;
 
 use crate::txn::TxId;
 
+/// One execution of a transaction. An id the recent-id table has forgotten
+/// may be run again; its new execution must not be answered from the old
+/// one's record, so the barrier keys on (id, execution number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TxKey {
+    pub tx: TxId,
+    pub attempt: u64,
+}
+
+impl From<TxId> for TxKey {
+    /// Execution 0: transactions recovered from a participant after a restart.
+    fn from(tx: TxId) -> Self {
+        TxKey { tx, attempt: 0 }
+    }
+}
+
 /// The three phases a coordinator can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Phase {
@@ -44,6 +60,8 @@ pub(crate) enum Decision {
     Call,
     /// Already done: answer yes / acknowledged without calling.
     AlreadyDone,
+    /// A duplicate of a prepare that panicked: answer as that one did.
+    AlreadyFailed,
     /// A prepare after the rollback: refuse without calling.
     RefuseLate,
     /// A request the protocol never sends (commit after rollback, commit
@@ -54,8 +72,8 @@ pub(crate) enum Decision {
 /// Bounded: finished entries are forgotten oldest first beyond `capacity`.
 /// Live (prepared) entries are never forgotten.
 pub(crate) struct Barrier<P> {
-    entries: HashMap<TxId, Entry<P>>,
-    finished: VecDeque<TxId>,
+    entries: HashMap<TxKey, Entry<P>>,
+    finished: VecDeque<TxKey>,
     capacity: usize,
     live: usize,
 }
@@ -65,13 +83,15 @@ impl<P> Barrier<P> {
         Self { entries: HashMap::new(), finished: VecDeque::new(), capacity: capacity.max(1), live: 0 }
     }
 
-    pub(crate) fn decide(&self, tx: TxId, phase: Phase) -> Decision {
+    pub(crate) fn decide(&self, tx: TxKey, phase: Phase) -> Decision {
         match (self.entries.get(&tx), phase) {
             (None, Phase::Prepare) => Decision::Call,
             (None, Phase::Commit) => Decision::Violation,
             // An empty rollback: record it so a late prepare is refused.
             (None, Phase::Rollback) => Decision::Call,
-            (Some(Entry::Prepared(_)), Phase::Prepare) => Decision::AlreadyDone,
+            (Some(Entry::Prepared(Some(_))), Phase::Prepare) => Decision::AlreadyDone,
+            // The first prepare panicked: a duplicate must not turn it into a yes.
+            (Some(Entry::Prepared(None)), Phase::Prepare) => Decision::AlreadyFailed,
             (Some(Entry::Prepared(Some(_))), Phase::Commit) => Decision::Call,
             (Some(Entry::Prepared(None)), Phase::Commit) => Decision::Violation,
             (Some(Entry::Prepared(_)), Phase::Rollback) => Decision::Call,
@@ -84,7 +104,7 @@ impl<P> Barrier<P> {
     }
 
     /// The prepared value, for a commit call.
-    pub(crate) fn prepared(&self, tx: TxId) -> Option<&P> {
+    pub(crate) fn prepared(&self, tx: TxKey) -> Option<&P> {
         match self.entries.get(&tx) {
             Some(Entry::Prepared(p)) => p.as_ref(),
             _ => None,
@@ -93,23 +113,23 @@ impl<P> Barrier<P> {
 
     /// True if a participant call is needed to roll back (something was
     /// prepared), false for an empty rollback.
-    pub(crate) fn holds(&self, tx: TxId) -> bool {
+    pub(crate) fn holds(&self, tx: TxKey) -> bool {
         matches!(self.entries.get(&tx), Some(Entry::Prepared(_)))
     }
 
-    pub(crate) fn prepared_ok(&mut self, tx: TxId, value: Option<P>) {
-        debug_assert!(!self.entries.contains_key(&tx), "prepare recorded twice for {tx}");
+    pub(crate) fn prepared_ok(&mut self, tx: TxKey, value: Option<P>) {
+        debug_assert!(!self.entries.contains_key(&tx), "prepare recorded twice for {tx:?}");
         self.entries.insert(tx, Entry::Prepared(value));
         self.live += 1;
     }
 
-    pub(crate) fn committed(&mut self, tx: TxId) {
+    pub(crate) fn committed(&mut self, tx: TxKey) {
         debug_assert!(matches!(self.entries.get(&tx), Some(Entry::Prepared(Some(_)))));
         self.finish(tx, Entry::Committed);
     }
 
     /// Rolled back, refused, or rolled back before any prepare.
-    pub(crate) fn rolled_back(&mut self, tx: TxId) {
+    pub(crate) fn rolled_back(&mut self, tx: TxKey) {
         debug_assert!(!matches!(self.entries.get(&tx), Some(Entry::Committed)));
         self.finish(tx, Entry::RolledBack);
     }
@@ -119,11 +139,11 @@ impl<P> Barrier<P> {
         self.live
     }
 
-    fn is_finished(&self, tx: TxId) -> bool {
+    fn is_finished(&self, tx: TxKey) -> bool {
         matches!(self.entries.get(&tx), Some(Entry::Committed | Entry::RolledBack))
     }
 
-    fn finish(&mut self, tx: TxId, entry: Entry<P>) {
+    fn finish(&mut self, tx: TxKey, entry: Entry<P>) {
         if let Some(Entry::Prepared(_)) = self.entries.insert(tx, entry) {
             self.live -= 1;
         }
@@ -142,7 +162,7 @@ impl<P> Barrier<P> {
 mod tests {
     use super::*;
 
-    const T: TxId = TxId::from_u128(9);
+    const T: TxKey = TxKey { tx: TxId::from_u128(9), attempt: 1 };
 
     #[test]
     fn duplicates_are_answered_from_the_record() {
@@ -155,6 +175,17 @@ mod tests {
         assert_eq!(b.decide(T, Phase::Commit), Decision::AlreadyDone);
         assert_eq!(b.decide(T, Phase::Prepare), Decision::AlreadyDone);
         assert_eq!(b.decide(T, Phase::Rollback), Decision::Violation);
+    }
+
+    #[test]
+    fn a_panicked_prepare_stays_failed_and_executions_are_apart() {
+        let mut b = Barrier::<u8>::new(8);
+        b.prepared_ok(T, None);
+        assert_eq!(b.decide(T, Phase::Prepare), Decision::AlreadyFailed);
+        assert_eq!(b.decide(T, Phase::Commit), Decision::Violation);
+        assert_eq!(b.decide(T, Phase::Rollback), Decision::Call);
+        let again = TxKey { attempt: 2, ..T };
+        assert_eq!(b.decide(again, Phase::Prepare), Decision::Call);
     }
 
     #[test]
@@ -171,14 +202,14 @@ mod tests {
     #[test]
     fn finished_entries_are_bounded_live_ones_kept() {
         let mut b = Barrier::<u8>::new(4);
-        b.prepared_ok(TxId::from_u128(1000), Some(0));
+        b.prepared_ok(TxKey::from(TxId::from_u128(1000)), Some(0));
         for i in 0..100 {
-            let t = TxId::from_u128(i);
+            let t = TxKey::from(TxId::from_u128(i));
             b.prepared_ok(t, Some(0));
             b.committed(t);
         }
         assert!(b.entries.len() <= 5 + 4, "{}", b.entries.len());
-        assert!(b.prepared(TxId::from_u128(1000)).is_some());
+        assert!(b.prepared(TxKey::from(TxId::from_u128(1000))).is_some());
         assert_eq!(b.live(), 1);
     }
 }

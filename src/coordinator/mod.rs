@@ -48,7 +48,7 @@ pub enum Durability {
     Sync,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub call_timeout: Duration,
     pub tx_timeout: Duration,
@@ -61,6 +61,8 @@ pub(crate) struct Config {
     pub durability: Durability,
     pub dir: Option<std::path::PathBuf>,
     pub journal: JournalConfig,
+    /// Testing aid: the log's storage instead of a directory.
+    pub storage: Option<Arc<dyn crate::wal::Storage>>,
     /// Testing aid: deliver every phase request 1..=max copies (seed, max).
     pub redeliver: Option<(u64, u32)>,
 }
@@ -79,6 +81,7 @@ impl Default for Config {
             durability: Durability::None,
             dir: None,
             journal: JournalConfig::default(),
+            storage: None,
             redeliver: None,
         }
     }
@@ -174,6 +177,15 @@ impl Builder {
         self
     }
 
+    /// Testing aid: keep the log in `storage` (an in-memory
+    /// [`testing::MemStorage`](crate::testing::MemStorage) that can crash,
+    /// tear and fail on demand) instead of a directory.
+    #[doc(hidden)]
+    pub fn storage_for_testing(mut self, storage: crate::testing::MemStorage) -> Self {
+        self.config.storage = Some(Arc::new(storage));
+        self
+    }
+
     /// Testing aid: deliver every prepare, commit and rollback request
     /// between 1 and `max_copies` times (drawn from `seed`, the transaction
     /// and the phase), to show that duplicates have the effect of one.
@@ -203,6 +215,10 @@ impl Builder {
         }
         let opened = match (config.durability, &config.dir) {
             (Durability::None, _) => None,
+            (Durability::Sync, _) if config.storage.is_some() => {
+                let storage = config.storage.clone().expect("checked just above");
+                Some(Journal::open(storage, config.journal.clone())?)
+            }
             (Durability::Sync, None) => {
                 return Err(Error::Config("durability Sync needs a data directory (dir)".into()));
             }
@@ -558,7 +574,7 @@ impl Inner {
         };
         self.metrics.record(Stage::LockWait, locked_at.elapsed());
         let result = if plan.groups.len() == 1 && self.journal.is_none() {
-            self.one_phase(plan, deadline).map(|o| (o, None))
+            self.one_phase(plan, deadline).and_then(|o| self.decided(plan, &o, tracked).map(|lsn| (o, lsn)))
         } else {
             self.two_phase(plan, deadline, tracked)
         };

@@ -45,6 +45,8 @@ const CANCELLED: u8 = 2;
 /// A validated transaction, shared by the caller and the workers it involves.
 pub(crate) struct Plan {
     pub tx: TxId,
+    /// This execution's number (see `barrier::TxKey`); 0 only for recovery.
+    pub attempt: u64,
     names: String,
     pub ops: Vec<PlanOp>,
     pub groups: SmallVec<[Group; 4]>,
@@ -63,6 +65,7 @@ impl Plan {
     pub(crate) fn bare(tx: TxId, service: u16) -> Plan {
         Plan {
             tx,
+            attempt: 0,
             names: String::new(),
             ops: Vec::new(),
             groups: smallvec::smallvec![Group { service, start: 0, end: 0 }],
@@ -76,6 +79,10 @@ impl Plan {
     pub(crate) fn changes(&self, group: usize) -> impl Iterator<Item = (&str, i64)> {
         let g = self.groups[group];
         self.ops[g.start as usize..g.end as usize].iter().map(|op| (self.account(op), op.delta))
+    }
+
+    pub(crate) fn key(&self) -> crate::coordinator::barrier::TxKey {
+        crate::coordinator::barrier::TxKey { tx: self.tx, attempt: self.attempt }
     }
 
     pub(crate) fn account(&self, op: &PlanOp) -> &str {
@@ -119,6 +126,13 @@ impl Plan {
         // Acquire: pairs with `cancel`; a stale `false` only costs a wasted prepare.
         self.decision.load(Ordering::Acquire) == CANCELLED
     }
+}
+
+/// Execution numbers, unique in the process and never 0.
+fn next_attempt() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    // Relaxed: uniqueness only.
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// FNV-1a: a fingerprint that is the same in every process (no random seed).
@@ -199,6 +213,7 @@ pub(crate) fn build(
 
     let mut plan = Plan {
         tx,
+        attempt: next_attempt(),
         names: String::new(),
         ops: Vec::with_capacity(sides.len()),
         groups: SmallVec::new(),

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
-use crate::coordinator::barrier::{Barrier, Decision, Phase};
+use crate::coordinator::barrier::{Barrier, Decision, Phase, TxKey};
 use crate::coordinator::plan::Plan;
 use crate::metrics::Metrics;
 use crate::participant::{BalanceSummary, Participant, Prepared, Refusal};
@@ -166,8 +166,8 @@ impl Service {
         };
         let mut ids = Vec::with_capacity(found.len());
         for (tx, prepared) in found {
-            if core.barrier.decide(tx, Phase::Prepare) == Decision::Call {
-                core.barrier.prepared_ok(tx, Some(prepared));
+            if core.barrier.decide(tx.into(), Phase::Prepare) == Decision::Call {
+                core.barrier.prepared_ok(tx.into(), Some(prepared));
                 ids.push(tx);
             }
         }
@@ -211,26 +211,27 @@ impl Service {
             if let Some(mut core) = self.try_core() {
                 // SeqCst pairs with the increments in `enqueue` (see above).
                 if self.pending.load(Ordering::SeqCst) == 0 {
-                    let mut answer = self.step(&mut core, plan, group, step, true);
+                    // Duplicates are answered from the barrier; the first
+                    // delivery's answer is the one that counts.
+                    let (answer, mut handoff) = self.step(&mut core, plan, group, step, true);
                     for _ in 1..copies {
-                        answer = self.step(&mut core, plan, group, step, true);
-                    }
-                    match answer {
-                        Some(answer) => return Submitted::Inline(answer),
-                        None => {
-                            // A commit or rollback failed inline: hand it to
-                            // the worker, which retries with backoff. Count it
-                            // as pending before the core lock drops so that no
-                            // later request overtakes it.
-                            self.pending.fetch_add(1, Ordering::SeqCst);
-                            drop(core);
-                            return self.send(
-                                Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() },
-                                None,
-                                true,
-                            );
+                        if handoff.is_none() {
+                            handoff = self.step(&mut core, plan, group, step, true).1;
                         }
                     }
+                    if let Some(retry) = handoff {
+                        // A commit or rollback failed inline: hand it to the
+                        // worker, which retries with backoff. Count it as
+                        // pending before the core lock drops so that no later
+                        // request overtakes it. Its reply is not awaited.
+                        self.pending.fetch_add(1, Ordering::SeqCst);
+                        drop(core);
+                        let request = Request::Phase { plan: plan.clone(), group, step: retry, reply: reply.clone() };
+                        if matches!(self.send(request, None, true), Submitted::Full) {
+                            tracing::error!(tx = %plan.tx, service = %self.name, "worker gone: {retry:?} not handed over");
+                        }
+                    }
+                    return Submitted::Inline(answer);
                 }
             }
         }
@@ -313,7 +314,8 @@ impl Service {
     fn handle(&self, core: &mut Core, request: Request) -> bool {
         match request {
             Request::Phase { plan, group, step, reply } => {
-                let answer = self.step(core, &plan, group, step, false).unwrap_or(Answer::Parked);
+                let (answer, handoff) = self.step(core, &plan, group, step, false);
+                debug_assert!(handoff.is_none(), "the worker retries in place");
                 // The caller may have gone; its loss.
                 let _ = reply.send(Reply::Phase { tx: plan.tx, service: self.index, step, answer });
                 false
@@ -333,37 +335,50 @@ impl Service {
         }
     }
 
-    /// One step. `None` only when `inline` and a commit/rollback failed (the
-    /// caller then hands it to the worker instead of retrying itself).
-    fn step(&self, core: &mut Core, plan: &Plan, group: usize, step: Step, inline: bool) -> Option<Answer> {
-        let tx = plan.tx;
-        Some(match step {
-            Step::Prepare => self.prepare(core, plan, group),
+    /// One step, and for an inline call whose commit or rollback failed,
+    /// the step the worker must take over (inline callers never sleep in a
+    /// backoff while holding the participant).
+    fn step(&self, core: &mut Core, plan: &Plan, group: usize, step: Step, inline: bool) -> (Answer, Option<Step>) {
+        let key = plan.key();
+        match step {
+            Step::Prepare => (self.prepare(core, plan, group), None),
             Step::OnePhase => match self.prepare(core, plan, group) {
-                Answer::Yes if plan.claim_commit() => return self.commit(core, tx, inline),
+                Answer::Yes if plan.claim_commit() => match self.commit(core, key, inline) {
+                    // Decided commit, applied later by the worker.
+                    None => (Answer::Parked, Some(Step::Commit)),
+                    Some(answer) => (answer, None),
+                },
                 Answer::Yes => {
-                    tracing::debug!(%tx, service = %self.name, "one-phase cancelled by the caller; rolling back");
-                    return self.rollback(core, tx, inline).map(|a| match a {
-                        Answer::Done => Answer::Cancelled,
-                        other => other,
-                    });
+                    tracing::debug!(tx = %plan.tx, service = %self.name, "one-phase cancelled by the caller; rolling back");
+                    match self.rollback(core, key, inline) {
+                        Some(Answer::Done) => (Answer::Cancelled, None),
+                        Some(other) => (other, None),
+                        None => (Answer::Cancelled, Some(Step::Rollback)),
+                    }
                 }
                 // A panic may have left something half-prepared.
-                Answer::Panicked => {
-                    self.rollback(core, tx, inline)?;
-                    Answer::Panicked
-                }
-                other => other,
+                Answer::Panicked => match self.rollback(core, key, inline) {
+                    None => (Answer::Panicked, Some(Step::Rollback)),
+                    Some(_) => (Answer::Panicked, None),
+                },
+                other => (other, None),
             },
-            Step::Commit => return self.commit(core, tx, inline),
-            Step::Rollback => return self.rollback(core, tx, inline),
-        })
+            Step::Commit => match self.commit(core, key, inline) {
+                None => (Answer::Parked, Some(Step::Commit)),
+                Some(answer) => (answer, None),
+            },
+            Step::Rollback => match self.rollback(core, key, inline) {
+                None => (Answer::Done, Some(Step::Rollback)),
+                Some(answer) => (answer, None),
+            },
+        }
     }
 
     fn prepare(&self, core: &mut Core, plan: &Plan, group: usize) -> Answer {
-        let tx = plan.tx;
-        match core.barrier.decide(tx, Phase::Prepare) {
+        let (tx, key) = (plan.tx, plan.key());
+        match core.barrier.decide(key, Phase::Prepare) {
             Decision::AlreadyDone => return Answer::Yes,
+            Decision::AlreadyFailed => return Answer::Panicked,
             Decision::RefuseLate => return Answer::LateRefused,
             Decision::Violation => return self.violation(tx, "prepare"),
             Decision::Call => {}
@@ -371,65 +386,67 @@ impl Service {
         if plan.is_cancelled() {
             // The caller gave up before we started: refuse without calling,
             // and remember it so a duplicate prepare is refused too.
-            core.barrier.rolled_back(tx);
+            core.barrier.rolled_back(key);
             return Answer::LateRefused;
         }
         let ops = plan.operations(group);
         let participant = &mut core.participant;
         match catch_unwind(AssertUnwindSafe(|| participant.prepare(tx, &ops))) {
             Ok(Ok(prepared)) => {
-                core.barrier.prepared_ok(tx, Some(prepared));
+                core.barrier.prepared_ok(key, Some(prepared));
                 tracing::trace!(%tx, service = %self.name, "prepared");
                 Answer::Yes
             }
             Ok(Err(refusal)) => {
-                core.barrier.rolled_back(tx);
+                core.barrier.rolled_back(key);
                 tracing::debug!(%tx, service = %self.name, %refusal, "prepare refused");
                 Answer::No(refusal)
             }
             Err(_) => {
                 self.metrics.panics.add(1);
                 // It may have half-prepared: rollback must still be called.
-                core.barrier.prepared_ok(tx, None);
+                core.barrier.prepared_ok(key, None);
                 tracing::warn!(%tx, service = %self.name, "participant panicked in prepare");
                 Answer::Panicked
             }
         }
     }
 
-    fn commit(&self, core: &mut Core, tx: TxId, inline: bool) -> Option<Answer> {
-        match core.barrier.decide(tx, Phase::Commit) {
+    fn commit(&self, core: &mut Core, key: TxKey, inline: bool) -> Option<Answer> {
+        let tx = key.tx;
+        match core.barrier.decide(key, Phase::Commit) {
             Decision::AlreadyDone => return Some(Answer::Done),
-            Decision::RefuseLate | Decision::Violation => return Some(self.violation(tx, "commit")),
             Decision::Call => {}
+            _ => return Some(self.violation(tx, "commit")),
         }
         let done = self.retrying(core, tx, "commit", inline, |core| {
-            let prepared = core.barrier.prepared(tx).expect("decide() checked the prepared value");
+            let prepared = core.barrier.prepared(key).expect("decide() checked the prepared value");
             core.participant.commit(tx, prepared)
         })?;
         Some(if done {
-            core.barrier.committed(tx);
+            core.barrier.committed(key);
             Answer::Done
         } else {
             Answer::Parked
         })
     }
 
-    fn rollback(&self, core: &mut Core, tx: TxId, inline: bool) -> Option<Answer> {
-        match core.barrier.decide(tx, Phase::Rollback) {
+    fn rollback(&self, core: &mut Core, key: TxKey, inline: bool) -> Option<Answer> {
+        let tx = key.tx;
+        match core.barrier.decide(key, Phase::Rollback) {
             Decision::AlreadyDone => return Some(Answer::Done),
-            Decision::RefuseLate | Decision::Violation => return Some(self.violation(tx, "rollback")),
             Decision::Call => {}
+            _ => return Some(self.violation(tx, "rollback")),
         }
-        if !core.barrier.holds(tx) {
+        if !core.barrier.holds(key) {
             // Rollback before (or instead of) prepare: nothing to undo, but
             // remember it so a late prepare is refused.
-            core.barrier.rolled_back(tx);
+            core.barrier.rolled_back(key);
             return Some(Answer::Done);
         }
         let done = self.retrying(core, tx, "rollback", inline, |core| core.participant.rollback(tx))?;
         Some(if done {
-            core.barrier.rolled_back(tx);
+            core.barrier.rolled_back(key);
             Answer::Done
         } else {
             Answer::Parked

@@ -28,8 +28,11 @@ pub enum FaultOp {
     Create,
     /// `Storage::write_file_atomic`.
     WriteFile,
+    /// `Storage::rename`.
     Rename,
+    /// `Storage::remove`.
     Remove,
+    /// `Storage::sync_dir`.
     SyncDir,
 }
 
@@ -162,6 +165,7 @@ impl fmt::Debug for MemStorage {
 }
 
 impl MemStorage {
+    /// An empty storage.
     pub fn new() -> Self {
         MemStorage { inner: Arc::new(Inner { state: Mutex::new(State::default()) }) }
     }
@@ -185,6 +189,7 @@ impl MemStorage {
         self.inner.state.lock().crash_after_syncs = Some(n);
     }
 
+    /// The image saved by `crash_after_syncs`, once that crash point passed.
     pub fn crash_image(&self) -> Option<MemStorage> {
         self.inner.state.lock().crash_image.clone()
     }
@@ -204,12 +209,14 @@ impl MemStorage {
         self.inner.state.lock().names.keys().cloned().collect()
     }
 
+    /// A file as written (synced or not).
     pub fn read_written(&self, name: &str) -> Option<Vec<u8>> {
         let file = self.inner.state.lock().names.get(name).cloned()?;
         let images = file.images.lock();
         Some(images.written.clone())
     }
 
+    /// A file as a crash now would leave it.
     pub fn read_durable(&self, name: &str) -> Option<Vec<u8>> {
         let file = self.inner.state.lock().names.get(name).cloned()?;
         let images = file.images.lock();

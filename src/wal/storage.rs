@@ -118,10 +118,10 @@ impl Storage for FsStorage {
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
-                if let Ok(name) = entry.file_name().into_string() {
-                    names.push(name);
-                }
+            let name = entry.file_name().into_string();
+            match name {
+                Ok(name) if entry.file_type()?.is_file() => names.push(name),
+                _ => {}
             }
         }
         names.sort();
