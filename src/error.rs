@@ -23,6 +23,14 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// More transactions in one `execute_batch` call than allowed.
+    #[error("batch of {transactions} transactions, the limit is {limit}")]
+    BatchTooLarge {
+        /// Transactions given.
+        transactions: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A leg's amount is zero.
     #[error("leg {leg}: amount must be positive")]
     NonPositiveAmount {
@@ -145,6 +153,7 @@ impl Error {
         match self {
             Error::EmptyTransaction => "empty_transaction",
             Error::TooManyLegs { .. } => "too_many_legs",
+            Error::BatchTooLarge { .. } => "batch_too_large",
             Error::NonPositiveAmount { .. } => "non_positive_amount",
             Error::AmountOverflow { .. } => "amount_overflow",
             Error::UnknownService { .. } => "unknown_service",

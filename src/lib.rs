@@ -49,7 +49,9 @@ pub use closures::{
     ClosureError, ClosureOutcome, ClosureParticipant, ClosureStats, ClosureTx, DEFAULT_PREPARE_TIMEOUT,
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
 };
-pub use coordinator::{Audit, Builder, Coordinator, Durability, LogStats, MAX_SERVICE_NAME_BYTES, RetryPolicy};
+pub use coordinator::{
+    Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_SERVICE_NAME_BYTES, RetryPolicy,
+};
 pub use durable::{DataDir, RecoveryReport, RecoverySummary, TxStatus};
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
@@ -74,5 +76,93 @@ pub mod testing {
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
+    #![allow(missing_docs)]
+
+    pub use crate::sync::Mutex;
     pub use crate::wal::group::{Failed, GroupCommit, WaitError};
+
+    use crate::coordinator::barrier as engine_barrier;
+    use crate::coordinator::locks as engine_locks;
+
+    /// A phase a coordinator asks for (mirrors the engine's `Phase`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Phase {
+        Prepare,
+        Commit,
+        Rollback,
+    }
+
+    /// What a request means (mirrors the engine's `Decision`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Decision {
+        Call,
+        AlreadyDone,
+        AlreadyFailed,
+        RefuseLate,
+        Violation,
+    }
+
+    /// The engine's per-participant barrier (`coordinator::barrier::Barrier`),
+    /// every call delegated unchanged; transactions are numbered, execution 1.
+    pub struct Barrier(engine_barrier::Barrier<u32>);
+
+    fn key(tx: u128) -> engine_barrier::TxKey {
+        engine_barrier::TxKey { tx: crate::txn::TxId::from_u128(tx), attempt: 1 }
+    }
+
+    impl Barrier {
+        pub fn new(capacity: usize) -> Self {
+            Self(engine_barrier::Barrier::new(capacity))
+        }
+        pub fn decide(&self, tx: u128, phase: Phase) -> Decision {
+            let phase = match phase {
+                Phase::Prepare => engine_barrier::Phase::Prepare,
+                Phase::Commit => engine_barrier::Phase::Commit,
+                Phase::Rollback => engine_barrier::Phase::Rollback,
+            };
+            match self.0.decide(key(tx), phase) {
+                engine_barrier::Decision::Call => Decision::Call,
+                engine_barrier::Decision::AlreadyDone => Decision::AlreadyDone,
+                engine_barrier::Decision::AlreadyFailed => Decision::AlreadyFailed,
+                engine_barrier::Decision::RefuseLate => Decision::RefuseLate,
+                engine_barrier::Decision::Violation => Decision::Violation,
+            }
+        }
+        pub fn prepared(&self, tx: u128) -> Option<u32> {
+            self.0.prepared(key(tx)).copied()
+        }
+        pub fn holds(&self, tx: u128) -> bool {
+            self.0.holds(key(tx))
+        }
+        pub fn prepared_ok(&mut self, tx: u128, value: Option<u32>) {
+            self.0.prepared_ok(key(tx), value)
+        }
+        pub fn committed(&mut self, tx: u128) {
+            self.0.committed(key(tx))
+        }
+        pub fn rolled_back(&mut self, tx: u128) {
+            self.0.rolled_back(key(tx))
+        }
+        pub fn live(&self) -> usize {
+            self.0.live()
+        }
+    }
+
+    /// The engine's striped key locks (`coordinator::locks::StripedLocks`).
+    pub struct StripedLocks(engine_locks::StripedLocks);
+
+    /// Held stripes; dropping releases them.
+    pub struct LockSet<'a>(#[allow(dead_code)] engine_locks::LockSet<'a>);
+
+    impl StripedLocks {
+        pub fn new(count: usize) -> Self {
+            Self(engine_locks::StripedLocks::new(count))
+        }
+        /// `StripedLocks::acquire` with a deadline far in the future (loom
+        /// models a timed lock as a plain one anyway).
+        pub fn acquire(&self, sorted: &[usize]) -> Option<LockSet<'_>> {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            self.0.acquire(sorted, deadline).map(LockSet)
+        }
+    }
 }

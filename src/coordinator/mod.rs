@@ -4,6 +4,7 @@
 //! barrier (`barrier`) and the recent-id table (`recent`).
 
 pub(crate) mod barrier;
+mod batch;
 mod durability;
 pub(crate) mod locks;
 pub(crate) mod plan;
@@ -32,6 +33,7 @@ use plan::{Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
 use worker::{Answer, Reply, Request, Service, Step, Submitted};
 
+pub use batch::MAX_BATCH;
 pub use worker::RetryPolicy;
 
 /// Longest service name accepted, in bytes.
@@ -576,7 +578,7 @@ impl Inner {
         let result = if plan.groups.len() == 1 && self.journal.is_none() {
             self.one_phase(plan, deadline).and_then(|o| self.decided(plan, &o, tracked).map(|lsn| (o, lsn)))
         } else {
-            self.two_phase(plan, deadline, tracked)
+            self.two_phase(plan, deadline, tracked, None)
         };
         // Every commit/rollback is enqueued or applied by now; per-service
         // FIFO makes it visible to whoever takes these locks next.
@@ -676,7 +678,13 @@ impl Inner {
         }
     }
 
-    fn two_phase(&self, plan: &Arc<Plan>, deadline: Instant, tracked: bool) -> Result<(Outcome, Option<Lsn>)> {
+    fn two_phase(
+        &self,
+        plan: &Arc<Plan>,
+        deadline: Instant,
+        tracked: bool,
+        mut deferred: Option<&mut Vec<Entry>>,
+    ) -> Result<(Outcome, Option<Lsn>)> {
         let started = Instant::now();
         let groups = plan.groups.len();
         let vote_deadline = deadline.min(started + self.config.call_timeout);
@@ -713,15 +721,32 @@ impl Inner {
         if votes.iter().all(|v| matches!(v, Some(Answer::Yes))) {
             // The commit point: the decision is logged before any participant
             // is told to commit.
-            let lsn = match &self.journal {
-                None => None,
-                Some(journal) => match self.log_or_fail(journal.append(&self.commit_entry(plan))) {
-                    Ok(lsn) => Some(lsn),
-                    Err(error) => {
-                        log_failure = Some(error);
-                        None
+            let ledger_only = (0..groups).all(|g| self.ledgers[usize::from(plan.service_of(g))].is_some());
+            let lsn = match (&self.journal, deferred.as_mut()) {
+                (None, _) => None,
+                // A batch of ledger-only transactions appends all its commit
+                // records at once, before its locks drop (see `batch.rs`).
+                (Some(_), Some(batch)) if ledger_only => {
+                    batch.push(self.commit_entry(plan));
+                    None
+                }
+                (Some(journal), batch) => {
+                    // Earlier transactions of the batch may have funded this
+                    // one: their records go first.
+                    let flushed = match batch {
+                        Some(batch) if !batch.is_empty() => {
+                            self.log_or_fail(journal.append_batch(&std::mem::take(*batch))).map(|_| ())
+                        }
+                        _ => Ok(()),
+                    };
+                    match flushed.and_then(|()| self.log_or_fail(journal.append(&self.commit_entry(plan)))) {
+                        Ok(lsn) => Some(lsn),
+                        Err(error) => {
+                            log_failure = Some(error);
+                            None
+                        }
                     }
-                },
+                }
             };
             if log_failure.is_none() {
                 let outcome = self.commit_all(plan, &reply, &replies);

@@ -144,6 +144,13 @@ impl Journal {
         self.wal.append(entry.kind(), &entry.encode()).map_err(wal_error)
     }
 
+    /// Appends several records contiguously (one reservation).
+    pub(crate) fn append_batch(&self, entries: &[Entry]) -> Result<Lsn> {
+        let encoded: Vec<(u8, Vec<u8>)> = entries.iter().map(|e| (e.kind(), e.encode())).collect();
+        let parts: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+        self.wal.append_batch(&parts).map_err(wal_error)
+    }
+
     pub(crate) fn wait(&self, lsn: Lsn) -> Result<()> {
         self.wal.wait_durable(lsn).map_err(wal_error)
     }

@@ -1,4 +1,5 @@
-//! `dtc bench` and `dtc memory`.
+//! `dtc bench` (dtc or the naive baseline, single or batched, uniform or
+//! skewed), `dtc bench --limits` and `dtc memory`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -6,7 +7,8 @@ use std::time::{Duration, Instant};
 use clap::{Args as ClapArgs, ValueEnum};
 use dtc::{Coordinator, Durability};
 
-use crate::workload::{Shape, Tally, ledgers, micros, run_thread, service_name};
+use crate::naive::Naive;
+use crate::workload::{Shape, System, Tally, ledgers, micros, run_thread, service_name};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum DurabilityArg {
@@ -14,8 +16,19 @@ pub enum DurabilityArg {
     Sync,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SystemArg {
+    /// The engine.
+    Dtc,
+    /// One global mutex over hash maps; one fdatasync per transaction.
+    Naive,
+}
+
 #[derive(ClapArgs, Debug)]
 pub struct Args {
+    /// Which system runs the workload.
+    #[arg(long, value_enum, default_value_t = SystemArg::Dtc)]
+    system: SystemArg,
     /// Number of services.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     services: u16,
@@ -31,6 +44,12 @@ pub struct Args {
     /// Legs per transaction.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     legs: u16,
+    /// Transactions per call (`execute_batch`); 1 submits them one by one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    batch: u32,
+    /// Choose accounts Zipf-distributed with this exponent (e.g. 0.99) instead of uniformly.
+    #[arg(long)]
+    skew: Option<f64>,
     /// Starting balance of every account.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(0..))]
     balance: i64,
@@ -46,6 +65,9 @@ pub struct Args {
     /// Append `<tx-id> committed|aborted` per outcome to this file (direct writes).
     #[arg(long)]
     ack_log: Option<std::path::PathBuf>,
+    /// Measure the machine's limits (sync latency, bandwidth, channel, lock) instead.
+    #[arg(long)]
+    limits: bool,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -74,31 +96,64 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.limits {
+        return crate::limits::run(args.dir.as_deref(), args.json);
+    }
+    if let Some(s) = args.skew {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(format!("--skew {s}: the Zipf exponent must be a positive number").into());
+        }
+    }
+    if args.ack_log.is_some() && args.batch > 1 {
+        return Err("--ack-log needs single transactions (--batch 1)".into());
+    }
     let shape = Shape {
         services: usize::from(args.services),
         accounts: args.accounts,
         balance: args.balance,
         legs: usize::from(args.legs),
+        skew: args.skew,
     };
-    let durability = match args.durability {
-        DurabilityArg::None => Durability::None,
-        DurabilityArg::Sync => Durability::Sync,
+    let sync = args.durability == DurabilityArg::Sync;
+    let dir = match (&args.dir, sync) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => return Err("--durability sync needs --dir".into()),
+        (None, false) => None,
     };
-    let mut builder = Coordinator::builder().durability(durability).max_legs(usize::from(args.legs).max(1));
-    if let Some(dir) = &args.dir {
-        builder = builder.dir(dir);
-    } else if durability == Durability::Sync {
-        return Err("--durability sync needs --dir".into());
-    }
     let ack = match &args.ack_log {
         None => None,
         Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
     };
-    for (s, ledger) in ledgers(&shape)?.into_iter().enumerate() {
-        builder = builder.service(service_name(s), ledger);
-    }
-    let dtc = builder.open()?;
     let expected_total = i128::from(args.balance) * i128::from(args.accounts);
+
+    let (system, coordinator, naive): (&str, Option<Coordinator>, Option<Naive>) = match args.system {
+        SystemArg::Dtc => {
+            let durability = if sync { Durability::Sync } else { Durability::None };
+            let mut builder = Coordinator::builder().durability(durability).max_legs(usize::from(args.legs));
+            if let Some(dir) = &dir {
+                builder = builder.dir(dir);
+            }
+            for (s, ledger) in ledgers(&shape)?.into_iter().enumerate() {
+                builder = builder.service(service_name(s), ledger);
+            }
+            ("dtc", Some(builder.open()?), None)
+        }
+        SystemArg::Naive => {
+            let log = match &dir {
+                Some(dir) if sync => {
+                    std::fs::create_dir_all(dir)?;
+                    Some(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("naive.log"))?)
+                }
+                _ => None,
+            };
+            ("naive", None, Some(Naive::open(&shape, log)))
+        }
+    };
+    let target: &dyn System = match (&coordinator, &naive) {
+        (Some(c), _) => c,
+        (None, Some(n)) => n,
+        (None, None) => unreachable!("one system is always built"),
+    };
 
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(args.seconds);
@@ -106,9 +161,9 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..args.threads as usize)
             .map(|t| {
-                let (dtc, shape) = (&dtc, &shape);
-                let ack = ack.as_ref();
-                scope.spawn(move || run_thread(dtc, shape, args.seed, t, stop, ack, |_| {}))
+                let (shape, ack) = (&shape, ack.as_ref());
+                let batch = args.batch as usize;
+                scope.spawn(move || run_thread(target, shape, args.seed, t, stop, batch, ack, |_| {}))
             })
             .collect();
         for h in handles {
@@ -119,15 +174,22 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let audit = dtc.audit()?;
-    dtc.shutdown()?;
+    let (audit_total, negative) = match (&coordinator, &naive) {
+        (Some(c), _) => {
+            let audit = c.audit()?;
+            if let Some(stats) = c.log_stats() {
+                tracing::info!(?stats, records_per_sync = stats.records as f64 / stats.syncs.max(1) as f64, "log");
+            }
+            c.shutdown()?;
+            (audit.total, audit.negative)
+        }
+        (None, Some(n)) => n.total(),
+        (None, None) => (0, 0),
+    };
 
     let report = Report {
-        system: "dtc",
-        durability: match args.durability {
-            DurabilityArg::None => "none",
-            DurabilityArg::Sync => "sync",
-        },
+        system,
+        durability: if sync { "sync" } else { "none" },
         threads: args.threads,
         services: args.services,
         accounts: args.accounts,
@@ -142,11 +204,14 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} threads, {} services, {} accounts, {} legs: {:.0} tx/s, committed {}, aborted {}, p50 {:.1} µs, p99 {:.1} µs",
+            "{} ({}), {} threads, {} services, {} accounts, {} legs, batch {}: {:.0} tx/s, committed {}, aborted {}, p50 {:.1} µs, p99 {:.1} µs (per call)",
+            report.system,
+            report.durability,
             report.threads,
             report.services,
             report.accounts,
             report.legs,
+            args.batch,
             report.tx_per_s,
             report.committed,
             report.aborted,
@@ -154,11 +219,10 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             report.p99_us
         );
     }
-    let conserved = audit.total == expected_total && audit.negative == 0;
-    if !conserved || total.errors > 0 {
+    if audit_total != expected_total || negative != 0 || total.errors > 0 {
         eprintln!(
-            "dtc bench: audit FAILED (total {} expected {}, negative {}, errors {})",
-            audit.total, expected_total, audit.negative, total.errors
+            "dtc bench: audit FAILED (total {audit_total} expected {expected_total}, negative {negative}, errors {})",
+            total.errors
         );
         return Ok(ExitCode::from(1));
     }
@@ -195,7 +259,8 @@ struct MemoryReport {
 pub fn memory(args: MemoryArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let before = resident_bytes();
     let started = Instant::now();
-    let shape = Shape { services: usize::from(args.services), accounts: args.accounts, balance: 1000, legs: 1 };
+    let shape =
+        Shape { services: usize::from(args.services), accounts: args.accounts, balance: 1000, legs: 1, skew: None };
     let ledgers = ledgers(&shape)?;
     let seconds = started.elapsed().as_secs_f64();
     let after = resident_bytes();

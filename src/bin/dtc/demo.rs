@@ -29,7 +29,7 @@ const ACCOUNTS: u64 = 100_000;
 const BALANCE: i64 = 1_000;
 
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let shape = Shape { services: SERVICES, accounts: ACCOUNTS, balance: BALANCE, legs: 2 };
+    let shape = Shape { services: SERVICES, accounts: ACCOUNTS, balance: BALANCE, legs: 2, skew: None };
     println!(
         "dtc demo: {SERVICES} services, {ACCOUNTS} accounts of {BALANCE}, {} threads, {} s; faults: 0.2% refusals, 0.05% panics, 0.01% stalls of 150 ms past a 50 ms call timeout",
         args.threads, args.seconds
@@ -61,8 +61,8 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .map(|t| {
                 let (dtc, shape, done) = (&dtc, &shape, &done);
                 scope.spawn(move || {
-                    run_thread(dtc, shape, args.seed, t, stop, None, |_| {
-                        done.fetch_add(1, Ordering::Relaxed);
+                    run_thread(dtc, shape, args.seed, t, stop, 1, None, |n| {
+                        done.fetch_add(n, Ordering::Relaxed);
                     })
                 })
             })

@@ -2,6 +2,8 @@
 
 mod bench;
 mod demo;
+mod limits;
+mod naive;
 mod ops;
 mod workload;
 

@@ -9,12 +9,15 @@ use dtc::{Coordinator, Ledger, Outcome, Transfer};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 
 pub struct Shape {
     pub services: usize,
     pub accounts: u64,
     pub balance: i64,
     pub legs: usize,
+    /// Zipf exponent for choosing accounts; `None` for uniform.
+    pub skew: Option<f64>,
 }
 
 pub fn service_name(s: usize) -> String {
@@ -58,81 +61,173 @@ impl Tally {
         self.errors += other.errors;
         let _ = self.latency_ns.add(&other.latency_ns);
     }
+
+    fn count(&mut self, outcome: &Outcome) {
+        if outcome.is_committed() {
+            self.committed += 1;
+        } else {
+            self.aborted += 1;
+        }
+    }
 }
 
-/// Random transfers until `stop`; `tick` is called after each transaction.
-/// With `ack`, every outcome is appended to that file as `<tx-id> committed`
-/// or `<tx-id> aborted` (one `write` per line: no user-space buffering)
-/// after it was returned.
+/// Random legs over the shape's accounts, reproducible from a seed.
+pub struct Generator<'s> {
+    shape: &'s Shape,
+    rng: SmallRng,
+    zipf: Option<Zipf<f64>>,
+    services: Vec<String>,
+    names: Vec<String>,
+    picks: Vec<(u64, u64, u64)>,
+}
+
+impl<'s> Generator<'s> {
+    pub fn new(shape: &'s Shape, seed: u64, thread: usize) -> Self {
+        let rng = SmallRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let zipf = shape.skew.and_then(|s| Zipf::new(shape.accounts as f64, s).ok());
+        Self {
+            shape,
+            rng,
+            zipf,
+            services: (0..shape.services).map(service_name).collect(),
+            names: Vec::new(),
+            picks: Vec::new(),
+        }
+    }
+
+    fn account(&mut self) -> u64 {
+        match &self.zipf {
+            // Zipf ranks start at 1; rank 1 is the hottest account.
+            Some(z) => (z.sample(&mut self.rng) as u64).clamp(1, self.shape.accounts) - 1,
+            None => self.rng.random_range(0..self.shape.accounts),
+        }
+    }
+
+    /// Draws the next transaction's (from, to, amount) legs.
+    pub fn draw(&mut self) -> &[(u64, u64, u64)] {
+        self.picks.clear();
+        for _ in 0..self.shape.legs {
+            let from = self.account();
+            let mut to = self.account();
+            if to == from {
+                to = (from + 1 + self.rng.random_range(0..self.shape.accounts - 1)) % self.shape.accounts;
+            }
+            let amount = self.rng.random_range(1..=10);
+            self.picks.push((from, to, amount));
+        }
+        &self.picks
+    }
+
+    /// Draws `count` transactions and hands their transfers to `f`.
+    pub fn with_transfers<R>(&mut self, count: usize, f: impl FnOnce(&[Vec<Transfer<'_>>]) -> R) -> R {
+        let legs = self.shape.legs;
+        let mut picks = Vec::with_capacity(count * legs);
+        for _ in 0..count {
+            let drawn = self.draw().to_vec();
+            picks.extend(drawn);
+        }
+        self.names.resize(picks.len() * 2, String::new());
+        for (k, &(from, to, _)) in picks.iter().enumerate() {
+            for (slot, id) in [(2 * k, from), (2 * k + 1, to)] {
+                self.names[slot].clear();
+                let _ = write!(self.names[slot], "acct-{id}");
+            }
+        }
+        let s = self.shape.services as u64;
+        let txs: Vec<Vec<Transfer<'_>>> = picks
+            .chunks(legs)
+            .enumerate()
+            .map(|(t, chunk)| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &(from, to, amount))| {
+                        let k = t * legs + l;
+                        Transfer::new(
+                            &self.services[(from % s) as usize],
+                            &self.names[2 * k],
+                            &self.services[(to % s) as usize],
+                            &self.names[2 * k + 1],
+                            amount,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        f(&txs)
+    }
+}
+
+/// Anything the bench can drive: dtc or the naive baseline.
+pub trait System: Sync {
+    /// Runs one transaction; the id is for the ack log.
+    fn one(&self, legs: &[Transfer<'_>]) -> Result<(String, Outcome), String>;
+    /// Runs a batch; the default runs them one by one.
+    fn batch(&self, txs: &[Vec<Transfer<'_>>]) -> Result<Vec<Outcome>, String> {
+        txs.iter().map(|legs| self.one(legs).map(|(_, o)| o)).collect()
+    }
+}
+
+impl System for Coordinator {
+    fn one(&self, legs: &[Transfer<'_>]) -> Result<(String, Outcome), String> {
+        let id = self.new_tx_id();
+        self.execute_as(id, legs).map(|o| (id.to_string(), o)).map_err(|e| e.to_string())
+    }
+
+    fn batch(&self, txs: &[Vec<Transfer<'_>>]) -> Result<Vec<Outcome>, String> {
+        let refs: Vec<&[Transfer<'_>]> = txs.iter().map(Vec::as_slice).collect();
+        let results = self.execute_batch(&refs).map_err(|e| e.to_string())?;
+        results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+    }
+}
+
+/// Random transfers until `stop`, `batch` transactions per call; `tick`
+/// gets the number of transactions done after each call. With `ack`, every
+/// outcome is appended to that file as `<tx-id> committed` or `<tx-id>
+/// aborted` (one `write` per line: no user-space buffering) after it was
+/// returned (single transactions only).
+#[allow(clippy::too_many_arguments)]
 pub fn run_thread(
-    dtc: &Coordinator,
+    system: &dyn System,
     shape: &Shape,
     seed: u64,
     thread: usize,
     stop: Instant,
+    batch: usize,
     ack: Option<&std::fs::File>,
-    mut tick: impl FnMut(&Outcome),
+    mut tick: impl FnMut(u64),
 ) -> Tally {
-    let mut rng = SmallRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let services: Vec<String> = (0..shape.services).map(service_name).collect();
+    let mut generator = Generator::new(shape, seed, thread);
     let mut tally = Tally::new();
-    let mut names: Vec<String> = vec![String::new(); shape.legs * 2];
-    let mut picks: Vec<(u64, u64, u64)> = Vec::with_capacity(shape.legs);
     while Instant::now() < stop {
-        picks.clear();
-        for _ in 0..shape.legs {
-            let from = rng.random_range(0..shape.accounts);
-            let mut to = rng.random_range(0..shape.accounts - 1);
-            if to >= from {
-                to += 1;
-            }
-            picks.push((from, to, rng.random_range(1..=10)));
-        }
-        for (k, &(from, to, _)) in picks.iter().enumerate() {
-            for (slot, id) in [(2 * k, from), (2 * k + 1, to)] {
-                names[slot].clear();
-                let _ = write!(names[slot], "acct-{id}");
-            }
-        }
-        let legs: Vec<Transfer<'_>> = picks
-            .iter()
-            .enumerate()
-            .map(|(k, &(from, to, amount))| {
-                Transfer::new(
-                    &services[(from % shape.services as u64) as usize],
-                    &names[2 * k],
-                    &services[(to % shape.services as u64) as usize],
-                    &names[2 * k + 1],
-                    amount,
-                )
-            })
-            .collect();
         let started = Instant::now();
-        let id = dtc.new_tx_id();
-        match dtc.execute_as(id, &legs) {
-            Ok(outcome) => {
-                if let Some(mut file) = ack {
-                    let line = format!("{id} {}\n", if outcome.is_committed() { "committed" } else { "aborted" });
-                    if let Err(error) = file.write_all(line.as_bytes()) {
-                        tracing::error!(%error, "cannot write the ack log");
-                        tally.errors += 1;
-                        break;
-                    }
-                }
+        let result = generator.with_transfers(batch, |txs| {
+            if batch == 1 {
+                system.one(&txs[0]).map(|(id, o)| vec![(id, o)])
+            } else {
+                system.batch(txs).map(|os| os.into_iter().map(|o| (String::new(), o)).collect())
+            }
+        });
+        match result {
+            Ok(outcomes) => {
                 let _ = tally.latency_ns.record((started.elapsed().as_nanos() as u64).max(1));
-                if outcome.is_committed() {
-                    tally.committed += 1;
-                } else {
-                    tally.aborted += 1;
+                for (id, outcome) in &outcomes {
+                    if let Some(mut file) = ack {
+                        let line = format!("{id} {}\n", if outcome.is_committed() { "committed" } else { "aborted" });
+                        if let Err(error) = file.write_all(line.as_bytes()) {
+                            tracing::error!(%error, "cannot write the ack log");
+                            tally.errors += 1;
+                            return tally;
+                        }
+                    }
+                    tally.count(outcome);
                 }
-                tick(&outcome);
+                tick(outcomes.len() as u64);
             }
             Err(error) => {
                 tally.errors += 1;
                 tracing::error!(%error, "transaction error");
-                if matches!(error, dtc::Error::ShuttingDown | dtc::Error::Log(_) | dtc::Error::Corrupt { .. }) {
-                    break;
-                }
+                break;
             }
         }
     }

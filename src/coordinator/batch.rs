@@ -1,0 +1,114 @@
+//! Many independent transactions in one call: one lock acquisition, one log
+//! append and one sync for the whole batch.
+//!
+//! The batch takes the union of its transactions' stripes (sorted, so still
+//! deadlock-free) and runs them one after another under it, so each still
+//! commits or aborts on its own and sees its predecessors' effects, exactly
+//! as if they had been submitted one by one in that order. For ledger-only
+//! transactions the commit records are collected and appended together
+//! before the locks drop (nothing is visible to anyone else before then, and
+//! nothing is acknowledged before the sync), so a crash loses the batch
+//! whole or keeps each decided transaction whole. A transaction with an
+//! external participant still logs its decision before telling it to commit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Coordinator, Inner, plan};
+use crate::durable::Entry;
+use crate::error::{Error, Result};
+use crate::metrics::Stage;
+use crate::txn::{AbortReason, Outcome, Transfer};
+
+/// Most transactions one batch may hold.
+pub const MAX_BATCH: usize = 65_536;
+
+impl Coordinator {
+    /// Runs many independent transactions at once. Each succeeds or fails on
+    /// its own (its entry is its outcome, or the error of invalid input);
+    /// the call fails as a whole only if the engine cannot run it.
+    ///
+    /// ```
+    /// use dtc::{Coordinator, Ledger, Outcome, Transfer};
+    /// let bank = Ledger::new();
+    /// bank.create_account("a", 10).unwrap();
+    /// bank.create_account("b", 0).unwrap();
+    /// let dtc = Coordinator::builder().service("bank", bank).open().unwrap();
+    /// let first = [Transfer::new("bank", "a", "bank", "b", 7)];
+    /// let second = [Transfer::new("bank", "a", "bank", "b", 7)]; // no longer funded
+    /// let outcomes = dtc.execute_batch(&[&first[..], &second[..]]).unwrap();
+    /// assert_eq!(outcomes[0].as_ref().unwrap(), &Outcome::Committed);
+    /// assert!(matches!(outcomes[1], Ok(Outcome::Aborted(_))));
+    /// ```
+    pub fn execute_batch(&self, transactions: &[&[Transfer<'_>]]) -> Result<Vec<Result<Outcome>>> {
+        self.inner.run_batch(transactions)
+    }
+}
+
+impl Inner {
+    fn run_batch(&self, transactions: &[&[Transfer<'_>]]) -> Result<Vec<Result<Outcome>>> {
+        if transactions.len() > MAX_BATCH {
+            return Err(Error::BatchTooLarge { transactions: transactions.len(), limit: MAX_BATCH });
+        }
+        let started = Instant::now();
+        let _in_flight = self.enter()?;
+        let deadline = started + self.config.tx_timeout;
+        let plans: Vec<Result<Arc<plan::Plan>>> = transactions
+            .iter()
+            .map(|legs| {
+                plan::build(self.ids.next(), legs, &self.services, |n| self.find(n), &self.locks, self.config.max_legs)
+                    .map(Arc::new)
+            })
+            .collect();
+        let mut stripes: Vec<usize> = plans.iter().flatten().flat_map(|p| p.stripes.iter().copied()).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        if let Some(journal) = &self.journal {
+            journal.backpressure(deadline)?;
+        }
+        let locked_at = Instant::now();
+        let Some(locks) = self.locks.acquire(&stripes, deadline) else {
+            let outcomes = plans
+                .into_iter()
+                .map(|p| {
+                    p.map(|_| {
+                        self.metrics.aborted[AbortReason::LockTimeout.slot()].add(1);
+                        Outcome::Aborted(AbortReason::LockTimeout)
+                    })
+                })
+                .collect();
+            return Ok(outcomes);
+        };
+        self.metrics.record(Stage::LockWait, locked_at.elapsed());
+        let mut records: Vec<Entry> = Vec::new();
+        let mut last_lsn = None;
+        let mut outcomes = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let outcome = plan.and_then(|plan| {
+                let result = if plan.groups.len() == 1 && self.journal.is_none() {
+                    self.one_phase(&plan, deadline).map(|o| (o, None))
+                } else {
+                    self.two_phase(&plan, deadline, false, Some(&mut records))
+                };
+                result.map(|(outcome, lsn)| {
+                    last_lsn = last_lsn.max(lsn);
+                    self.count(&outcome);
+                    outcome
+                })
+            });
+            if let Err(error @ (Error::Log(_) | Error::Corrupt { .. })) = &outcome {
+                return Err(Error::Log(error.to_string()));
+            }
+            outcomes.push(outcome);
+        }
+        if let Some(journal) = &self.journal {
+            if !records.is_empty() {
+                last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_batch(&records))?));
+            }
+        }
+        drop(locks);
+        self.durable(last_lsn)?;
+        self.metrics.record(Stage::Total, started.elapsed());
+        Ok(outcomes)
+    }
+}
