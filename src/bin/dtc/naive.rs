@@ -12,8 +12,11 @@ use dtc::{AbortReason, Outcome, Transfer};
 
 use crate::workload::{Shape, System};
 
+/// Per-service balances, and the log file in sync mode.
+type State = (Vec<HashMap<String, i64>>, Option<File>);
+
 pub struct Naive {
-    state: Mutex<(Vec<HashMap<String, i64>>, Option<File>)>,
+    state: Mutex<State>,
     services: HashMap<String, usize>,
     next_id: AtomicU64,
 }
