@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 
 use crate::saga::call::{CallError, PendingCall, call_inline, spawn_call};
 use crate::saga::{Backoff, Clock, IdempotencyKey, Jitter, SystemClock};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
+// std, not the shim: `STATS` is a const-initialised static (loom atomics are
+// not const) holding statistics that no loom model observes.
 use crate::txn::{TxId, TxIdGen};
+use std::sync::atomic::AtomicU64;
 
 /// Most participants in one closure transaction.
 pub const MAX_CLOSURE_PARTICIPANTS: usize = 64;

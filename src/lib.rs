@@ -56,6 +56,7 @@ pub use durable::{DataDir, RecoveryReport, RecoverySummary, TxStatus};
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};
+pub use metrics::render_prometheus;
 pub use metrics::{LatencySummary, MetricsSnapshot};
 pub use participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
 pub use saga::{
@@ -78,7 +79,20 @@ pub mod testing {
 pub mod __loom {
     #![allow(missing_docs)]
 
-    pub use crate::sync::Mutex;
+    /// The engine's mutex shim (`crate::sync::Mutex`, loom's under loom).
+    pub struct Mutex<T>(crate::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub fn new(value: T) -> Self {
+            Self(crate::sync::Mutex::new(value))
+        }
+        pub fn lock(&self) -> crate::sync::MutexGuard<'_, T> {
+            self.0.lock()
+        }
+        pub fn try_lock(&self) -> Option<crate::sync::MutexGuard<'_, T>> {
+            self.0.try_lock()
+        }
+    }
     pub use crate::wal::group::{Failed, GroupCommit, WaitError};
 
     use crate::coordinator::barrier as engine_barrier;

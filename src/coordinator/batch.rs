@@ -56,8 +56,16 @@ impl Inner {
         let plans: Vec<Result<Arc<plan::Plan>>> = transactions
             .iter()
             .map(|legs| {
-                plan::build(self.ids.next(), legs, &self.services, |n| self.find(n), &self.locks, self.config.max_legs)
-                    .map(Arc::new)
+                plan::build(
+                    self.ids.next(),
+                    legs,
+                    &self.services,
+                    |n| self.find(n),
+                    &self.locks,
+                    self.config.max_legs,
+                    false,
+                )
+                .map(Arc::new)
             })
             .collect();
         let mut stripes: Vec<usize> = plans.iter().flatten().flat_map(|p| p.stripes.iter().copied()).collect();

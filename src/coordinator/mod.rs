@@ -31,7 +31,7 @@ use crate::wal::Lsn;
 use locks::StripedLocks;
 use plan::{Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
-use worker::{Answer, Reply, Request, Service, Step, Submitted};
+use worker::{Answer, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
 pub use batch::MAX_BATCH;
 pub use worker::RetryPolicy;
@@ -78,7 +78,7 @@ impl Default for Config {
             lock_stripes: 4096,
             queue_capacity: 1024,
             recent_ids: 65_536,
-            barrier_capacity: 65_536,
+            barrier_capacity: 4_096,
             retry: RetryPolicy::default(),
             durability: Durability::None,
             dir: None,
@@ -526,8 +526,15 @@ impl Inner {
     fn run(&self, tx: TxId, legs: &[Transfer<'_>], tracked: bool) -> Result<Outcome> {
         let started = Instant::now();
         let _in_flight = self.enter()?;
-        let plan =
-            Arc::new(plan::build(tx, legs, &self.services, |n| self.find(n), &self.locks, self.config.max_legs)?);
+        let plan = Arc::new(plan::build(
+            tx,
+            legs,
+            &self.services,
+            |n| self.find(n),
+            &self.locks,
+            self.config.max_legs,
+            tracked,
+        )?);
         if tracked {
             match self.recent.begin(tx, plan.fingerprint) {
                 Begin::New => {}
@@ -566,7 +573,7 @@ impl Inner {
         if let Some(journal) = &self.journal {
             journal.backpressure(deadline)?;
         }
-        let locked_at = Instant::now();
+        let locked_at = plan.timed.then(Instant::now);
         let Some(locks) = self.locks.acquire(&plan.stripes, deadline) else {
             tracing::warn!(tx = %plan.tx, "lock wait passed the transaction deadline");
             let outcome = Outcome::Aborted(AbortReason::LockTimeout);
@@ -574,7 +581,7 @@ impl Inner {
             self.durable(lsn)?;
             return Ok(outcome);
         };
-        self.metrics.record(Stage::LockWait, locked_at.elapsed());
+        self.timed(Stage::LockWait, locked_at);
         let result = if plan.groups.len() == 1 && self.journal.is_none() {
             self.one_phase(plan, deadline).and_then(|o| self.decided(plan, &o, tracked).map(|lsn| (o, lsn)))
         } else {
@@ -630,19 +637,19 @@ impl Inner {
         group: usize,
         step: Step,
         reply: &Sender<Reply>,
-        deadline: Option<Instant>,
+        deadline: Option<&PhaseDeadline>,
     ) -> Submitted {
         self.handles[usize::from(plan.service_of(group))].submit(plan, group, step, reply, deadline)
     }
 
     fn one_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
-        let started = Instant::now();
-        let vote_deadline = deadline.min(started + self.config.call_timeout);
+        let started = plan.timed.then(Instant::now);
+        let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
         let service = plan.service_of(0);
         let (reply, replies) = replies();
-        let answer = match self.submit(plan, 0, Step::OnePhase, &reply, Some(vote_deadline)) {
+        let answer = match self.submit(plan, 0, Step::OnePhase, &reply, Some(&vote_deadline)) {
             Submitted::Inline(answer) => Some(answer),
-            Submitted::Queued => wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline),
+            Submitted::Queued => wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline.get()),
             Submitted::Full => None,
         };
         let outcome = match answer {
@@ -666,8 +673,15 @@ impl Inner {
                 }
             }
         };
-        self.metrics.record(Stage::Commit, started.elapsed());
+        self.timed(Stage::Commit, started);
         outcome
+    }
+
+    /// Records a stage's latency for the sampled transactions.
+    fn timed(&self, stage: Stage, started: Option<Instant>) {
+        if let Some(started) = started {
+            self.metrics.record(stage, started.elapsed());
+        }
     }
 
     fn one_phase_outcome(&self, service: u16, answer: Answer) -> Result<Outcome> {
@@ -685,16 +699,16 @@ impl Inner {
         tracked: bool,
         mut deferred: Option<&mut Vec<Entry>>,
     ) -> Result<(Outcome, Option<Lsn>)> {
-        let started = Instant::now();
+        let started = plan.timed.then(Instant::now);
         let groups = plan.groups.len();
-        let vote_deadline = deadline.min(started + self.config.call_timeout);
+        let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
         let (reply, replies) = replies();
         let mut votes: SmallVec<[Option<Answer>; 4]> = (0..groups).map(|_| None).collect();
         let mut awaiting = 0;
         let mut refused = false;
         let mut unsent = None;
         for group in 0..groups {
-            match self.submit(plan, group, Step::Prepare, &reply, Some(vote_deadline)) {
+            match self.submit(plan, group, Step::Prepare, &reply, Some(&vote_deadline)) {
                 Submitted::Inline(answer) => {
                     refused = !matches!(answer, Answer::Yes);
                     votes[group] = Some(answer);
@@ -707,7 +721,9 @@ impl Inner {
             }
         }
         while awaiting > 0 && !refused && unsent.is_none() {
-            let Some((service, answer)) = wait_any(&replies, plan.tx, Step::Prepare, vote_deadline) else { break };
+            let Some((service, answer)) = wait_any(&replies, plan.tx, Step::Prepare, vote_deadline.get()) else {
+                break;
+            };
             let Some(group) = plan.groups.iter().position(|g| g.service == service) else { continue };
             if votes[group].is_some() {
                 continue; // a duplicate delivery's second answer
@@ -716,7 +732,7 @@ impl Inner {
             refused = !matches!(answer, Answer::Yes);
             votes[group] = Some(answer);
         }
-        self.metrics.record(Stage::Prepare, started.elapsed());
+        self.timed(Stage::Prepare, started);
         let mut log_failure = None;
         if votes.iter().all(|v| matches!(v, Some(Answer::Yes))) {
             // The commit point: the decision is logged before any participant
@@ -793,7 +809,8 @@ impl Inner {
     }
 
     fn commit_all(&self, plan: &Arc<Plan>, reply: &Sender<Reply>, replies: &Receiver<Reply>) -> Outcome {
-        let started = Instant::now();
+        let started = plan.timed.then(Instant::now);
+        let ack_deadline = PhaseDeadline::new(Instant::now() + self.config.tx_timeout, self.config.call_timeout);
         let groups = plan.groups.len();
         let mut acked: SmallVec<[bool; 4]> = (0..groups).map(|_| false).collect();
         let mut awaiting = 0;
@@ -811,9 +828,8 @@ impl Inner {
                 }
             }
         }
-        let ack_deadline = started + self.config.call_timeout;
         while awaiting > 0 {
-            match wait_any(replies, plan.tx, Step::Commit, ack_deadline) {
+            match wait_any(replies, plan.tx, Step::Commit, ack_deadline.get()) {
                 Some((service, answer)) => {
                     let Some(group) = plan.groups.iter().position(|g| g.service == service) else { continue };
                     if acked[group] {
@@ -834,7 +850,7 @@ impl Inner {
                 }
             }
         }
-        self.metrics.record(Stage::Commit, started.elapsed());
+        self.timed(Stage::Commit, started);
         self.external_acknowledged(plan, pending);
         if pending { Outcome::CommitPending } else { Outcome::Committed }
     }

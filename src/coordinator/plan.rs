@@ -47,6 +47,8 @@ pub(crate) struct Plan {
     pub tx: TxId,
     /// This execution's number (see `barrier::TxKey`); 0 only for recovery.
     pub attempt: u64,
+    /// Record per-stage latencies for this one (a sample: clock reads cost).
+    pub timed: bool,
     names: String,
     pub ops: Vec<PlanOp>,
     pub groups: SmallVec<[Group; 4]>,
@@ -66,6 +68,7 @@ impl Plan {
         Plan {
             tx,
             attempt: 0,
+            timed: false,
             names: String::new(),
             ops: Vec::new(),
             groups: smallvec::smallvec![Group { service, start: 0, end: 0 }],
@@ -128,6 +131,9 @@ impl Plan {
     }
 }
 
+/// One transaction in this many records per-stage latencies.
+const STAGE_SAMPLE: u64 = 8;
+
 /// Execution numbers, unique in the process and never 0.
 fn next_attempt() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -171,6 +177,7 @@ pub(crate) fn build(
     find: impl Fn(&str) -> Option<u16>,
     locks: &StripedLocks,
     max_legs: usize,
+    tracked: bool,
 ) -> Result<Plan> {
     if legs.is_empty() {
         return Err(Error::EmptyTransaction);
@@ -213,12 +220,14 @@ pub(crate) fn build(
 
     let mut plan = Plan {
         tx,
-        attempt: next_attempt(),
+        attempt: 0,
+        timed: false,
         names: String::new(),
         ops: Vec::with_capacity(sides.len()),
         groups: SmallVec::new(),
         stripes: SmallVec::new(),
-        fingerprint: fingerprint(legs),
+        // Only ids a caller can resubmit need one.
+        fingerprint: if tracked { fingerprint(legs) } else { 0 },
         decision: AtomicU8::new(OPEN),
     };
     let mut last: Option<(u16, &str)> = None;
@@ -240,6 +249,8 @@ pub(crate) fn build(
             _ => plan.groups.push(Group { service: side.service, start: index, end: index + 1 }),
         }
     }
+    plan.attempt = next_attempt();
+    plan.timed = plan.attempt % STAGE_SAMPLE == 0;
     plan.stripes.sort_unstable();
     plan.stripes.dedup();
     Ok(plan)

@@ -120,6 +120,33 @@ pub(crate) enum Submitted {
     Full,
 }
 
+/// A phase's deadline, read from the clock only if something is queued:
+/// inline calls never need it, and clock reads are a visible cost per
+/// transaction.
+pub(crate) struct PhaseDeadline {
+    limit: Instant,
+    timeout: Duration,
+    at: std::cell::Cell<Option<Instant>>,
+}
+
+impl PhaseDeadline {
+    /// `timeout` from the first use, but never past `limit`.
+    pub(crate) fn new(limit: Instant, timeout: Duration) -> Self {
+        Self { limit, timeout, at: std::cell::Cell::new(None) }
+    }
+
+    pub(crate) fn get(&self) -> Instant {
+        match self.at.get() {
+            Some(at) => at,
+            None => {
+                let at = self.limit.min(Instant::now() + self.timeout);
+                self.at.set(Some(at));
+                at
+            }
+        }
+    }
+}
+
 /// How many times to spin on a busy participant before queueing instead.
 const INLINE_SPINS: u32 = 64;
 /// Requests a worker handles per lock acquisition.
@@ -204,7 +231,7 @@ impl Service {
         group: usize,
         step: Step,
         reply: &Sender<Reply>,
-        deadline: Option<Instant>,
+        deadline: Option<&PhaseDeadline>,
     ) -> Submitted {
         let copies = self.copies(plan, step);
         if self.inline {
@@ -238,8 +265,11 @@ impl Service {
         let mut result = Submitted::Queued;
         for _ in 0..copies {
             self.pending.fetch_add(1, Ordering::SeqCst);
-            result =
-                self.send(Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() }, deadline, true);
+            result = self.send(
+                Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() },
+                deadline.map(PhaseDeadline::get),
+                true,
+            );
             if !matches!(result, Submitted::Queued) {
                 break;
             }

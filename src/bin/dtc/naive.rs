@@ -46,7 +46,7 @@ impl Naive {
 }
 
 impl System for Naive {
-    fn one(&self, legs: &[Transfer<'_>]) -> Result<(String, Outcome), String> {
+    fn one(&self, legs: &[Transfer<'_>], _track: bool) -> Result<(String, Outcome), String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.state.lock().map_err(|_| "poisoned".to_string())?;
         let (maps, log) = &mut *guard;

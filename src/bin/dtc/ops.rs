@@ -1,4 +1,4 @@
-//! Commands over a data directory: `recover`, `status`.
+//! Commands over a data directory: `recover`, `status`, `verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,4 +98,64 @@ pub fn status(args: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct VerifyArgs {
+    /// The data directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Also check that the total balance after replay is this amount.
+    #[arg(long)]
+    expect_total: Option<i128>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit 0: every check held. 1: problems found (or the directory could not
+/// be read). 2: recovery would refuse the directory, or would start over
+/// without its committed state.
+pub fn verify(args: VerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let data = DataDir::new(&args.dir);
+    let report = match args.expect_total {
+        Some(total) => data.verify_expecting_total(total)?,
+        None => data.verify()?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let checkpoint = report.checkpoint_lsn.map_or_else(|| "none".to_string(), |lsn| lsn.to_string());
+        println!("segments scanned        {}", report.segments);
+        println!("checkpoint at           {checkpoint}");
+        println!("records after it        {} ({} commits, {} aborts)", report.records, report.commits, report.aborts);
+        println!("log ends at             {}", report.end_lsn);
+        println!("torn tail               {} bytes", report.torn_tail_bytes);
+        println!("services                {}", report.services.join(", "));
+        println!("accounts                {}", report.accounts);
+        println!("checkpoint total        {}", report.checkpoint_total);
+        println!("total balance           {}", report.total_balance);
+        println!("negative balances       {}", report.negative_balances);
+        for note in &report.notes {
+            println!("note     {}:{} {}: {}", note.file, note.offset, note.kind, note.detail);
+        }
+        for p in &report.problems {
+            let severity = if p.fatal { "FATAL  " } else { "problem" };
+            println!("{severity}  {}:{} {}: {}", p.file, p.offset, p.kind, p.detail);
+        }
+        if report.problems_omitted > 0 {
+            println!("… and {} more problems", report.problems_omitted);
+        }
+        let verdict = match (report.ok, report.recoverable) {
+            (true, _) => "ok",
+            (false, true) => "PROBLEMS FOUND",
+            (false, false) => "CORRUPT: recovery would refuse or lose committed state",
+        };
+        println!("verdict                 {verdict}");
+    }
+    Ok(match (report.ok, report.recoverable) {
+        (true, _) => ExitCode::SUCCESS,
+        (false, true) => ExitCode::from(1),
+        (false, false) => ExitCode::from(2),
+    })
 }

@@ -160,16 +160,19 @@ impl<'s> Generator<'s> {
 
 /// Anything the bench can drive: dtc or the naive baseline.
 pub trait System: Sync {
-    /// Runs one transaction; the id is for the ack log.
-    fn one(&self, legs: &[Transfer<'_>]) -> Result<(String, Outcome), String>;
+    /// Runs one transaction; with `track`, under an id returned for the ack log.
+    fn one(&self, legs: &[Transfer<'_>], track: bool) -> Result<(String, Outcome), String>;
     /// Runs a batch; the default runs them one by one.
     fn batch(&self, txs: &[Vec<Transfer<'_>>]) -> Result<Vec<Outcome>, String> {
-        txs.iter().map(|legs| self.one(legs).map(|(_, o)| o)).collect()
+        txs.iter().map(|legs| self.one(legs, false).map(|(_, o)| o)).collect()
     }
 }
 
 impl System for Coordinator {
-    fn one(&self, legs: &[Transfer<'_>]) -> Result<(String, Outcome), String> {
+    fn one(&self, legs: &[Transfer<'_>], track: bool) -> Result<(String, Outcome), String> {
+        if !track {
+            return self.execute(legs).map(|o| (String::new(), o)).map_err(|e| e.to_string());
+        }
         let id = self.new_tx_id();
         self.execute_as(id, legs).map(|o| (id.to_string(), o)).map_err(|e| e.to_string())
     }
@@ -203,7 +206,7 @@ pub fn run_thread(
         let started = Instant::now();
         let result = generator.with_transfers(batch, |txs| {
             if batch == 1 {
-                system.one(&txs[0]).map(|(id, o)| vec![(id, o)])
+                system.one(&txs[0], ack.is_some()).map(|(id, o)| vec![(id, o)])
             } else {
                 system.batch(txs).map(|os| os.into_iter().map(|o| (String::new(), o)).collect())
             }
