@@ -70,7 +70,7 @@ pub use txn::{AbortReason, AccountRef, Outcome, ParseTxIdError, Transfer, TxId};
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod testing {
-    pub use crate::wal::{FaultKind, FaultOp, MemStorage};
+    pub use crate::wal::{FaultKind, FaultOp, FsStorage, Lsn, MemStorage, Storage, Wal, WalConfig};
 }
 
 /// Internals exposed to the loom models in `tests/loom_*.rs` (not API).
