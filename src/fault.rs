@@ -210,8 +210,9 @@ impl<P: Participant> Participant for Faulty<P> {
         self.inner.ledger()
     }
 
-    // Stalls block: never run on a caller's thread.
+    // Stalls block: with any, never run on a caller's thread.
     fn is_nonblocking(&self) -> bool {
-        false
+        let stalls = [self.plan.prepare.stall, self.plan.commit.stall, self.plan.rollback.stall];
+        stalls.iter().all(|&rate| rate <= 0.0) && self.inner.is_nonblocking()
     }
 }

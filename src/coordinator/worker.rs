@@ -149,6 +149,8 @@ impl PhaseDeadline {
 
 /// How many times to spin on a busy participant before queueing instead.
 const INLINE_SPINS: u32 = 64;
+/// Longest an inline caller waits for a busy participant before queueing.
+const INLINE_WAIT: Duration = Duration::from_millis(1);
 /// Requests a worker handles per lock acquisition.
 const WORKER_BATCH: usize = 64;
 
@@ -304,6 +306,10 @@ impl Service {
         self.send(request, deadline, true)
     }
 
+    /// The core for an inline call. Another caller holds it only for a few
+    /// hundred nanoseconds, so waiting (spin, then park) beats the queue's
+    /// thread hop by far; the worker may hold it longer (a batch, or a retry
+    /// backoff), so the wait is bounded and the queue is the fallback.
     fn try_core(&self) -> Option<MutexGuard<'_, Core>> {
         for _ in 0..INLINE_SPINS {
             if let Some(core) = self.core.try_lock() {
@@ -311,7 +317,7 @@ impl Service {
             }
             std::hint::spin_loop();
         }
-        None
+        self.core.try_lock_for(INLINE_WAIT)
     }
 
     /// The worker thread's loop: handle requests in FIFO order, several per

@@ -20,7 +20,7 @@
 
 // The log API is wider than the engine uses today (fault injection for
 // tests, reads and batches for tools): the unused parts are kept on purpose.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, missing_docs)]
 
 mod checkpoint;
 mod error;
