@@ -194,9 +194,12 @@ impl MetricsSnapshot {
     }
 }
 
+/// Reads one percentile (in microseconds) out of a [`LatencySummary`].
+type Percentile = fn(&LatencySummary) -> f64;
+
 /// Quantiles exported for every phase's latency summary, with the matching
 /// field of [`LatencySummary`].
-const EXPORTED_QUANTILES: [(&str, fn(&LatencySummary) -> f64); 4] =
+const EXPORTED_QUANTILES: [(&str, Percentile); 4] =
     [("0.5", |l| l.p50_us), ("0.9", |l| l.p90_us), ("0.99", |l| l.p99_us), ("0.999", |l| l.p999_us)];
 
 /// Escapes a label value for the text exposition format.
@@ -340,7 +343,9 @@ pub fn render_prometheus(snapshot: &MetricsSnapshot, log: Option<&LogStats>) -> 
     );
 
     let name = "dtc_phase_latency_seconds";
-    out.family(name, "summary", "Latency of each transaction phase (lock_wait, prepare, log, commit, total).");
+    if !snapshot.latency.is_empty() {
+        out.family(name, "summary", "Latency of each transaction phase (lock_wait, prepare, log, commit, total).");
+    }
     for (phase, latency) in &snapshot.latency {
         for (quantile, field) in EXPORTED_QUANTILES {
             out.sample(name, &[("phase", phase), ("quantile", quantile)], field(latency) / 1e6);

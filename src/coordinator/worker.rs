@@ -461,6 +461,7 @@ impl Service {
         })?;
         Some(if done {
             core.barrier.committed(key);
+            tracing::trace!(%tx, service = %self.name, "committed");
             Answer::Done
         } else {
             Answer::Parked
@@ -483,6 +484,7 @@ impl Service {
         let done = self.retrying(core, tx, "rollback", inline, |core| core.participant.rollback(tx))?;
         Some(if done {
             core.barrier.rolled_back(key);
+            tracing::trace!(%tx, service = %self.name, "rolled back");
             Answer::Done
         } else {
             Answer::Parked

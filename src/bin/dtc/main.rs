@@ -43,7 +43,9 @@ fn init_logging(filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error")),
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout).try_init();
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stdout().is_terminal();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stdout).try_init();
 }
 
 /// Participant panics are caught and counted by the engine; report them
