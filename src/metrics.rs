@@ -218,6 +218,15 @@ fn sample_value(value: f64) -> String {
     }
 }
 
+/// Microseconds as seconds, rounded to the nanosecond (the histogram's
+/// unit) so that `0.001925119` does not print as `0.0019251189999999999`.
+fn seconds(us: f64) -> f64 {
+    let ns = (us * 1_000.0).round();
+    // Parsing a number Rust just printed cannot fail; the fallback is the
+    // unrounded value.
+    format!("{:.9}", ns / 1e9).parse().unwrap_or(us / 1e6)
+}
+
 struct Exposition(String);
 
 impl Exposition {
@@ -258,7 +267,9 @@ impl Exposition {
 /// `dtc_timeouts_total`, `dtc_panics_total`, `dtc_parked_total`,
 /// `dtc_protocol_violations_total`, `dtc_phase_latency_seconds{phase,
 /// quantile}` (a summary: quantiles 0.5, 0.9, 0.99 and 0.999, `_sum` and
-/// `_count`; percentiles come from a histogram with about 1% precision), and
+/// `_count`; percentiles come from a histogram with about 1% precision, and
+/// `_count` counts timed samples, which can be fewer than transactions:
+/// use `dtc_transactions_total` for rates), and
 /// with `log`: `dtc_log_syncs_total`, `dtc_log_records_total`,
 /// `dtc_log_bytes_written_total`, `dtc_log_records_per_sync` and
 /// `dtc_log_segments_live`.
@@ -348,9 +359,9 @@ pub fn render_prometheus(snapshot: &MetricsSnapshot, log: Option<&LogStats>) -> 
     }
     for (phase, latency) in &snapshot.latency {
         for (quantile, field) in EXPORTED_QUANTILES {
-            out.sample(name, &[("phase", phase), ("quantile", quantile)], field(latency) / 1e6);
+            out.sample(name, &[("phase", phase), ("quantile", quantile)], seconds(field(latency)));
         }
-        let sum_seconds = latency.mean_us * latency.count as f64 / 1e6;
+        let sum_seconds = seconds(latency.mean_us * latency.count as f64);
         out.sample("dtc_phase_latency_seconds_sum", &[("phase", phase)], sum_seconds);
         out.sample("dtc_phase_latency_seconds_count", &[("phase", phase)], latency.count as f64);
     }

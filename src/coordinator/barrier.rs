@@ -17,6 +17,8 @@
 
 use std::collections::VecDeque;
 
+use std::hash::{BuildHasherDefault, Hasher};
+
 use hashbrown::HashMap;
 
 use crate::txn::TxId;
@@ -69,10 +71,36 @@ pub(crate) enum Decision {
     Violation,
 }
 
+/// A multiply-rotate hash (FxHash-like) for `TxKey`: its fields are already
+/// unique counters and time-ordered ids, so a keyed hash buys nothing here and
+/// costs a visible share of each transaction.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+const K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Bounded: finished entries are forgotten oldest first beyond `capacity`.
 /// Live (prepared) entries are never forgotten.
 pub(crate) struct Barrier<P> {
-    entries: HashMap<TxKey, Entry<P>>,
+    entries: HashMap<TxKey, Entry<P>, BuildHasherDefault<KeyHasher>>,
     finished: VecDeque<TxKey>,
     capacity: usize,
     live: usize,
@@ -80,7 +108,7 @@ pub(crate) struct Barrier<P> {
 
 impl<P> Barrier<P> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), finished: VecDeque::new(), capacity: capacity.max(1), live: 0 }
+        Self { entries: HashMap::default(), finished: VecDeque::new(), capacity: capacity.max(1), live: 0 }
     }
 
     pub(crate) fn decide(&self, tx: TxKey, phase: Phase) -> Decision {
