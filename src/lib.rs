@@ -52,7 +52,9 @@ pub use closures::{
 pub use coordinator::{
     Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_SERVICE_NAME_BYTES, RetryPolicy,
 };
-pub use durable::{DataDir, RecoveryReport, RecoverySummary, TxStatus};
+pub use durable::{
+    DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,
+};
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};

@@ -349,7 +349,7 @@ impl DataDir {
     /// leaves no balance below zero.
     ///
     /// `Err` only when the directory cannot be read (missing, permissions,
-    /// I/O errors); damage is reported in [`VerifyReport::problems`].
+    /// I/O errors); damage is reported in `VerifyReport::problems`.
     pub fn verify(&self) -> Result<VerifyReport> {
         let storage = self.storage()?;
         let config = config_for(&self.path, WalConfig::default());

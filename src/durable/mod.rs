@@ -16,7 +16,7 @@
 pub(crate) mod codec;
 mod datadir;
 
-pub use datadir::{DataDir, RecoverySummary, TxStatus};
+pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, VerifyProblem, VerifyReport};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -65,6 +65,9 @@ pub struct Args {
     /// Append `<tx-id> committed|aborted` per outcome to this file (direct writes).
     #[arg(long)]
     ack_log: Option<std::path::PathBuf>,
+    /// Write the engine's metrics in the Prometheus text format to this file at the end.
+    #[arg(long)]
+    metrics_out: Option<std::path::PathBuf>,
     /// Measure the machine's limits (sync latency, bandwidth, channel, lock) instead.
     #[arg(long)]
     limits: bool,
@@ -178,7 +181,14 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         (Some(c), _) => {
             let audit = c.audit()?;
             if let Some(stats) = c.log_stats() {
-                tracing::info!(?stats, records_per_sync = stats.records as f64 / stats.syncs.max(1) as f64, "log");
+                let per_sync = stats.records as f64 / stats.syncs.max(1) as f64;
+                tracing::info!(?stats, per_sync, "log");
+                if !args.json {
+                    println!("log: {} syncs, {} records, {per_sync:.1} records per sync", stats.syncs, stats.records);
+                }
+            }
+            if let Some(path) = &args.metrics_out {
+                std::fs::write(path, dtc::render_prometheus(&c.metrics(), c.log_stats().as_ref()))?;
             }
             c.shutdown()?;
             (audit.total, audit.negative)
