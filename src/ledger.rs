@@ -234,6 +234,23 @@ impl Ledger {
         self.with_balance(key, |b| b.load(Ordering::Relaxed))
     }
 
+    /// Whether adding `delta` keeps the balance valid: `Err(true)` for
+    /// insufficient funds, `Err(false)` for overflow. The caller holds the
+    /// account's lock (the engine's direct batch path).
+    pub(crate) fn check(&self, key: u64, delta: i64) -> std::result::Result<(), bool> {
+        match self.balance_of(key).checked_add(delta) {
+            None => Err(false),
+            Some(after) if after < 0 && delta < 0 => Err(true),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Adds `delta` after a successful `check` (same lock held).
+    pub(crate) fn apply(&self, key: u64, delta: i64) {
+        // Relaxed: the account lock orders this against every other access.
+        self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
+    }
+
     fn valid_key(&self, key: u64) -> bool {
         let (s, i) = split(key);
         s < SHARDS && i < self.core.shards[s].read().balances.len()
@@ -325,6 +342,10 @@ impl Participant for Ledger {
 
     fn ledger(&self) -> Option<Ledger> {
         Some(self.clone())
+    }
+
+    fn is_builtin_ledger(&self) -> bool {
+        true
     }
 
     fn is_nonblocking(&self) -> bool {

@@ -188,6 +188,13 @@ pub trait Participant: Send + 'static {
         None
     }
 
+    /// True only for the built-in [`Ledger`](crate::Ledger) itself (wrappers
+    /// must not forward it): the engine may then apply batches to it directly.
+    #[doc(hidden)]
+    fn is_builtin_ledger(&self) -> bool {
+        false
+    }
+
     /// True if calls never block (no I/O, no waiting): such a participant
     /// may be called on the caller's thread when its worker is idle.
     fn is_nonblocking(&self) -> bool {
@@ -216,6 +223,9 @@ impl<P: Participant + ?Sized> Participant for Box<P> {
     }
     fn ledger(&self) -> Option<crate::Ledger> {
         (**self).ledger()
+    }
+    fn is_builtin_ledger(&self) -> bool {
+        (**self).is_builtin_ledger()
     }
     fn is_nonblocking(&self) -> bool {
         (**self).is_nonblocking()

@@ -78,6 +78,12 @@ impl Plan {
         }
     }
 
+    /// Every operation of `group`.
+    pub(crate) fn group_ops(&self, group: usize) -> &[PlanOp] {
+        let g = self.groups[group];
+        &self.ops[g.start as usize..g.end as usize]
+    }
+
     /// (account, delta) of every operation of `group`.
     pub(crate) fn changes(&self, group: usize) -> impl Iterator<Item = (&str, i64)> {
         let g = self.groups[group];

@@ -104,6 +104,8 @@ pub(crate) struct Service {
     pending: AtomicUsize,
     /// The participant never blocks, so running it inline is safe.
     inline: bool,
+    /// The participant is the built-in ledger itself (no wrapper).
+    pub builtin_ledger: bool,
     sender: Sender<Request>,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
@@ -167,12 +169,14 @@ impl Service {
         redeliver: Option<(u64, u32)>,
     ) -> Self {
         let inline = participant.is_nonblocking();
+        let builtin_ledger = participant.is_builtin_ledger();
         Self {
             index,
             name,
             core: Mutex::new(Core { participant, barrier: Barrier::new(barrier_capacity) }),
             pending: AtomicUsize::new(0),
             inline,
+            builtin_ledger,
             sender,
             metrics,
             retry,
@@ -298,6 +302,14 @@ impl Service {
                 not_sent
             }
         }
+    }
+
+    /// The core, if nothing is queued for this service: whoever holds it may
+    /// act on the participant's state directly, in FIFO order (see `submit`).
+    pub(crate) fn idle_core(&self) -> Option<MutexGuard<'_, Core>> {
+        let core = self.core.lock();
+        // SeqCst: see `submit`.
+        (self.pending.load(Ordering::SeqCst) == 0).then_some(core)
     }
 
     /// Enqueues a request that is not a transaction phase (audit, shutdown).
