@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::worker::Core;
 use super::{Coordinator, Inner, plan};
-use crate::durable::Entry;
+use crate::durable::Encoded;
 use crate::error::{Error, Result};
 use crate::metrics::Stage;
 use crate::sync::MutexGuard;
@@ -99,7 +99,7 @@ impl Inner {
             return Ok(outcomes);
         };
         self.metrics.record(Stage::LockWait, locked_at.elapsed());
-        let mut records: Vec<Entry> = Vec::new();
+        let mut records: Vec<Encoded> = Vec::new();
         let mut last_lsn = None;
         let mut outcomes = Vec::with_capacity(plans.len());
         let cores = self.direct_cores(&plans);
@@ -158,7 +158,7 @@ impl Inner {
     }
 
     /// One transaction of a direct batch: check every change, then apply all.
-    fn apply_direct(&self, plan: &plan::Plan, records: &mut Vec<Entry>) -> Outcome {
+    fn apply_direct(&self, plan: &plan::Plan, records: &mut Vec<Encoded>) -> Outcome {
         for group in 0..plan.groups.len() {
             let service = usize::from(plan.service_of(group));
             let Some(ledger) = &self.ledgers[service] else { continue };

@@ -9,7 +9,10 @@ use hashbrown::HashMap;
 use super::plan::Plan;
 use super::worker::{Request, Step, Submitted};
 use super::{Inner, replies};
-use crate::durable::{Change, Checkpoint, Entry, RecoveryReport, Remembered, Replayed, Unresolved};
+use smallvec::SmallVec;
+
+use crate::durable::codec;
+use crate::durable::{Checkpoint, Encoded, Entry, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
 use crate::txn::{Outcome, TxId};
@@ -17,23 +20,20 @@ use crate::txn::{Outcome, TxId};
 impl Inner {
     /// The commit record of `plan`: every ledger change, and the external
     /// services that must acknowledge.
-    pub(super) fn commit_entry(&self, plan: &Plan) -> Entry {
-        let mut changes = Vec::with_capacity(plan.ops.len());
-        let mut external = Vec::new();
+    pub(super) fn commit_entry(&self, plan: &Plan) -> Encoded {
+        let mut changes: SmallVec<[(&str, &str, i64); 8]> = SmallVec::new();
+        let mut external: SmallVec<[&str; 4]> = SmallVec::new();
         for group in 0..plan.groups.len() {
             let service = usize::from(plan.service_of(group));
-            let name = &self.services[service].name;
+            let name: &str = &self.services[service].name;
             if self.ledgers[service].is_some() {
-                changes.extend(plan.changes(group).map(|(account, delta)| Change {
-                    service: name.to_string(),
-                    account: account.to_string(),
-                    delta,
-                }));
+                changes.extend(plan.changes(group).map(|(account, delta)| (name, account, delta)));
             } else {
-                external.push(name.to_string());
+                external.push(name);
             }
         }
-        Entry::Commit { tx: plan.tx, fingerprint: plan.fingerprint, changes, external }
+        let bytes = encode_commit(plan.tx, plan.fingerprint, changes.into_iter(), &external);
+        Encoded { kind: codec::KIND_COMMIT, bytes }
     }
 
     fn ledger_index(&self, service: &str) -> Result<usize> {

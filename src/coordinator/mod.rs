@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use crate::durable::{Entry, Journal, JournalConfig, RecoveryReport};
+use crate::durable::{Encoded, Entry, Journal, JournalConfig, RecoveryReport};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, MetricsSnapshot, Stage};
@@ -606,7 +606,7 @@ impl Inner {
         match (outcome, &self.journal) {
             (Outcome::Aborted(reason), Some(journal)) => {
                 let entry = Entry::Abort { tx: plan.tx, fingerprint: plan.fingerprint, reason: reason.clone() };
-                self.log_or_fail(journal.append(&entry)).map(Some)
+                self.log_or_fail(journal.append(&entry.encoded())).map(Some)
             }
             _ => Ok(None),
         }
@@ -697,7 +697,7 @@ impl Inner {
         plan: &Arc<Plan>,
         deadline: Instant,
         tracked: bool,
-        mut deferred: Option<&mut Vec<Entry>>,
+        mut deferred: Option<&mut Vec<Encoded>>,
     ) -> Result<(Outcome, Option<Lsn>)> {
         let started = plan.timed.then(Instant::now);
         let groups = plan.groups.len();
@@ -870,7 +870,7 @@ impl Inner {
                 .map(|s| self.services[s].name.to_string())
                 .collect();
             self.unresolved.lock().insert(plan.tx, names);
-        } else if let Err(error) = journal.append(&Entry::Done { tx: plan.tx }) {
+        } else if let Err(error) = journal.append(&Entry::Done { tx: plan.tx }.encoded()) {
             // Not fatal for this transaction: without `Done`, recovery asks the
             // participants again and they answer from their own record.
             tracing::warn!(tx = %plan.tx, %error, "could not log Done");

@@ -21,6 +21,37 @@ pub(crate) struct DecodeError {
     pub offset: usize,
 }
 
+/// A record ready for the log: its kind and encoded payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    pub kind: u8,
+    pub bytes: Vec<u8>,
+}
+
+/// The payload of a commit record, written straight from borrowed parts (the
+/// hot path builds no intermediate `Entry`).
+pub(crate) fn encode_commit<'a>(
+    tx: TxId,
+    fingerprint: u64,
+    changes: impl ExactSizeIterator<Item = (&'a str, &'a str, i64)>,
+    external: &[&str],
+) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(48 + changes.len() * 32));
+    w.u128(tx.as_u128());
+    w.u64(fingerprint);
+    w.u64(changes.len() as u64);
+    for (service, account, delta) in changes {
+        w.str(service);
+        w.str(account);
+        w.i64(delta);
+    }
+    w.u64(external.len() as u64);
+    for s in external {
+        w.str(s);
+    }
+    w.0
+}
+
 /// One ledger change in a commit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Change {
@@ -183,22 +214,17 @@ impl Entry {
         }
     }
 
+    pub(crate) fn encoded(&self) -> Encoded {
+        Encoded { kind: self.kind(), bytes: self.encode() }
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         match self {
             Entry::Commit { tx, fingerprint, changes, external } => {
-                w.u128(tx.as_u128());
-                w.u64(*fingerprint);
-                w.u64(changes.len() as u64);
-                for c in changes {
-                    w.str(&c.service);
-                    w.str(&c.account);
-                    w.i64(c.delta);
-                }
-                w.u64(external.len() as u64);
-                for s in external {
-                    w.str(s);
-                }
+                let external: Vec<&str> = external.iter().map(String::as_str).collect();
+                let changes = changes.iter().map(|c| (c.service.as_str(), c.account.as_str(), c.delta));
+                return encode_commit(*tx, *fingerprint, changes, &external);
             }
             Entry::Abort { tx, fingerprint, reason } => {
                 w.u128(tx.as_u128());

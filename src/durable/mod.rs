@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::sync::{AtomicU64, Ordering};
 use crate::wal::{FsStorage, Lsn, Storage, Wal, WalConfig, WalError};
 
-pub(crate) use codec::{Change, Checkpoint, Entry, Remembered, Unresolved};
+pub(crate) use codec::{Checkpoint, Encoded, Entry, Remembered, Unresolved, encode_commit};
 
 /// What recovery found and did, for `Coordinator::recovery` and `dtc recover`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -140,14 +140,13 @@ impl Journal {
         Ok((journal, Replayed { checkpoint, entries, report }))
     }
 
-    pub(crate) fn append(&self, entry: &Entry) -> Result<Lsn> {
-        self.wal.append(entry.kind(), &entry.encode()).map_err(wal_error)
+    pub(crate) fn append(&self, record: &Encoded) -> Result<Lsn> {
+        self.wal.append(record.kind, &record.bytes).map_err(wal_error)
     }
 
     /// Appends several records contiguously (one reservation).
-    pub(crate) fn append_batch(&self, entries: &[Entry]) -> Result<Lsn> {
-        let encoded: Vec<(u8, Vec<u8>)> = entries.iter().map(|e| (e.kind(), e.encode())).collect();
-        let parts: Vec<(u8, &[u8])> = encoded.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+    pub(crate) fn append_batch(&self, records: &[Encoded]) -> Result<Lsn> {
+        let parts: Vec<(u8, &[u8])> = records.iter().map(|r| (r.kind, r.bytes.as_slice())).collect();
         self.wal.append_batch(&parts).map_err(wal_error)
     }
 
