@@ -74,8 +74,8 @@ fn bank_check(faulty: bool, audits: u64, min_audits: u64, time: Duration) -> Arc
                 let outcome = dtc.execute(&bank.transfers(&legs)).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
                 let counter = match outcome {
                     Outcome::Committed => &counts.committed,
-                    Outcome::CommitPending => &counts.pending,
                     Outcome::Aborted(_) => &counts.aborted,
+                    _ => &counts.pending,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }

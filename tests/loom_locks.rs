@@ -52,7 +52,16 @@ impl Model {
 }
 
 fn run(sets: [&'static [usize]; 3], transact: fn(&Model, usize, &'static [usize])) {
-    loom::model(move || {
+    run_bounded(sets, transact, None)
+}
+
+/// `preemptions`: at least this bound, whatever `LOOM_MAX_PREEMPTIONS` says.
+fn run_bounded(sets: [&'static [usize]; 3], transact: fn(&Model, usize, &'static [usize]), preemptions: Option<usize>) {
+    let mut builder = loom::model::Builder::new();
+    if let Some(p) = preemptions {
+        builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(p).max(p));
+    }
+    builder.check(move || {
         let model = Model::new();
         let threads: Vec<_> = sets
             .iter()
@@ -78,7 +87,14 @@ fn overlapping_sorted_sets_are_exclusive_and_deadlock_free() {
     run([&[0, 1], &[1, 2], &[0, 2]], Model::transact);
 }
 
-/// Three stripes each, a cut like the audit's `acquire_all` against pairs.
+/// The same without a preemption bound smaller than 4 (slow).
+#[test]
+#[ignore = "long: cargo test --release --test loom_locks -- --ignored"]
+fn overlapping_sorted_sets_bound_4() {
+    run_bounded([&[0, 1], &[1, 2], &[0, 2]], Model::transact, Some(4));
+}
+
+/// All four stripes, a cut like the audit's `acquire_all` against pairs.
 #[test]
 fn a_full_cut_against_pairs() {
     run([&[0, 1, 2, 3], &[1, 3], &[0, 2]], Model::transact);
@@ -86,10 +102,31 @@ fn a_full_cut_against_pairs() {
 
 /// The check bites (deadlock): stripes taken one `acquire` at a time in the
 /// order given, the third thread going high to low. loom reports the
-/// {0→1, 1→2, 2→0} cycle as a deadlock.
+/// {0→1, 1→2, 2→0} cycle as a deadlock; its panic then aborts the process
+/// (a second panic while unwinding the model's threads), so the broken model
+/// runs in a child process of this test binary and the parent checks that
+/// the child died reporting "deadlock".
 #[test]
-#[should_panic(expected = "deadlock")]
 fn unsorted_acquisition_deadlocks() {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "unsorted_acquisition_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run the child");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the unsorted model passed:\n{stderr}");
+    assert!(stderr.contains("deadlock"), "the unsorted model failed, but not by deadlock:\n{stderr}");
+}
+
+const CHILD: &str = "DTC_LOOM_DEADLOCK_CHILD";
+
+/// The broken model itself; does nothing unless run by the test above.
+#[test]
+fn unsorted_acquisition_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
     fn one_at_a_time(model: &Model, me: usize, order: &'static [usize]) {
         let held: Vec<_> = order.iter().map(|&s| model.locks.acquire(&[s]).expect("lock")).collect();
         model.critical(me, order);

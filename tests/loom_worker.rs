@@ -169,8 +169,16 @@ fn locked_submit(service: &Service, keys: &KeyLock, request: u32) -> u32 {
     *turn
 }
 
-fn model(variant: Variant) {
-    loom::model(move || {
+/// The FIFO violation of the broken variant needs three preemptions (the
+/// first caller preempted around its failed `try_lock`, the worker between
+/// batches, the worker again after waking), so the model runs with a bound of
+/// at least 3 whatever `LOOM_MAX_PREEMPTIONS` says.
+const MIN_PREEMPTIONS: usize = 3;
+
+fn model(variant: Variant, min_preemptions: usize) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(min_preemptions).max(min_preemptions));
+    builder.check(move || {
         let service = Service::new(variant);
         // A request already queued when the callers start (an earlier
         // transaction's, or an audit): the worker may be busy with it.
@@ -211,7 +219,14 @@ fn model(variant: Variant) {
 
 #[test]
 fn inline_and_queued_requests_keep_fifo_and_shutdown_drains() {
-    model(Variant::Engine);
+    model(Variant::Engine, MIN_PREEMPTIONS);
+}
+
+/// The same at a preemption bound of 5 (minutes).
+#[test]
+#[ignore = "long: cargo test --release --test loom_worker -- --ignored"]
+fn inline_and_queued_requests_keep_fifo_and_shutdown_drains_bound_5() {
+    model(Variant::Engine, 5);
 }
 
 /// The check bites: an inline path that skips the `pending` check lets the
@@ -219,5 +234,5 @@ fn inline_and_queued_requests_keep_fifo_and_shutdown_drains() {
 #[test]
 #[should_panic(expected = "FIFO broken")]
 fn inline_path_without_pending_check_breaks_fifo() {
-    model(Variant::InlineIgnoresPending);
+    model(Variant::InlineIgnoresPending, MIN_PREEMPTIONS);
 }

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Stage;
 use crate::sync::MutexGuard;
 use crate::txn::{AbortReason, Outcome, Transfer};
+use smallvec::SmallVec;
 
 /// The direct path: when every service of a batch is a built-in ledger
 /// (no wrapper) and nothing is queued for it, the batch holds each ledger's
@@ -144,11 +145,17 @@ impl Inner {
 
 impl Inner {
     fn direct_cores(&self, plans: &[Result<Arc<plan::Plan>>]) -> Option<Cores<'_>> {
+        self.direct_cores_for(plans.iter().flatten().map(|p| &**p))
+    }
+
+    /// The cores of every service of `plans`, if all are plain ledgers and
+    /// idle (see `Cores`).
+    pub(super) fn direct_cores_for<'p>(&self, plans: impl Iterator<Item = &'p plan::Plan>) -> Option<Cores<'_>> {
         if self.config.redeliver.is_some() {
             return None;
         }
-        let mut services: Vec<usize> =
-            plans.iter().flatten().flat_map(|p| (0..p.groups.len()).map(|g| usize::from(p.service_of(g)))).collect();
+        let mut services: SmallVec<[usize; 8]> =
+            plans.flat_map(|p| (0..p.groups.len()).map(|g| usize::from(p.service_of(g)))).collect();
         services.sort_unstable();
         services.dedup();
         if services.iter().any(|&s| !self.handles[s].builtin_ledger || self.ledgers[s].is_none()) {
@@ -158,7 +165,7 @@ impl Inner {
     }
 
     /// One transaction of a direct batch: check every change, then apply all.
-    fn apply_direct(&self, plan: &plan::Plan, records: &mut Vec<Encoded>) -> Outcome {
+    pub(super) fn apply_direct(&self, plan: &plan::Plan, records: &mut Vec<Encoded>) -> Outcome {
         for group in 0..plan.groups.len() {
             let service = usize::from(plan.service_of(group));
             let Some(ledger) = &self.ledgers[service] else { continue };

@@ -582,7 +582,18 @@ impl Inner {
             return Ok(outcome);
         };
         self.timed(Stage::LockWait, locked_at);
-        let result = if plan.groups.len() == 1 && self.journal.is_none() {
+        let result = if let Some(cores) = self.direct_cores_for(std::iter::once(&**plan)) {
+            // Plain ledgers, idle: check and apply directly (see `batch.rs`);
+            // the commit record still precedes the locks' release.
+            let mut record = Vec::new();
+            let outcome = self.apply_direct(plan, &mut record);
+            drop(cores);
+            let lsn = match (&self.journal, record.pop()) {
+                (Some(journal), Some(record)) => Some(self.log_or_fail(journal.append(&record))?),
+                _ => None,
+            };
+            self.decided(plan, &outcome, tracked).map(|abort_lsn| (outcome, lsn.or(abort_lsn)))
+        } else if plan.groups.len() == 1 && self.journal.is_none() {
             self.one_phase(plan, deadline).and_then(|o| self.decided(plan, &o, tracked).map(|lsn| (o, lsn)))
         } else {
             self.two_phase(plan, deadline, tracked, None)
