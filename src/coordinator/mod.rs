@@ -821,7 +821,7 @@ impl Inner {
 
     fn commit_all(&self, plan: &Arc<Plan>, reply: &Sender<Reply>, replies: &Receiver<Reply>) -> Outcome {
         let started = plan.timed.then(Instant::now);
-        let ack_deadline = PhaseDeadline::new(Instant::now() + self.config.tx_timeout, self.config.call_timeout);
+        let ack_deadline = PhaseDeadline::after(self.config.call_timeout);
         let groups = plan.groups.len();
         let mut acked: SmallVec<[bool; 4]> = (0..groups).map(|_| false).collect();
         let mut awaiting = 0;

@@ -126,7 +126,7 @@ pub(crate) enum Submitted {
 /// inline calls never need it, and clock reads are a visible cost per
 /// transaction.
 pub(crate) struct PhaseDeadline {
-    limit: Instant,
+    limit: Option<Instant>,
     timeout: Duration,
     at: std::cell::Cell<Option<Instant>>,
 }
@@ -134,14 +134,21 @@ pub(crate) struct PhaseDeadline {
 impl PhaseDeadline {
     /// `timeout` from the first use, but never past `limit`.
     pub(crate) fn new(limit: Instant, timeout: Duration) -> Self {
-        Self { limit, timeout, at: std::cell::Cell::new(None) }
+        Self { limit: Some(limit), timeout, at: std::cell::Cell::new(None) }
+    }
+
+    /// `timeout` from the first use, whatever the transaction's deadline
+    /// (a commit, once decided, gets its full call timeout).
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Self { limit: None, timeout, at: std::cell::Cell::new(None) }
     }
 
     pub(crate) fn get(&self) -> Instant {
         match self.at.get() {
             Some(at) => at,
             None => {
-                let at = self.limit.min(Instant::now() + self.timeout);
+                let from_now = Instant::now() + self.timeout;
+                let at = self.limit.map_or(from_now, |limit| limit.min(from_now));
                 self.at.set(Some(at));
                 at
             }
