@@ -33,6 +33,8 @@ enum Command {
     Recover(ops::RecoverArgs),
     /// Prints the recorded outcome of transaction ids: committed, aborted or unknown.
     Status(ops::StatusArgs),
+    /// Lists the sagas of a saga log with their state; stuck ones need an operator.
+    Sagas(ops::SagasArgs),
     /// Checks a data directory offline without changing it. Exit 1 on problems, 2 if recovery would refuse.
     Verify(ops::VerifyArgs),
 }
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Memory(args) => bench::memory(args),
         Command::Recover(args) => ops::recover(args),
         Command::Status(args) => ops::status(args),
+        Command::Sagas(args) => ops::sagas(args),
         Command::Verify(args) => ops::verify(args),
     };
     match result {

@@ -159,3 +159,74 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         (false, false) => ExitCode::from(2),
     })
 }
+
+#[derive(ClapArgs, Debug)]
+pub struct SagasArgs {
+    /// The saga executor's data directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Only sagas in this state (running, compensating, completed, compensated, stuck).
+    #[arg(long)]
+    state: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct SagaLine {
+    id: String,
+    definition: String,
+    state: &'static str,
+    steps: usize,
+    completed_steps: Vec<String>,
+    compensated_steps: usize,
+    failure: Option<String>,
+}
+
+/// Lists the sagas a saga log knows, with their state (stuck ones included).
+pub fn sagas(args: SagasArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    const STATES: [&str; 5] = ["running", "compensating", "completed", "compensated", "stuck"];
+    if let Some(state) = &args.state {
+        if !STATES.contains(&state.as_str()) {
+            return Err(format!("--state {state:?}: expected one of {}", STATES.join(", ")).into());
+        }
+    }
+    if !args.dir.is_dir() {
+        return Err(format!("{}: no such saga directory", args.dir.display()).into());
+    }
+    let executor = dtc::SagaExecutor::open(&args.dir)?;
+    let lines: Vec<SagaLine> = executor
+        .sagas()
+        .into_iter()
+        .filter(|s| args.state.as_deref().is_none_or(|want| s.state.code() == want))
+        .map(|s| SagaLine {
+            id: s.id.to_string(),
+            definition: s.definition,
+            state: s.state.code(),
+            steps: s.steps,
+            completed_steps: s.completed_steps,
+            compensated_steps: s.compensated_steps,
+            failure: s.failure,
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&lines)?);
+    } else {
+        for l in &lines {
+            let failure = l.failure.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+            println!(
+                "{} {} {} steps done {}/{} compensated {}{failure}",
+                l.id,
+                l.definition,
+                l.state,
+                l.completed_steps.len(),
+                l.steps,
+                l.compensated_steps
+            );
+        }
+        let stuck = lines.iter().filter(|l| l.state == "stuck").count();
+        println!("{} sagas, {stuck} stuck", lines.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

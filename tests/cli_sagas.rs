@@ -1,0 +1,47 @@
+//! `dtc sagas`: a stuck saga in a real saga directory is listed as stuck.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtc::{Backoff, ManualClock, SagaDefinition, SagaExecutor, SagaState, Step, StepError};
+
+#[test]
+fn stuck_sagas_are_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sagas");
+    {
+        let exec = SagaExecutor::builder()
+            .dir(&dir)
+            .clock(Arc::new(ManualClock::default()))
+            .seed(1)
+            .compensation_retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 2))
+            .open()
+            .unwrap();
+        let reserve = Step::new("reserve", |_: &dtc::StepContext<'_, u32>| Ok(()))
+            .compensate(|_| Err(StepError::retryable("warehouse offline")))
+            .no_timeout();
+        let pay =
+            Step::new("pay", |_: &dtc::StepContext<'_, u32>| Err(StepError::permanent("card declined"))).no_timeout();
+        let def = SagaDefinition::builder("order").step(reserve).step(pay).build().unwrap();
+        assert_eq!(exec.run(&def, &1).unwrap().state, SagaState::Stuck);
+        let done = SagaDefinition::builder("noop")
+            .step(Step::new("ok", |_: &dtc::StepContext<'_, u32>| Ok(())))
+            .build()
+            .unwrap();
+        assert_eq!(exec.run(&done, &2).unwrap().state, SagaState::Completed);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_dtc"))
+        .args(["sagas", "--json", "--state", "stuck", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "stuck");
+    assert_eq!(listed[0]["definition"], "order");
+    let bad =
+        Command::new(env!("CARGO_BIN_EXE_dtc")).args(["sagas", "--state", "nope", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!bad.status.success());
+}
