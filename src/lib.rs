@@ -53,7 +53,7 @@ pub use coordinator::{
     Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_SERVICE_NAME_BYTES, RetryPolicy,
 };
 pub use durable::{
-    DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,
+    DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, Unfinished, VerifyProblem, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};

@@ -37,6 +37,24 @@ impl TxStatus {
     }
 }
 
+/// An unfinished transaction, as the log shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Unfinished {
+    /// The transaction.
+    #[serde(serialize_with = "as_string")]
+    pub tx: TxId,
+    /// `committing`: the decision is commit, acknowledgements are missing.
+    pub state: &'static str,
+    /// Seconds since the transaction id was issued.
+    pub age_seconds: f64,
+    /// The participants that have not acknowledged.
+    pub participants: Vec<String>,
+}
+
+fn as_string<S: serde::Serializer>(tx: &TxId, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(tx)
+}
+
 /// What `DataDir::recover` did and found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RecoverySummary {
@@ -137,6 +155,42 @@ impl DataDir {
             }
         }
         Ok(ids.iter().map(|id| (*id, known.get(id).cloned().unwrap_or(TxStatus::Unknown))).collect())
+    }
+
+    /// Transactions the log shows unfinished: a commit decision whose
+    /// external participants have not all acknowledged (no `Done` record),
+    /// oldest first, with those participants. Read-only.
+    pub fn unfinished(&self) -> Result<Vec<Unfinished>> {
+        let (checkpoint, entries) = self.read()?;
+        let mut open: HashMap<TxId, Vec<String>> = HashMap::new();
+        if let Some(c) = checkpoint {
+            for u in c.unresolved {
+                open.insert(u.tx, u.external);
+            }
+        }
+        for entry in entries {
+            match entry {
+                Entry::Commit { tx, external, .. } if !external.is_empty() => {
+                    open.insert(tx, external);
+                }
+                Entry::Done { tx } => {
+                    open.remove(&tx);
+                }
+                _ => {}
+            }
+        }
+        let now_ns = crate::txn::unix_nanos();
+        let mut list: Vec<Unfinished> = open
+            .into_iter()
+            .map(|(tx, participants)| Unfinished {
+                tx,
+                state: "committing",
+                age_seconds: now_ns.saturating_sub(tx.timestamp_ns()) as f64 / 1e9,
+                participants,
+            })
+            .collect();
+        list.sort_by_key(|u| u.tx);
+        Ok(list)
     }
 
     /// Names of the ledger services the checkpoint holds.

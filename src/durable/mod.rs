@@ -16,7 +16,7 @@
 pub(crate) mod codec;
 mod datadir;
 
-pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, VerifyProblem, VerifyReport};
+pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, Unfinished, VerifyProblem, VerifyReport};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -35,6 +35,8 @@ enum Command {
     Status(ops::StatusArgs),
     /// Lists the sagas of a saga log with their state; stuck ones need an operator.
     Sagas(ops::SagasArgs),
+    /// Lists transactions the log shows unfinished (commit decided, acknowledgements missing).
+    Txs(ops::TxsArgs),
     /// Checks a data directory offline without changing it. Exit 1 on problems, 2 if recovery would refuse.
     Verify(ops::VerifyArgs),
 }
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Recover(args) => ops::recover(args),
         Command::Status(args) => ops::status(args),
         Command::Sagas(args) => ops::sagas(args),
+        Command::Txs(args) => ops::txs(args),
         Command::Verify(args) => ops::verify(args),
     };
     match result {

@@ -230,3 +230,27 @@ pub fn sagas(args: SagasArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(ClapArgs, Debug)]
+pub struct TxsArgs {
+    /// The data directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists the transactions the log shows unfinished (read-only).
+pub fn txs(args: TxsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let list = DataDir::new(&args.dir).unfinished()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        for u in &list {
+            println!("{} {} age {:.1} s waiting for {}", u.tx, u.state, u.age_seconds, u.participants.join(", "));
+        }
+        println!("{} unfinished", list.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
