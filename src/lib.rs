@@ -6,6 +6,14 @@
 //! locks (serializable, deadlock-free), idempotent phases, timeouts, retries
 //! with backoff, and survives panics inside participants.
 //!
+//! With [`Durability::Sync`] and a data directory, every outcome is returned
+//! only once its record is durable in a group-committed, memory-mapped
+//! write-ahead log; opening the directory again recovers it
+//! ([`DataDir`] inspects one offline). [`Coordinator::execute_batch`] runs
+//! many transactions with one lock set and one sync. Workflows that cannot
+//! hold locks use [`SagaExecutor`] (steps and compensations, resumed after a
+//! crash) or [`ClosureTx`] (per-transaction prepare/commit/rollback closures).
+//!
 //! ```
 //! use dtc::{Coordinator, Ledger, Outcome, Transfer};
 //!
