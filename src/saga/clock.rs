@@ -72,7 +72,7 @@ impl ManualClock {
         state.now = state.now.saturating_add(by);
     }
 
-    /// The sleeps so far, oldest first (at most [`MAX_RECORDED_SLEEPS`]).
+    /// The sleeps so far, oldest first (at most `MAX_RECORDED_SLEEPS`).
     pub fn sleeps(&self) -> Vec<Duration> {
         self.state.lock().sleeps.iter().copied().collect()
     }
