@@ -58,14 +58,20 @@ struct Shard {
 
 impl Shard {
     fn name(&self, index: u32) -> &[u8] {
-        let i = index as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.names[start..self.ends[i] as usize]
+        name_at(&self.names, &self.ends, index)
     }
 
     fn find(&self, hash: u64, id: &[u8]) -> Option<u32> {
         self.table.find(hash, |&i| self.name(i) == id).copied()
     }
+}
+
+/// Account `index`'s id in a shard's arena (ids are stored back to back;
+/// `ends[i]` is where id `i` stops).
+fn name_at<'a>(names: &'a [u8], ends: &[u32], index: u32) -> &'a [u8] {
+    let i = index as usize;
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &names[start..ends[i] as usize]
 }
 
 fn key(shard: usize, index: u32) -> u64 {
@@ -123,11 +129,7 @@ impl Ledger {
         shard.balances.push(AtomicI64::new(balance));
         let Shard { table, names, ends, .. } = &mut *shard;
         let hasher = &self.core.hasher;
-        table.insert_unique(hash, index, |&i| {
-            let i = i as usize;
-            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-            hasher.hash_one(&names[start..ends[i] as usize])
-        });
+        table.insert_unique(hash, index, |&i| hasher.hash_one(name_at(names, ends, i)));
         Ok(())
     }
 

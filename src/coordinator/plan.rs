@@ -86,8 +86,7 @@ impl Plan {
 
     /// (account, delta) of every operation of `group`.
     pub(crate) fn changes(&self, group: usize) -> impl Iterator<Item = (&str, i64)> {
-        let g = self.groups[group];
-        self.ops[g.start as usize..g.end as usize].iter().map(|op| (self.account(op), op.delta))
+        self.group_ops(group).iter().map(|op| (self.account(op), op.delta))
     }
 
     pub(crate) fn key(&self) -> crate::coordinator::barrier::TxKey {

@@ -267,7 +267,7 @@ impl Service {
                         self.pending.fetch_add(1, Ordering::SeqCst);
                         drop(core);
                         let request = Request::Phase { plan: plan.clone(), group, step: retry, reply: reply.clone() };
-                        if matches!(self.send(request, None, true), Submitted::Full) {
+                        if matches!(self.send(request, None), Submitted::Full) {
                             tracing::error!(tx = %plan.tx, service = %self.name, "worker gone: {retry:?} not handed over");
                         }
                     }
@@ -281,7 +281,6 @@ impl Service {
             result = self.send(
                 Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() },
                 deadline.map(PhaseDeadline::get),
-                true,
             );
             if !matches!(result, Submitted::Queued) {
                 break;
@@ -290,8 +289,9 @@ impl Service {
         result
     }
 
-    /// Enqueues a request (already counted in `pending` when `counted`).
-    fn send(&self, request: Request, deadline: Option<Instant>, counted: bool) -> Submitted {
+    /// Enqueues a request already counted in `pending` (uncounted again if
+    /// it could not be sent).
+    fn send(&self, request: Request, deadline: Option<Instant>) -> Submitted {
         let sent = match deadline {
             Some(d) => match self.sender.send_deadline(request, d) {
                 Ok(()) => Ok(()),
@@ -303,9 +303,7 @@ impl Service {
         match sent {
             Ok(()) => Submitted::Queued,
             Err(not_sent) => {
-                if counted {
-                    self.pending.fetch_sub(1, Ordering::SeqCst);
-                }
+                self.pending.fetch_sub(1, Ordering::SeqCst);
                 not_sent
             }
         }
@@ -322,7 +320,7 @@ impl Service {
     /// Enqueues a request that is not a transaction phase (audit, shutdown).
     pub(crate) fn enqueue(&self, request: Request, deadline: Option<Instant>) -> Submitted {
         self.pending.fetch_add(1, Ordering::SeqCst);
-        self.send(request, deadline, true)
+        self.send(request, deadline)
     }
 
     /// The core for an inline call. Another caller holds it only for a few

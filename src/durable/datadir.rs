@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hashbrown::HashMap;
 
 use super::codec::{Checkpoint, Entry};
-use super::{RecoveryReport, wal_error};
+use super::{RecoveryReport, read_checkpoint, read_entry, wal_error};
 use crate::coordinator::{Coordinator, Durability};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -116,21 +116,10 @@ impl DataDir {
             return Err(Error::Corrupt { file, offset, reason });
         }
         let checkpoint = match &inspection.checkpoint {
-            Some((_, bytes)) => Some(Checkpoint::decode(bytes).map_err(|e| Error::Corrupt {
-                file: "checkpoint".into(),
-                offset: e.offset as u64,
-                reason: e.to_string(),
-            })?),
+            Some((_, bytes)) => Some(read_checkpoint(bytes)?),
             None => None,
         };
-        let mut entries = Vec::with_capacity(inspection.records.len());
-        for r in &inspection.records {
-            entries.push(Entry::decode(r.kind, &r.payload).map_err(|e| Error::Corrupt {
-                file: format!("log position {}", r.lsn),
-                offset: e.offset as u64,
-                reason: e.to_string(),
-            })?);
-        }
+        let entries = inspection.records.iter().map(read_entry).collect::<Result<Vec<_>>>()?;
         Ok((checkpoint, entries))
     }
 

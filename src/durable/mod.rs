@@ -57,6 +57,24 @@ pub(crate) fn wal_error(error: WalError) -> Error {
     }
 }
 
+/// A checkpoint's snapshot, or the corruption that prevents reading it.
+pub(crate) fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
+    Checkpoint::decode(bytes).map_err(|e| Error::Corrupt {
+        file: "checkpoint".into(),
+        offset: e.offset as u64,
+        reason: e.to_string(),
+    })
+}
+
+/// A log record's meaning, or the corruption that prevents reading it.
+pub(crate) fn read_entry(record: &crate::wal::Record) -> Result<Entry> {
+    Entry::decode(record.kind, &record.payload).map_err(|e| Error::Corrupt {
+        file: format!("log position {}", record.lsn),
+        offset: e.offset as u64,
+        reason: format!("{e} (a record with a valid checksum that the engine cannot read)"),
+    })
+}
+
 /// Log tuning, from the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct JournalConfig {
@@ -108,11 +126,7 @@ impl Journal {
             None => None,
             Some((lsn, bytes)) => {
                 report.checkpoint_lsn = lsn.0;
-                Some(Checkpoint::decode(bytes).map_err(|e| Error::Corrupt {
-                    file: "checkpoint".into(),
-                    offset: e.offset as u64,
-                    reason: e.to_string(),
-                })?)
+                Some(read_checkpoint(bytes)?)
             }
         };
         if checkpoint.is_none() && !recovery.records.is_empty() {
@@ -124,11 +138,7 @@ impl Journal {
         }
         let mut entries = Vec::with_capacity(recovery.records.len());
         for record in &recovery.records {
-            let entry = Entry::decode(record.kind, &record.payload).map_err(|e| Error::Corrupt {
-                file: format!("log position {}", record.lsn),
-                offset: e.offset as u64,
-                reason: format!("{e} (a record with a valid checksum that the engine cannot read)"),
-            })?;
+            let entry = read_entry(record)?;
             match entry {
                 Entry::Commit { .. } => report.commits_replayed += 1,
                 Entry::Abort { .. } => report.aborts_replayed += 1,
