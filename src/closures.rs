@@ -693,10 +693,10 @@ impl PreparedClosureTx {
 
 impl Drop for PreparedClosureTx {
     fn drop(&mut self) {
-        if !self.finished {
-            if let Err(error) = roll_back_all(self.id, &mut self.entries, &self.settings) {
-                tracing::error!(%error, code = error.code(), "rollback of a dropped prepared transaction failed");
-            }
+        if !self.finished
+            && let Err(error) = roll_back_all(self.id, &mut self.entries, &self.settings)
+        {
+            tracing::error!(%error, code = error.code(), "rollback of a dropped prepared transaction failed");
         }
     }
 }

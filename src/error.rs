@@ -111,6 +111,41 @@ pub enum Error {
         /// The id.
         tx: TxId,
     },
+    /// An operator action that would break atomicity, e.g. force-committing
+    /// a transaction with no recorded commit decision, or aborting one whose
+    /// commit is recorded.
+    #[error("refused to resolve {tx}: {reason}")]
+    UnsafeResolution {
+        /// The transaction.
+        tx: TxId,
+        /// Why the action is unsafe.
+        reason: String,
+    },
+    /// Retry-now for a transaction with no failing call to retry.
+    #[error("transaction {tx} has no parked or retrying call")]
+    NotStuck {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// An operator action's reason is empty or longer than
+    /// [`MAX_REASON_BYTES`](crate::MAX_REASON_BYTES).
+    #[error("invalid reason: {0}")]
+    InvalidReason(String),
+    /// Another process holds the data directory (a running coordinator).
+    #[error("{dir} is in use by another process")]
+    DirInUse {
+        /// The directory.
+        dir: String,
+    },
+    /// The operator control channel of a data directory failed: no running
+    /// coordinator answered, or its answer was unreadable.
+    #[error("control channel of {dir}: {reason}")]
+    Control {
+        /// The directory.
+        dir: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// `shutdown` was called; no new transactions are accepted.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
@@ -165,6 +200,11 @@ impl Error {
             Error::Config(_) => "config",
             Error::TxIdReused { .. } => "tx_id_reused",
             Error::TxInProgress { .. } => "tx_in_progress",
+            Error::UnsafeResolution { .. } => "unsafe_resolution",
+            Error::NotStuck { .. } => "not_stuck",
+            Error::InvalidReason(_) => "invalid_reason",
+            Error::DirInUse { .. } => "dir_in_use",
+            Error::Control { .. } => "control",
             Error::ShuttingDown => "shutting_down",
             Error::ServiceUnavailable { .. } => "service_unavailable",
             Error::Corrupt { .. } => "corrupt",

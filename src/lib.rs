@@ -58,10 +58,12 @@ pub use closures::{
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
 };
 pub use coordinator::{
-    Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_SERVICE_NAME_BYTES, RetryPolicy,
+    Audit, Builder, CallError, Coordinator, Durability, LogStats, MAX_BATCH, MAX_REASON_BYTES, MAX_SERVICE_NAME_BYTES,
+    OperatorAction, ParticipantState, Resolution, ResolveReport, RetryPolicy, RetryReport, TxKind, TxState,
+    UnfinishedTx,
 };
 pub use durable::{
-    DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, Unfinished, VerifyProblem, VerifyReport,
+    DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};

@@ -84,18 +84,31 @@ impl fmt::Display for Refusal {
 }
 
 /// A failed commit or rollback. The coordinator retries it with bounded
-/// exponential backoff, so it must be safe to call again.
+/// exponential backoff, so it must be safe to call again — unless its code
+/// is one the service's [`RetryPolicy`](crate::RetryPolicy) lists as not
+/// retryable, in which case the call is parked for an operator at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[error("{code}: {message}")]
 pub struct Failure {
+    /// Stable machine-readable code (`failed` unless the participant chose one).
+    pub code: String,
     /// Human explanation.
     pub message: String,
 }
 
 impl Failure {
-    /// A failure with this explanation.
+    /// The code [`Failure::new`] gives.
+    pub const DEFAULT_CODE: &'static str = "failed";
+
+    /// A failure with this explanation and the code `failed`.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self { code: Self::DEFAULT_CODE.into(), message: message.into() }
+    }
+
+    /// A failure with a stable code, e.g. `account_closed`, that a
+    /// [`RetryPolicy`](crate::RetryPolicy) can name as not retryable.
+    pub fn with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into() }
     }
 }
 

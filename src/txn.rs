@@ -65,6 +65,20 @@ impl FromStr for TxId {
     }
 }
 
+/// Serialized as its 32-digit hex form, like `Display`.
+impl serde::Serialize for TxId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TxId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Hands out strictly increasing, time-ordered ids.
 #[derive(Debug)]
 pub(crate) struct TxIdGen {
@@ -205,6 +219,12 @@ pub enum AbortReason {
         /// The refusing service.
         service: String,
     },
+    /// An operator aborted it (`dtc resolve --abort`, `Coordinator::resolve`)
+    /// before any commit decision was recorded.
+    Operator {
+        /// The operator's reason, as given.
+        reason: String,
+    },
 }
 
 impl AbortReason {
@@ -217,17 +237,19 @@ impl AbortReason {
             AbortReason::ParticipantPanicked { .. } => "participant_panicked",
             AbortReason::LockTimeout => "lock_timeout",
             AbortReason::AlreadyRolledBack { .. } => "already_rolled_back",
+            AbortReason::Operator { .. } => "operator",
         }
     }
 
     /// Every code, in a fixed order (index = metrics slot).
-    pub const CODES: [&'static str; 6] = [
+    pub const CODES: [&'static str; 7] = [
         "insufficient_funds",
         "refused",
         "prepare_timeout",
         "participant_panicked",
         "lock_timeout",
         "already_rolled_back",
+        "operator",
     ];
 
     pub(crate) fn slot(&self) -> usize {
@@ -253,6 +275,7 @@ impl fmt::Display for AbortReason {
             AbortReason::AlreadyRolledBack { service } => {
                 write!(f, "{service} had already rolled this transaction back")
             }
+            AbortReason::Operator { reason } => write!(f, "aborted by an operator: {reason}"),
         }
     }
 }

@@ -26,11 +26,7 @@ fn faulty_bank(seed: u64) -> (Bank, Coordinator, Vec<FaultCounter>) {
     let dtc = builder
         .call_timeout(Duration::from_millis(20))
         .transaction_timeout(Duration::from_secs(10))
-        .retry(RetryPolicy {
-            initial_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(4),
-            max_attempts: 1_000,
-        })
+        .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(4), 1_000))
         .open()
         .expect("open");
     (bank, dtc, counters)

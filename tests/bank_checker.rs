@@ -46,11 +46,7 @@ fn open(bank: &Bank, faulty: bool, seed: u64) -> Coordinator {
         // Few stripes: an audit takes all of them.
         .lock_stripes(64)
         .call_timeout(Duration::from_secs(5))
-        .retry(RetryPolicy {
-            initial_delay: Duration::from_micros(100),
-            max_delay: Duration::from_millis(2),
-            max_attempts: 10_000,
-        })
+        .retry(RetryPolicy::new(Duration::from_micros(100), Duration::from_millis(2), 10_000))
         .open()
         .expect("open")
 }

@@ -81,10 +81,10 @@ fn parse_sample(line: &str) -> Sample {
 /// The family a sample belongs to (summaries add `_sum` and `_count`).
 fn family_of<'a>(name: &'a str, types: &HashMap<String, String>) -> &'a str {
     for suffix in ["_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if types.get(base).is_some_and(|t| t == "summary" || t == "histogram") {
-                return base;
-            }
+        if let Some(base) = name.strip_suffix(suffix)
+            && types.get(base).is_some_and(|t| t == "summary" || t == "histogram")
+        {
+            return base;
         }
     }
     name

@@ -15,8 +15,7 @@ use dtc::{AbortReason, Coordinator, FaultPlan, Outcome, Participant, RetryPolicy
 
 const WAIT: Duration = Duration::from_secs(10);
 
-const FAST_RETRY: RetryPolicy =
-    RetryPolicy { initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2), max_attempts: 50 };
+const FAST_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 50);
 
 /// svc-0 is a `Probe` (nonblocking or not), svc-1 a plain ledger; acct-0 and
 /// acct-2 on svc-0, acct-1 and acct-3 on svc-1, each with 100.

@@ -191,11 +191,7 @@ impl Sim {
             .segment_size_bytes(8192)
             .call_timeout(CALL_TIMEOUT)
             .transaction_timeout(Duration::from_secs(5))
-            .retry(RetryPolicy {
-                initial_delay: Duration::from_micros(100),
-                max_delay: Duration::from_millis(1),
-                max_attempts: 100_000,
-            })
+            .retry(RetryPolicy::new(Duration::from_micros(100), Duration::from_millis(1), 100_000))
             .open()
             .unwrap_or_else(|e| panic!("epoch {}: reopening after a crash failed: {e}", self.epoch));
         self.dtc = Some(dtc);

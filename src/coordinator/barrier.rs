@@ -177,10 +177,10 @@ impl<P> Barrier<P> {
         }
         self.finished.push_back(tx);
         while self.finished.len() > self.capacity {
-            if let Some(old) = self.finished.pop_front() {
-                if self.is_finished(old) {
-                    self.entries.remove(&old);
-                }
+            if let Some(old) = self.finished.pop_front()
+                && self.is_finished(old)
+            {
+                self.entries.remove(&old);
             }
         }
     }

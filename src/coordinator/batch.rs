@@ -131,10 +131,10 @@ impl Inner {
             outcomes.push(outcome);
         }
         drop(cores);
-        if let Some(journal) = &self.journal {
-            if !records.is_empty() {
-                last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_batch(&records))?));
-            }
+        if let Some(journal) = &self.journal
+            && !records.is_empty()
+        {
+            last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_batch(&records))?));
         }
         drop(locks);
         self.durable(last_lsn)?;

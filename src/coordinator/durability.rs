@@ -11,8 +11,8 @@ use super::worker::{Request, Step, Submitted};
 use super::{Inner, replies};
 use smallvec::SmallVec;
 
-use crate::durable::codec;
 use crate::durable::{Checkpoint, Encoded, Entry, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit};
+use crate::durable::{codec, control};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
 use crate::txn::{Outcome, TxId};
@@ -62,6 +62,9 @@ impl Inner {
             for u in c.unresolved {
                 committed.insert(u.tx, u.external);
             }
+            for record in c.operator {
+                self.remember_operator(record);
+            }
         }
         for (_, entry) in entries {
             match entry {
@@ -87,23 +90,52 @@ impl Inner {
                     let ledger = self.ledgers[self.ledger_index(&service)?].as_ref().expect("checked");
                     ledger.put(&account, balance)?;
                 }
+                Entry::Operator { tx, action, reason, at_unix_ns } => {
+                    let record = codec::OperatorRecord { tx, action, reason, at_unix_ns };
+                    self.remember_operator(record);
+                }
             }
         }
-        // External participants: commit what the log decided, roll back the rest.
-        let (reply, _replies) = replies();
-        for handle in &self.handles {
+        // External participants: commit what the log decided, roll back the
+        // rest (presumed abort). Every transaction a participant still holds
+        // prepared is resolved, however old.
+        let mut in_doubt: Vec<(usize, TxId, Step)> = Vec::new();
+        let mut holders: HashMap<TxId, Vec<String>> = HashMap::new();
+        for (i, handle) in self.handles.iter().enumerate() {
             for tx in handle.recover_in_doubt() {
                 let commit = committed.contains_key(&tx) || matches!(self.recent.get(tx), Some(o) if o.is_committed());
-                let step = if commit { Step::Commit } else { Step::Rollback };
-                tracing::info!(%tx, service = %handle.name, ?step, "resolving in-doubt transaction");
-                let plan = Arc::new(Plan::bare(tx, handle.index));
-                if !matches!(handle.submit(&plan, 0, step, &reply, None), Submitted::Inline(_) | Submitted::Queued) {
-                    return Err(Error::ServiceUnavailable { service: handle.name.to_string() });
-                }
-                report.in_doubt_resolved += 1;
+                in_doubt.push((i, tx, if commit { Step::Commit } else { Step::Rollback }));
+                holders.entry(tx).or_default().push(handle.name.to_string());
             }
         }
-        *self.unresolved.lock() = committed;
+        // A decided commit that a participant no longer holds prepared was
+        // applied there before the crash (it voted yes, and `recover` lists
+        // every prepared, unfinished transaction): only the holders are
+        // still owed an acknowledgement.
+        let mut done = Vec::new();
+        committed.retain(|tx, external| {
+            let held = holders.get(tx);
+            external.retain(|s| held.is_some_and(|h| h.contains(s)));
+            if external.is_empty() {
+                done.push(*tx);
+            }
+            !external.is_empty()
+        });
+        self.outstanding.restore_unresolved(committed);
+        if let (Some(journal), false) = (&self.journal, done.is_empty()) {
+            let records: Vec<Encoded> = done.iter().map(|&tx| Entry::Done { tx }.encoded()).collect();
+            journal.append_batch(&records)?;
+        }
+        let (reply, _replies) = replies();
+        for (i, tx, step) in in_doubt {
+            let handle = &self.handles[i];
+            tracing::info!(%tx, service = %handle.name, ?step, "resolving in-doubt transaction");
+            let plan = Arc::new(Plan::bare(tx, handle.index));
+            if !matches!(handle.submit(&plan, 0, step, &reply, None), Submitted::Inline(_) | Submitted::Queued) {
+                return Err(Error::ServiceUnavailable { service: handle.name.to_string() });
+            }
+            report.in_doubt_resolved += 1;
+        }
         Ok(report)
     }
 
@@ -143,12 +175,9 @@ impl Inner {
                 },
             })
             .collect();
-        checkpoint.unresolved = self
-            .unresolved
-            .lock()
-            .iter()
-            .map(|(tx, external)| Unresolved { tx: *tx, external: external.clone() })
-            .collect();
+        checkpoint.unresolved =
+            self.outstanding.unresolved().into_iter().map(|(tx, external)| Unresolved { tx, external }).collect();
+        checkpoint.operator = self.operator_history();
         drop(locks);
         let started = Instant::now();
         journal.checkpoint(lsn, &checkpoint)?;
@@ -179,12 +208,16 @@ impl Inner {
     }
 }
 
-/// Checkpoints in the background whenever enough log was written.
+/// Checkpoints in the background whenever enough log was written, and
+/// answers operator requests dropped into the data directory (see
+/// `durable::control`).
 pub(super) fn spawn_checkpointer(inner: &Arc<Inner>) -> Result<std::thread::JoinHandle<()>> {
     let weak: Weak<Inner> = Arc::downgrade(inner);
+    let dir = inner.config.dir.clone().filter(|_| inner.config.storage.is_none());
     std::thread::Builder::new()
         .name("dtc-checkpoint".into())
         .spawn(move || {
+            let mut polled = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_millis(20));
                 let Some(inner) = weak.upgrade() else { return };
@@ -193,12 +226,34 @@ pub(super) fn spawn_checkpointer(inner: &Arc<Inner>) -> Result<std::thread::Join
                     return;
                 }
                 let due = inner.journal.as_ref().is_some_and(|j| j.checkpoint_due());
-                if due {
-                    if let Err(error) = inner.checkpoint_now() {
-                        tracing::error!(%error, "checkpoint failed");
-                    }
+                if due && let Err(error) = inner.checkpoint_now() {
+                    tracing::error!(%error, "checkpoint failed");
+                }
+                if let Some(dir) = &dir
+                    && polled.elapsed() >= control::POLL_EVERY
+                {
+                    polled = Instant::now();
+                    control::serve(dir, |request| inner.handle_control(request));
                 }
             }
         })
         .map_err(|source| Error::Io { op: "spawning the checkpoint thread".into(), source })
+}
+
+impl Inner {
+    /// Answers one operator request from the control channel.
+    fn handle_control(&self, request: control::Request) -> control::Response {
+        use control::{Request, Response};
+        match request {
+            Request::Unfinished => Response::Unfinished { transactions: self.unfinished() },
+            Request::RetryNow { tx, reason } => match self.retry_now(tx, &reason) {
+                Ok(report) => Response::Retried { report },
+                Err(error) => Response::refused(&error),
+            },
+            Request::Resolve { tx, resolution, reason } => match self.resolve(tx, resolution, &reason) {
+                Ok(report) => Response::Resolved { report },
+                Err(error) => Response::refused(&error),
+            },
+        }
+    }
 }

@@ -7,6 +7,8 @@ pub(crate) mod barrier;
 mod batch;
 mod durability;
 pub(crate) mod locks;
+pub(crate) mod operator;
+pub(crate) mod outstanding;
 pub(crate) mod plan;
 pub(crate) mod recent;
 pub(crate) mod worker;
@@ -29,11 +31,17 @@ use crate::txn::{AbortReason, Outcome, Transfer, TxId, TxIdGen};
 use crate::wal::Lsn;
 
 use locks::StripedLocks;
+use outstanding::Outstanding;
 use plan::{Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
 use worker::{Answer, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
 pub use batch::MAX_BATCH;
+pub use operator::{
+    MAX_REASON_BYTES, OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState,
+    UnfinishedTx,
+};
+pub use outstanding::CallError;
 pub use worker::RetryPolicy;
 
 /// Longest service name accepted, in bytes.
@@ -60,6 +68,10 @@ pub(crate) struct Config {
     pub recent_ids: usize,
     pub barrier_capacity: usize,
     pub retry: RetryPolicy,
+    /// Per-service overrides of `retry`.
+    pub retry_for: Vec<(String, RetryPolicy)>,
+    /// Most failing calls tracked (retrying or parked) at once.
+    pub max_parked: usize,
     pub durability: Durability,
     pub dir: Option<std::path::PathBuf>,
     pub journal: JournalConfig,
@@ -80,6 +92,8 @@ impl Default for Config {
             recent_ids: 65_536,
             barrier_capacity: 4_096,
             retry: RetryPolicy::default(),
+            retry_for: Vec::new(),
+            max_parked: 10_000,
             durability: Durability::None,
             dir: None,
             journal: JournalConfig::default(),
@@ -140,9 +154,27 @@ impl Builder {
         self
     }
 
-    /// Backoff and attempt limit for commit/rollback redelivery.
+    /// Retry policy for failing commit/rollback calls of every service
+    /// without its own ([`retry_for`](Self::retry_for)).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = policy;
+        self
+    }
+
+    /// Retry policy for one service's failing commit/rollback calls. An
+    /// unknown service name is refused by [`open`](Self::open).
+    pub fn retry_for(mut self, service: impl Into<String>, policy: RetryPolicy) -> Self {
+        let service = service.into();
+        self.config.retry_for.retain(|(s, _)| *s != service);
+        self.config.retry_for.push((service, policy));
+        self
+    }
+
+    /// Most failing calls tracked at once, retrying or parked (default
+    /// 10 000). A call that would park beyond it keeps retrying at its
+    /// policy's largest delay instead, so nothing is dropped out of sight.
+    pub fn max_parked(mut self, calls: usize) -> Self {
+        self.config.max_parked = calls;
         self
     }
 
@@ -209,8 +241,18 @@ impl Builder {
         if config.call_timeout.is_zero() || config.tx_timeout.is_zero() {
             return Err(Error::Config("timeouts must be positive".into()));
         }
-        if config.max_legs == 0 || config.queue_capacity == 0 {
-            return Err(Error::Config("max_legs and queue_capacity must be positive".into()));
+        if config.max_legs == 0 || config.queue_capacity == 0 || config.max_parked == 0 {
+            return Err(Error::Config("max_legs, queue_capacity and max_parked must be positive".into()));
+        }
+        for (service, policy) in
+            std::iter::once(&config.retry).map(|p| ("", p)).chain(config.retry_for.iter().map(|(s, p)| (s.as_str(), p)))
+        {
+            if !service.is_empty() && !services.iter().any(|(name, _)| name == service) {
+                return Err(Error::Config(format!("retry_for names service {service:?}, which is not registered")));
+            }
+            if policy.initial_delay > policy.max_delay {
+                return Err(Error::Config(format!("retry policy {service:?}: initial_delay exceeds max_delay")));
+            }
         }
         if config.durability == Durability::Sync && config.journal.wal.max_segments < 3 {
             return Err(Error::Config("max_segments must be at least 3".into()));
@@ -226,6 +268,11 @@ impl Builder {
             }
             (Durability::Sync, Some(dir)) => Some(Journal::open_dir(dir, config.journal.clone())?),
         };
+        let (journal, replayed) = match opened {
+            Some((journal, replayed)) => (Some(Arc::new(journal)), Some(replayed)),
+            None => (None, None),
+        };
+        let outstanding = Arc::new(Outstanding::new(config.max_parked, journal.clone()));
         let mut by_name = HashMap::new();
         for (i, (name, _)) in services.iter().enumerate() {
             validate_service_name(name)?;
@@ -243,6 +290,7 @@ impl Builder {
             let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
             infos.push(ServiceInfo { name: name.clone(), directory: participant.directory() });
             ledgers.push(participant.ledger());
+            let retry = config.retry_for.iter().find(|(s, _)| **s == *name).map_or(&config.retry, |(_, p)| p);
             let service = Arc::new(Service::new(
                 i as u16,
                 name.clone(),
@@ -250,7 +298,8 @@ impl Builder {
                 config.barrier_capacity,
                 sender,
                 metrics.clone(),
-                config.retry,
+                outstanding.clone(),
+                retry.clone(),
                 config.redeliver,
             ));
             let worker = service.clone();
@@ -261,10 +310,6 @@ impl Builder {
             handles.push(service);
             workers.push(handle);
         }
-        let (journal, replayed) = match opened {
-            Some((journal, replayed)) => (Some(journal), Some(replayed)),
-            None => (None, None),
-        };
         let mut inner = Inner {
             locks: StripedLocks::new(config.lock_stripes),
             recent: RecentIds::new(config.recent_ids),
@@ -279,7 +324,8 @@ impl Builder {
             workers: Mutex::new(workers),
             journal,
             ledgers,
-            unresolved: Mutex::new(HashMap::new()),
+            outstanding,
+            operator_history: Mutex::new(std::collections::VecDeque::new()),
             recovery: RecoveryReport::default(),
             checkpoint_lock: Mutex::new(()),
             checkpointer: Mutex::new(None),
@@ -377,12 +423,14 @@ struct Inner {
     in_flight: AtomicUsize,
     closing: AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    journal: Option<Journal>,
+    journal: Option<Arc<Journal>>,
     /// The built-in ledger behind each service, if any (logged and
     /// checkpointed by the coordinator).
     ledgers: Vec<Option<Ledger>>,
-    /// Commits whose external participants have not all acknowledged.
-    unresolved: Mutex<HashMap<TxId, Vec<String>>>,
+    /// Failing calls and unacknowledged commits (shared with the workers).
+    outstanding: Arc<Outstanding>,
+    /// The newest operator actions, carried by checkpoints.
+    operator_history: Mutex<std::collections::VecDeque<crate::durable::codec::OperatorRecord>>,
     recovery: RecoveryReport,
     checkpoint_lock: Mutex<()>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
@@ -462,7 +510,59 @@ impl Coordinator {
 
     /// Commits still waiting for an external participant's acknowledgement.
     pub fn unresolved_count(&self) -> usize {
-        self.inner.unresolved.lock().len()
+        self.inner.outstanding.unresolved_count()
+    }
+
+    /// Every unfinished transaction: failing calls being retried (attempts,
+    /// next retry, last error with its code), parked calls waiting for an
+    /// operator, and commits not yet acknowledged by an external service.
+    /// Oldest first.
+    ///
+    /// ```
+    /// # let ledger = dtc::Ledger::new();
+    /// let dtc = dtc::Coordinator::builder().service("bank", ledger).open().unwrap();
+    /// assert!(dtc.unfinished().is_empty());
+    /// ```
+    pub fn unfinished(&self) -> Vec<UnfinishedTx> {
+        self.inner.unfinished()
+    }
+
+    /// Parked calls now, as the metrics gauge counts them.
+    pub fn parked_count(&self) -> usize {
+        self.inner.outstanding.parked_count()
+    }
+
+    /// Calls the participants of `tx` whose commit or rollback is parked
+    /// again (with a fresh attempt budget), and cuts short the backoff of
+    /// those waiting to retry. Logged with `reason` before it takes effect.
+    /// [`Error::NotStuck`] if `tx` has no such call.
+    pub fn retry_now(&self, tx: TxId, reason: &str) -> Result<RetryReport> {
+        self.inner.retry_now(Some(tx), reason)
+    }
+
+    /// [`retry_now`](Self::retry_now) for every parked call.
+    pub fn retry_all_parked(&self, reason: &str) -> Result<RetryReport> {
+        self.inner.retry_now(None, reason)
+    }
+
+    /// An operator's decision on a stuck or undecided transaction, logged
+    /// with `reason` before it takes effect:
+    ///
+    /// * [`Resolution::Commit`] of a transaction whose commit is recorded
+    ///   but not acknowledged everywhere: the operator made the failing
+    ///   participants apply it by hand; dtc stops calling them and records
+    ///   the commit finished.
+    /// * [`Resolution::Abort`] of a transaction whose rollback is stuck: the
+    ///   operator undid it by hand; dtc stops calling. Of an id with no
+    ///   recorded outcome (not running, issued more than the transaction
+    ///   and call timeouts ago): recorded as aborted, so a resubmission gets
+    ///   [`AbortReason::Operator`].
+    ///
+    /// Anything else would break atomicity and is refused with
+    /// [`Error::UnsafeResolution`]: committing without a recorded commit
+    /// decision (not every vote is known), aborting a recorded commit.
+    pub fn resolve(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
+        self.inner.resolve(tx, resolution, reason)
     }
 
     /// What recovery found when this coordinator opened its data directory.
@@ -826,6 +926,7 @@ impl Inner {
         let mut acked: SmallVec<[bool; 4]> = (0..groups).map(|_| false).collect();
         let mut awaiting = 0;
         let mut pending = false;
+        self.expect_acks(plan);
         for group in 0..groups {
             match self.submit(plan, group, Step::Commit, reply, None) {
                 Submitted::Inline(Answer::Done) => acked[group] = true,
@@ -862,29 +963,21 @@ impl Inner {
             }
         }
         self.timed(Stage::Commit, started);
-        self.external_acknowledged(plan, pending);
         if pending { Outcome::CommitPending } else { Outcome::Committed }
     }
 
-    /// With a log and external participants: a `Done` record once all
-    /// acknowledged; until then the commit is remembered as unresolved.
-    fn external_acknowledged(&self, plan: &Plan, pending: bool) {
-        let Some(journal) = &self.journal else { return };
+    /// Commits to external participants are tracked until each one
+    /// acknowledged; the last acknowledgement appends the `Done` record
+    /// (see `Outstanding::acknowledged`), however late it comes.
+    fn expect_acks(&self, plan: &Plan) {
         let external = (0..plan.groups.len()).any(|g| self.ledgers[usize::from(plan.service_of(g))].is_none());
-        if !external {
-            return;
-        }
-        if pending {
+        if external {
             let names = (0..plan.groups.len())
                 .map(|g| usize::from(plan.service_of(g)))
                 .filter(|&s| self.ledgers[s].is_none())
                 .map(|s| self.services[s].name.to_string())
                 .collect();
-            self.unresolved.lock().insert(plan.tx, names);
-        } else if let Err(error) = journal.append(&Entry::Done { tx: plan.tx }.encoded()) {
-            // Not fatal for this transaction: without `Done`, recovery asks the
-            // participants again and they answer from their own record.
-            tracing::warn!(tx = %plan.tx, %error, "could not log Done");
+            self.outstanding.expect_acks(plan.tx, names);
         }
     }
 
@@ -974,10 +1067,10 @@ impl Inner {
                 let _ = checkpointer.join();
             }
         }
-        if self.journal.is_some() {
-            if let Err(error) = self.checkpoint_now() {
-                tracing::warn!(%error, "final checkpoint failed; recovery will replay the log");
-            }
+        if self.journal.is_some()
+            && let Err(error) = self.checkpoint_now()
+        {
+            tracing::warn!(%error, "final checkpoint failed; recovery will replay the log");
         }
         for service in &self.handles {
             // A worker that is gone already is fine.

@@ -65,9 +65,15 @@ impl Plan {
     /// A plan with no operations, for commit/rollback of a recovered
     /// in-doubt transaction on one service.
     pub(crate) fn bare(tx: TxId, service: u16) -> Plan {
+        Self::bare_for(tx.into(), service)
+    }
+
+    /// A plan with no operations for one execution of a transaction on one
+    /// service: an operator's retry of a parked commit or rollback.
+    pub(crate) fn bare_for(key: crate::coordinator::barrier::TxKey, service: u16) -> Plan {
         Plan {
-            tx,
-            attempt: 0,
+            tx: key.tx,
+            attempt: key.attempt,
             timed: false,
             names: String::new(),
             ops: Vec::new(),
@@ -163,7 +169,8 @@ pub(crate) fn fingerprint(legs: &[Transfer<'_>]) -> u64 {
         }
         fnv(&mut h, &leg.amount.to_le_bytes());
     }
-    h
+    // 0 is `recent::ANY_FINGERPRINT` (an operator's abort matches any legs).
+    h.max(1)
 }
 
 struct Side<'a> {
@@ -255,7 +262,7 @@ pub(crate) fn build(
         }
     }
     plan.attempt = next_attempt();
-    plan.timed = plan.attempt % STAGE_SAMPLE == 0;
+    plan.timed = plan.attempt.is_multiple_of(STAGE_SAMPLE);
     plan.stripes.sort_unstable();
     plan.stripes.dedup();
     Ok(plan)

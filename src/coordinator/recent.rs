@@ -10,6 +10,11 @@ use crate::txn::{Outcome, TxId};
 
 const SHARDS: usize = 16;
 
+/// The fingerprint of an id an operator aborted before it ran: it matches
+/// any legs, so a resubmission is answered with the operator's abort.
+/// Fingerprints of real transactions are never 0 (see `plan::fingerprint`).
+pub(crate) const ANY_FINGERPRINT: u64 = 0;
+
 pub(crate) enum Begin {
     /// First time: run it.
     New,
@@ -30,6 +35,19 @@ struct Slot {
 struct Shard {
     map: HashMap<TxId, Slot>,
     order: VecDeque<TxId>,
+    /// The largest id this shard forgot (outcomes at or below it may be lost).
+    forgotten: Option<TxId>,
+}
+
+impl Shard {
+    fn trim(&mut self, per_shard: usize) {
+        while self.order.len() > per_shard {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+                self.forgotten = self.forgotten.max(Some(old));
+            }
+        }
+    }
 }
 
 pub(crate) struct RecentIds {
@@ -54,7 +72,7 @@ impl RecentIds {
     pub(crate) fn begin(&self, tx: TxId, fingerprint: u64) -> Begin {
         let mut shard = self.shards[shard_of(tx)].lock();
         if let Some(slot) = shard.map.get(&tx) {
-            return if slot.fingerprint != fingerprint {
+            return if slot.fingerprint != fingerprint && slot.fingerprint != ANY_FINGERPRINT {
                 Begin::Mismatch
             } else {
                 match &slot.outcome {
@@ -72,11 +90,27 @@ impl RecentIds {
         let mut shard = self.shards[shard_of(tx)].lock();
         shard.map.insert(tx, Slot { fingerprint, outcome: Some(outcome) });
         shard.order.push_back(tx);
-        while shard.order.len() > per_shard {
-            if let Some(old) = shard.order.pop_front() {
-                shard.map.remove(&old);
-            }
+        shard.trim(per_shard);
+    }
+
+    /// The largest id whose outcome this table forgot, if any: an id at or
+    /// below it may have an outcome nobody remembers.
+    pub(crate) fn forgotten(&self) -> Option<TxId> {
+        self.shards.iter().filter_map(|s| s.lock().forgotten).max()
+    }
+
+    /// Records an operator's abort of an id that has no outcome yet (it
+    /// matches any legs). Returns what is there instead, if anything:
+    /// `Some(None)` while the id is running.
+    pub(crate) fn abort_unknown(&self, tx: TxId, outcome: Outcome) -> Option<Option<Outcome>> {
+        let mut shard = self.shards[shard_of(tx)].lock();
+        if let Some(slot) = shard.map.get(&tx) {
+            return Some(slot.outcome.clone());
         }
+        shard.map.insert(tx, Slot { fingerprint: ANY_FINGERPRINT, outcome: Some(outcome) });
+        shard.order.push_back(tx);
+        shard.trim(self.per_shard);
+        None
     }
 
     /// The id's run ended in an error before any decision: forget it.

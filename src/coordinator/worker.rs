@@ -19,40 +19,115 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::coordinator::barrier::{Barrier, Decision, Phase, TxKey};
+use crate::coordinator::outstanding::{CallError, Failed, Outstanding, Park, Wake};
 use crate::coordinator::plan::Plan;
 use crate::metrics::Metrics;
 use crate::participant::{BalanceSummary, Participant, Prepared, Refusal};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;
 
-/// Backoff for commit/rollback redelivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a failing commit or rollback is retried, for every service
+/// ([`Builder::retry`](crate::Builder::retry)) or one
+/// ([`Builder::retry_for`](crate::Builder::retry_for)).
+///
+/// Delays double from `initial_delay` up to `max_delay`; with `jitter`, each
+/// is drawn uniformly from `[ceiling / 2, ceiling]` so that calls failing
+/// together do not retry in lockstep. A call is parked for an operator after
+/// `max_attempts` calls, or at once when the failure's code is listed in
+/// `non_retryable`: parked calls are listed by
+/// [`Coordinator::unfinished`](crate::Coordinator::unfinished) and counted in
+/// metrics, never retried forever nor dropped.
+///
+/// ```
+/// use dtc::RetryPolicy;
+/// use std::time::Duration;
+/// let policy = RetryPolicy::new(Duration::from_millis(2), Duration::from_millis(50), 8)
+///     .non_retryable(["account_closed"]);
+/// assert_eq!(policy.delay(3), Duration::from_millis(8));
+/// assert!(!policy.is_retryable("account_closed"));
+/// assert!(policy.is_retryable("timeout"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// First delay.
+    /// First delay (ceiling of it, with jitter).
     pub initial_delay: Duration,
     /// Largest delay (the backoff doubles up to it).
     pub max_delay: Duration,
-    /// Attempts before the call is parked for an operator.
+    /// Calls before the call is parked for an operator (0 counts as 1).
     pub max_attempts: u32,
+    /// Draw each delay from `[ceiling / 2, ceiling]` instead of the ceiling.
+    pub jitter: bool,
+    /// Failure codes ([`Failure::code`](crate::Failure)) that park the call at once.
+    pub non_retryable: Vec<String>,
 }
 
 impl Default for RetryPolicy {
+    /// 1 ms doubling to 200 ms, with jitter, 1 000 calls, every code retryable.
     fn default() -> Self {
-        Self { initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(200), max_attempts: 1_000 }
+        Self::new(Duration::from_millis(1), Duration::from_millis(200), 1_000)
     }
 }
 
 impl RetryPolicy {
-    /// The delay before attempt `attempt` (1-based retry count).
+    /// A policy with these bounds, jitter on, every code retryable.
+    pub const fn new(initial_delay: Duration, max_delay: Duration, max_attempts: u32) -> Self {
+        Self { initial_delay, max_delay, max_attempts, jitter: true, non_retryable: Vec::new() }
+    }
+
+    /// The same policy with jitter on or off.
+    pub fn with_jitter(mut self, jitter: bool) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The same policy, with these failure codes parking the call at once.
+    pub fn non_retryable<S: Into<String>>(mut self, codes: impl IntoIterator<Item = S>) -> Self {
+        self.non_retryable.extend(codes.into_iter().map(Into::into));
+        self
+    }
+
+    /// False if a failure with this code parks the call at once.
+    pub fn is_retryable(&self, code: &str) -> bool {
+        !self.non_retryable.iter().any(|c| c == code)
+    }
+
+    /// The ceiling of the delay before retry `attempt` (1-based):
+    /// `min(max_delay, initial_delay * 2^(attempt - 1))`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
         self.initial_delay.saturating_mul(factor).min(self.max_delay)
     }
+
+    /// The delay to sleep before retry `attempt`: the ceiling, or with
+    /// jitter a uniform draw from its upper half.
+    pub(crate) fn sleep_for(&self, attempt: u32) -> Duration {
+        let ceiling = self.delay(attempt);
+        if !self.jitter || ceiling.is_zero() {
+            return ceiling;
+        }
+        let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        let drawn = Duration::from_nanos(rand::random_range(ceiling_ns / 2..=ceiling_ns));
+        debug_assert!(drawn <= ceiling && drawn >= ceiling / 2);
+        drawn
+    }
 }
 
 pub(crate) enum Request {
-    Phase { plan: Arc<Plan>, group: usize, step: Step, reply: Sender<Reply> },
-    Audit { reply: Sender<Reply> },
+    Phase {
+        plan: Arc<Plan>,
+        group: usize,
+        step: Step,
+        reply: Sender<Reply>,
+    },
+    Audit {
+        reply: Sender<Reply>,
+    },
+    /// An operator resolved a parked call: record it as applied (commit) or
+    /// undone (rollback) without calling the participant.
+    Settle {
+        key: TxKey,
+        step: Step,
+    },
     Shutdown,
 }
 
@@ -108,6 +183,7 @@ pub(crate) struct Service {
     pub builtin_ledger: bool,
     sender: Sender<Request>,
     metrics: Arc<Metrics>,
+    outstanding: Arc<Outstanding>,
     retry: RetryPolicy,
     redeliver: Option<(u64, u32)>,
 }
@@ -172,6 +248,7 @@ impl Service {
         barrier_capacity: usize,
         sender: Sender<Request>,
         metrics: Arc<Metrics>,
+        outstanding: Arc<Outstanding>,
         retry: RetryPolicy,
         redeliver: Option<(u64, u32)>,
     ) -> Self {
@@ -186,6 +263,7 @@ impl Service {
             builtin_ledger,
             sender,
             metrics,
+            outstanding,
             retry,
             redeliver,
         }
@@ -247,32 +325,32 @@ impl Service {
         deadline: Option<&PhaseDeadline>,
     ) -> Submitted {
         let copies = self.copies(plan, step);
-        if self.inline {
-            if let Some(mut core) = self.try_core() {
-                // SeqCst pairs with the increments in `enqueue` (see above).
-                if self.pending.load(Ordering::SeqCst) == 0 {
-                    // Duplicates are answered from the barrier; the first
-                    // delivery's answer is the one that counts.
-                    let (answer, mut handoff) = self.step(&mut core, plan, group, step, true);
-                    for _ in 1..copies {
-                        if handoff.is_none() {
-                            handoff = self.step(&mut core, plan, group, step, true).1;
-                        }
+        if self.inline
+            && let Some(mut core) = self.try_core()
+        {
+            // SeqCst pairs with the increments in `enqueue` (see above).
+            if self.pending.load(Ordering::SeqCst) == 0 {
+                // Duplicates are answered from the barrier; the first
+                // delivery's answer is the one that counts.
+                let (answer, mut handoff) = self.step(&mut core, plan, group, step, true);
+                for _ in 1..copies {
+                    if handoff.is_none() {
+                        handoff = self.step(&mut core, plan, group, step, true).1;
                     }
-                    if let Some(retry) = handoff {
-                        // A commit or rollback failed inline: hand it to the
-                        // worker, which retries with backoff. Count it as
-                        // pending before the core lock drops so that no later
-                        // request overtakes it. Its reply is not awaited.
-                        self.pending.fetch_add(1, Ordering::SeqCst);
-                        drop(core);
-                        let request = Request::Phase { plan: plan.clone(), group, step: retry, reply: reply.clone() };
-                        if matches!(self.send(request, None), Submitted::Full) {
-                            tracing::error!(tx = %plan.tx, service = %self.name, "worker gone: {retry:?} not handed over");
-                        }
-                    }
-                    return Submitted::Inline(answer);
                 }
+                if let Some(retry) = handoff {
+                    // A commit or rollback failed inline: hand it to the
+                    // worker, which retries with backoff. Count it as
+                    // pending before the core lock drops so that no later
+                    // request overtakes it. Its reply is not awaited.
+                    self.pending.fetch_add(1, Ordering::SeqCst);
+                    drop(core);
+                    let request = Request::Phase { plan: plan.clone(), group, step: retry, reply: reply.clone() };
+                    if matches!(self.send(request, None), Submitted::Full) {
+                        tracing::error!(tx = %plan.tx, service = %self.name, "worker gone: {retry:?} not handed over");
+                    }
+                }
+                return Submitted::Inline(answer);
             }
         }
         let mut result = Submitted::Queued;
@@ -384,8 +462,27 @@ impl Service {
                 let _ = reply.send(Reply::Audit { service: self.index, summary });
                 false
             }
+            Request::Settle { key, step } => {
+                self.settle(core, key, step);
+                false
+            }
             Request::Shutdown => true,
         }
+    }
+
+    /// Records an operator-resolved call as finished without calling the
+    /// participant (the operator made its state match the decision).
+    fn settle(&self, core: &mut Core, key: TxKey, step: Step) {
+        let phase = if step == Step::Commit { Phase::Commit } else { Phase::Rollback };
+        if core.barrier.decide(key, phase) == Decision::Call && core.barrier.holds(key) {
+            match step {
+                Step::Commit if core.barrier.prepared(key).is_some() => core.barrier.committed(key),
+                Step::Commit => {}
+                _ => core.barrier.rolled_back(key),
+            }
+            tracing::warn!(tx = %key.tx, service = %self.name, ?step, "settled by an operator without calling the participant");
+        }
+        self.outstanding.cleared(key.tx, self.index);
     }
 
     /// One step, and for an inline call whose commit or rollback failed,
@@ -472,13 +569,16 @@ impl Service {
             Decision::Call => {}
             _ => return Some(self.violation(tx, "commit")),
         }
-        let done = self.retrying(core, tx, "commit", inline, |core| {
+        let done = self.retrying(core, key, Step::Commit, inline, |core| {
             let prepared = core.barrier.prepared(key).expect("decide() checked the prepared value");
             core.participant.commit(tx, prepared)
         })?;
         Some(if done {
             core.barrier.committed(key);
             tracing::trace!(%tx, service = %self.name, "committed");
+            if !self.builtin_ledger {
+                self.outstanding.acknowledged(tx, &self.name);
+            }
             Answer::Done
         } else {
             Answer::Parked
@@ -498,7 +598,7 @@ impl Service {
             core.barrier.rolled_back(key);
             return Some(Answer::Done);
         }
-        let done = self.retrying(core, tx, "rollback", inline, |core| core.participant.rollback(tx))?;
+        let done = self.retrying(core, key, Step::Rollback, inline, |core| core.participant.rollback(tx))?;
         Some(if done {
             core.barrier.rolled_back(key);
             tracing::trace!(%tx, service = %self.name, "rolled back");
@@ -509,42 +609,78 @@ impl Service {
     }
 
     /// Calls `f` until it succeeds, with capped exponential backoff; false
-    /// once `max_attempts` calls have failed. Inline callers get one attempt
-    /// (`None` after a failure) so that they never sleep holding the core.
+    /// once the call is parked (retries exhausted, or a non-retryable code).
+    /// Inline callers get one attempt (`None` after a retryable failure:
+    /// the worker takes over) so that they never sleep holding the core.
+    /// Failures are tracked in `outstanding` for operators, who may cut a
+    /// wait short (retry-now) or resolve the call (then it counts as done:
+    /// the operator made the participant's state match the decision).
     fn retrying(
         &self,
         core: &mut Core,
-        tx: TxId,
-        what: &'static str,
+        key: TxKey,
+        step: Step,
         inline: bool,
         mut f: impl FnMut(&mut Core) -> Result<(), crate::Failure>,
     ) -> Option<bool> {
-        let attempts = self.retry.max_attempts.max(1);
-        for attempt in 1..=attempts {
+        let (tx, what) = (key.tx, if step == Step::Commit { "commit" } else { "rollback" });
+        let max_attempts = self.retry.max_attempts.max(1);
+        let mut calls = 0u32;
+        loop {
+            calls = calls.saturating_add(1);
             let error = match catch_unwind(AssertUnwindSafe(|| f(core))) {
-                Ok(Ok(())) => return Some(true),
-                Ok(Err(failure)) => failure.message,
+                Ok(Ok(())) => {
+                    self.outstanding.cleared(tx, self.index);
+                    return Some(true);
+                }
+                Ok(Err(failure)) => CallError { code: failure.code, message: failure.message },
                 Err(_) => {
                     self.metrics.panics.add(1);
-                    "participant panicked".to_string()
+                    CallError { code: "panicked".into(), message: "participant panicked".into() }
                 }
             };
-            if inline {
+            let (code, message) = (error.code.clone(), error.message.clone());
+            let Failed { resolved, round } = self.outstanding.failed(key, self.index, step, error, calls);
+            if resolved {
+                return self.resolved_meanwhile(tx);
+            }
+            let retryable = self.retry.is_retryable(&code);
+            let exhausted = !retryable || round >= max_attempts;
+            if inline && !exhausted {
                 self.metrics.retries.add(1);
-                tracing::warn!(%tx, service = %self.name, %error, "{what} failed inline; handing it to the worker");
+                tracing::warn!(%tx, service = %self.name, %code, %message, "{what} failed inline; handing it to the worker");
                 return None;
             }
-            if attempt == attempts {
-                break;
+            let mut delay = self.retry.sleep_for(round);
+            if exhausted {
+                match self.outstanding.park(tx, self.index) {
+                    Park::Parked => {
+                        self.metrics.parked.add(1);
+                        tracing::error!(%tx, service = %self.name, attempts = round, %code, %message, "{what} parked for an operator");
+                        return Some(false);
+                    }
+                    Park::Resolved => return self.resolved_meanwhile(tx),
+                    Park::Full if inline => return None,
+                    Park::Full => {
+                        tracing::error!(%tx, service = %self.name, %code, "{what} cannot park (too many parked calls); retrying");
+                        delay = self.retry.max_delay;
+                    }
+                }
             }
             self.metrics.retries.add(1);
-            let delay = self.retry.delay(attempt);
-            tracing::warn!(%tx, service = %self.name, %error, attempt, ?delay, "{what} failed; retrying");
-            std::thread::sleep(delay);
+            tracing::warn!(%tx, service = %self.name, %code, %message, attempt = round, ?delay, "{what} failed; retrying");
+            if self.outstanding.wait(tx, self.index, Instant::now() + delay) == Wake::Resolved {
+                return self.resolved_meanwhile(tx);
+            }
         }
-        self.metrics.parked.add(1);
-        tracing::error!(%tx, service = %self.name, attempts, "{what} parked after exhausting retries");
-        Some(false)
+    }
+
+    /// An operator resolved the call while it was failing: it counts as
+    /// done (the operator made the participant match the decision).
+    fn resolved_meanwhile(&self, tx: TxId) -> Option<bool> {
+        tracing::warn!(%tx, service = %self.name, "resolved by an operator; not calling the participant again");
+        self.outstanding.cleared(tx, self.index);
+        Some(true)
     }
 
     fn violation(&self, tx: TxId, what: &str) -> Answer {
@@ -560,13 +696,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let p = RetryPolicy {
-            initial_delay: Duration::from_millis(2),
-            max_delay: Duration::from_millis(50),
-            max_attempts: 9,
-        };
+        let p = RetryPolicy::new(Duration::from_millis(2), Duration::from_millis(50), 9);
         let delays: Vec<u128> = (1..=8).map(|a| p.delay(a).as_millis()).collect();
         assert_eq!(delays, [2, 4, 8, 16, 32, 50, 50, 50]);
         assert_eq!(p.delay(200), Duration::from_millis(50));
+        for attempt in 1..=8 {
+            let d = p.sleep_for(attempt);
+            assert!(d <= p.delay(attempt) && d >= p.delay(attempt) / 2, "{d:?}");
+        }
+        assert_eq!(p.clone().with_jitter(false).sleep_for(3), Duration::from_millis(8));
     }
 }

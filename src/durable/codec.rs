@@ -11,6 +11,28 @@ pub(crate) const KIND_COMMIT: u8 = 1;
 pub(crate) const KIND_ABORT: u8 = 2;
 pub(crate) const KIND_DONE: u8 = 3;
 pub(crate) const KIND_ACCOUNT: u8 = 4;
+pub(crate) const KIND_OPERATOR: u8 = 5;
+
+/// What an operator did (the `action` of an `Operator` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Declared the commit finished where participants had not acknowledged.
+    Commit = 1,
+    /// Aborted an undecided transaction, or declared a rollback finished.
+    Abort = 2,
+    /// Asked for an immediate retry of parked or waiting calls.
+    RetryNow = 3,
+}
+
+impl Action {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Action::Commit => "resolve-commit",
+            Action::Abort => "resolve-abort",
+            Action::RetryNow => "retry-now",
+        }
+    }
+}
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"DTCCKPT1";
 
@@ -72,6 +94,8 @@ pub(crate) enum Entry {
     Done { tx: TxId },
     /// An account created after the store was opened.
     Account { service: String, account: String, balance: i64 },
+    /// An operator's action on a transaction, with the reason given (audit).
+    Operator { tx: TxId, action: Action, reason: String, at_unix_ns: u64 },
 }
 
 pub(crate) struct Writer(pub Vec<u8>);
@@ -168,6 +192,9 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    pub(crate) fn is_done(&self) -> bool {
+        self.at == self.bytes.len()
+    }
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         if self.at == self.bytes.len() { Ok(()) } else { Err(DecodeError { what: self.what, offset: self.at }) }
     }
@@ -182,6 +209,7 @@ fn write_reason(w: &mut Writer, reason: &AbortReason) {
         | AbortReason::ParticipantPanicked { service }
         | AbortReason::AlreadyRolledBack { service } => (service.as_str(), "", ""),
         AbortReason::LockTimeout => ("", "", ""),
+        AbortReason::Operator { reason } => (reason.as_str(), "", ""),
     };
     w.str(a);
     w.str(b);
@@ -200,8 +228,28 @@ fn read_reason(r: &mut Reader<'_>) -> Result<AbortReason, DecodeError> {
         Some("participant_panicked") => AbortReason::ParticipantPanicked { service: a },
         Some("lock_timeout") => AbortReason::LockTimeout,
         Some("already_rolled_back") => AbortReason::AlreadyRolledBack { service: a },
+        Some("operator") => AbortReason::Operator { reason: a },
         _ => return Err(DecodeError { what: "abort reason", offset: at }),
     })
+}
+
+fn write_operator(w: &mut Writer, o: &OperatorRecord) {
+    w.u128(o.tx.as_u128());
+    w.u8(o.action as u8);
+    w.str(&o.reason);
+    w.u64(o.at_unix_ns);
+}
+
+fn read_operator(r: &mut Reader<'_>) -> Result<OperatorRecord, DecodeError> {
+    let tx = TxId::from_u128(r.u128()?);
+    let at = r.at;
+    let action = match r.u8()? {
+        1 => Action::Commit,
+        2 => Action::Abort,
+        3 => Action::RetryNow,
+        _ => return Err(DecodeError { what: "operator action", offset: at }),
+    };
+    Ok(OperatorRecord { tx, action, reason: r.str()?, at_unix_ns: r.u64()? })
 }
 
 impl Entry {
@@ -211,6 +259,7 @@ impl Entry {
             Entry::Abort { .. } => KIND_ABORT,
             Entry::Done { .. } => KIND_DONE,
             Entry::Account { .. } => KIND_ACCOUNT,
+            Entry::Operator { .. } => KIND_OPERATOR,
         }
     }
 
@@ -236,6 +285,11 @@ impl Entry {
                 w.str(service);
                 w.str(account);
                 w.i64(*balance);
+            }
+            Entry::Operator { tx, action, reason, at_unix_ns } => {
+                let record =
+                    OperatorRecord { tx: *tx, action: *action, reason: reason.clone(), at_unix_ns: *at_unix_ns };
+                write_operator(&mut w, &record);
             }
         }
         w.0
@@ -264,6 +318,10 @@ impl Entry {
             }
             KIND_DONE => Entry::Done { tx: TxId::from_u128(r.u128()?) },
             KIND_ACCOUNT => Entry::Account { service: r.str()?, account: r.str()?, balance: r.i64()? },
+            KIND_OPERATOR => {
+                let OperatorRecord { tx, action, reason, at_unix_ns } = read_operator(&mut r)?;
+                Entry::Operator { tx, action, reason, at_unix_ns }
+            }
             _ => return Err(DecodeError { what: "record kind", offset: 0 }),
         };
         r.finish()?;
@@ -287,6 +345,18 @@ pub(crate) struct Unresolved {
     pub external: Vec<String>,
 }
 
+/// An operator's action, kept across checkpoints (audit trail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OperatorRecord {
+    pub tx: TxId,
+    pub action: Action,
+    pub reason: String,
+    pub at_unix_ns: u64,
+}
+
+/// Operator actions a checkpoint keeps (newest).
+pub(crate) const MAX_OPERATOR_HISTORY: usize = 1024;
+
 /// Everything needed to restart without the log before `lsn`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
@@ -295,6 +365,9 @@ pub(crate) struct Checkpoint {
     pub ledgers: Vec<(String, Vec<(String, i64)>)>,
     pub recent: Vec<Remembered>,
     pub unresolved: Vec<Unresolved>,
+    /// Newest operator actions, oldest first (at most `MAX_OPERATOR_HISTORY`).
+    /// An optional trailing section: checkpoints without it decode as empty.
+    pub operator: Vec<OperatorRecord>,
 }
 
 impl Checkpoint {
@@ -331,6 +404,10 @@ impl Checkpoint {
             for s in &u.external {
                 w.str(s);
             }
+        }
+        w.u64(self.operator.len() as u64);
+        for o in &self.operator {
+            write_operator(&mut w, o);
         }
         w.0
     }
@@ -369,6 +446,11 @@ impl Checkpoint {
             }
             c.unresolved.push(Unresolved { tx, external });
         }
+        if !r.is_done() {
+            for _ in 0..r.count(27)? {
+                c.operator.push(read_operator(&mut r)?);
+            }
+        }
         r.finish()?;
         Ok(c)
     }
@@ -398,6 +480,17 @@ mod tests {
             Entry::Abort { tx: TxId::from_u128(9), fingerprint: 2, reason: AbortReason::LockTimeout },
             Entry::Done { tx: TxId::from_u128(10) },
             Entry::Account { service: "svc-3".into(), account: "new".into(), balance: 12 },
+            Entry::Operator {
+                tx: TxId::from_u128(11),
+                action: Action::Abort,
+                reason: "ticket 7".into(),
+                at_unix_ns: 5,
+            },
+            Entry::Abort {
+                tx: TxId::from_u128(12),
+                fingerprint: 0,
+                reason: AbortReason::Operator { reason: "stuck since Monday".into() },
+            },
         ]
     }
 
@@ -418,6 +511,12 @@ mod tests {
                 Remembered { tx: TxId::from_u128(2), fingerprint: 4, aborted: Some(AbortReason::LockTimeout) },
             ],
             unresolved: vec![Unresolved { tx: TxId::from_u128(1), external: vec!["x".into()] }],
+            operator: vec![OperatorRecord {
+                tx: TxId::from_u128(2),
+                action: Action::Commit,
+                reason: "applied by hand".into(),
+                at_unix_ns: 9,
+            }],
         };
         assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
     }
@@ -434,13 +533,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(kind in 0u8..6, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn random_bytes_never_panic(kind in 0u8..7, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Entry::decode(kind, &bytes);
             let _ = Checkpoint::decode(&bytes);
         }
 
         #[test]
-        fn mutated_records_never_panic(index in 0usize..5, at in any::<usize>(), byte in any::<u8>()) {
+        fn mutated_records_never_panic(index in 0usize..7, at in any::<usize>(), byte in any::<u8>()) {
             let e = &samples()[index];
             let mut bytes = e.encode();
             let at = at % bytes.len();

@@ -5,12 +5,35 @@ use std::path::{Path, PathBuf};
 
 use hashbrown::HashMap;
 
-use super::codec::{Checkpoint, Entry};
-use super::{RecoveryReport, read_checkpoint, read_entry, wal_error};
+use super::codec::{Action, Checkpoint, Entry, OperatorRecord};
+use super::dirlock::DirLock;
+use super::{Journal, JournalConfig, RecoveryReport, control, read_checkpoint, read_entry, wal_error};
+use crate::coordinator::operator::{age_seconds, check_reason};
 use crate::coordinator::{Coordinator, Durability};
+use crate::coordinator::{
+    OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx,
+};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
-use crate::txn::{AbortReason, TxId};
+use crate::txn::{AbortReason, Outcome, TxId, unix_nanos};
+
+/// How long a tool waits for a running coordinator's answer.
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The error a running coordinator refused with, as the same typed error
+/// where it has one.
+fn refused(dir: &Path, tx: Option<TxId>, code: &str, message: String) -> Error {
+    match (code, tx) {
+        ("unsafe_resolution", Some(tx)) => {
+            let prefix = format!("refused to resolve {tx}: ");
+            Error::UnsafeResolution { tx, reason: message.strip_prefix(&prefix).unwrap_or(&message).to_string() }
+        }
+        ("not_stuck", Some(tx)) => Error::NotStuck { tx },
+        ("tx_in_progress", Some(tx)) => Error::TxInProgress { tx },
+        ("invalid_reason", _) => Error::InvalidReason(message),
+        _ => Error::Control { dir: dir.display().to_string(), reason: format!("refused ({code}): {message}") },
+    }
+}
 use crate::wal::{FsStorage, Inspection, Storage, Verdict, Wal, WalConfig, WalError};
 
 /// The recorded fate of a transaction id.
@@ -35,24 +58,6 @@ impl TxStatus {
             TxStatus::Unknown => "unknown",
         }
     }
-}
-
-/// An unfinished transaction, as the log shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Unfinished {
-    /// The transaction.
-    #[serde(serialize_with = "as_string")]
-    pub tx: TxId,
-    /// `committing`: the decision is commit, acknowledgements are missing.
-    pub state: &'static str,
-    /// Seconds since the transaction id was issued.
-    pub age_seconds: f64,
-    /// The participants that have not acknowledged.
-    pub participants: Vec<String>,
-}
-
-fn as_string<S: serde::Serializer>(tx: &TxId, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_str(tx)
 }
 
 /// What `DataDir::recover` did and found.
@@ -146,10 +151,37 @@ impl DataDir {
         Ok(ids.iter().map(|id| (*id, known.get(id).cloned().unwrap_or(TxStatus::Unknown))).collect())
     }
 
-    /// Transactions the log shows unfinished: a commit decision whose
-    /// external participants have not all acknowledged (no `Done` record),
-    /// oldest first, with those participants. Read-only.
-    pub fn unfinished(&self) -> Result<Vec<Unfinished>> {
+    /// The operator actions the log records, oldest first (the newest
+    /// `MAX_OPERATOR_HISTORY` survive checkpoints). Read-only.
+    pub fn operator_actions(&self) -> Result<Vec<OperatorAction>> {
+        let (checkpoint, entries) = self.read()?;
+        let mut actions: Vec<OperatorAction> =
+            checkpoint.map(|c| c.operator.into_iter().map(OperatorAction::from).collect()).unwrap_or_default();
+        for entry in entries {
+            if let Entry::Operator { tx, action, reason, at_unix_ns } = entry {
+                actions.push(OperatorRecord { tx, action, reason, at_unix_ns }.into());
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Every unfinished transaction of the directory, oldest first.
+    ///
+    /// If a coordinator is running on it, its live view (through the
+    /// control channel): failing calls with attempts, next retry and last
+    /// error, parked calls, unacknowledged commits. Otherwise what the log
+    /// shows (read-only): commits whose external participants have not all
+    /// acknowledged. A saga executor's directory lists its unfinished sagas.
+    pub fn unfinished(&self) -> Result<Vec<UnfinishedTx>> {
+        if self.is_live()? {
+            return match self.control(&control::Request::Unfinished)? {
+                control::Response::Unfinished { transactions } => Ok(transactions),
+                other => Err(self.unexpected(other)),
+            };
+        }
+        if self.holds_sagas()? {
+            return self.unfinished_sagas();
+        }
         let (checkpoint, entries) = self.read()?;
         let mut open: HashMap<TxId, Vec<String>> = HashMap::new();
         if let Some(c) = checkpoint {
@@ -168,18 +200,219 @@ impl DataDir {
                 _ => {}
             }
         }
-        let now_ns = crate::txn::unix_nanos();
-        let mut list: Vec<Unfinished> = open
+        let mut list: Vec<UnfinishedTx> = open
             .into_iter()
-            .map(|(tx, participants)| Unfinished {
+            .map(|(tx, participants)| UnfinishedTx {
                 tx,
-                state: "committing",
-                age_seconds: now_ns.saturating_sub(tx.timestamp_ns()) as f64 / 1e9,
-                participants,
+                kind: TxKind::TwoPhase,
+                state: TxState::Committing,
+                age_seconds: age_seconds(tx),
+                participants: participants
+                    .into_iter()
+                    .map(|name| ParticipantState {
+                        name,
+                        phase: "awaiting-ack".into(),
+                        attempts: 0,
+                        next_retry_in_ms: None,
+                        last_error: None,
+                    })
+                    .collect(),
+                reason: None,
             })
             .collect();
         list.sort_by_key(|u| u.tx);
         Ok(list)
+    }
+
+    fn unfinished_sagas(&self) -> Result<Vec<UnfinishedTx>> {
+        let executor = crate::SagaExecutor::open(&self.path)
+            .map_err(|e| Error::Config(format!("{}: {e}", self.path.display())))?;
+        let list = executor
+            .sagas()
+            .into_iter()
+            .filter_map(|saga| {
+                let state = match saga.state {
+                    crate::SagaState::Running => TxState::Committing,
+                    crate::SagaState::Compensating => TxState::RollingBack,
+                    crate::SagaState::Stuck => TxState::Stuck,
+                    _ => return None,
+                };
+                let compensated_from = saga.completed_steps.len().saturating_sub(saga.compensated_steps);
+                let participants = saga
+                    .completed_steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| ParticipantState {
+                        name: name.clone(),
+                        phase: if i >= compensated_from { "compensated" } else { "completed" }.into(),
+                        attempts: 0,
+                        next_retry_in_ms: None,
+                        last_error: None,
+                    })
+                    .collect();
+                Some(UnfinishedTx {
+                    tx: saga.id,
+                    kind: TxKind::Saga,
+                    state,
+                    age_seconds: age_seconds(saga.id),
+                    participants,
+                    reason: saga.failure,
+                })
+            })
+            .collect();
+        Ok(list)
+    }
+
+    /// True if the directory holds a saga executor's log.
+    fn holds_sagas(&self) -> Result<bool> {
+        let storage = self.storage()?;
+        let config = config_for(&self.path, WalConfig::default());
+        let inspection = Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)?;
+        Ok(inspection.checkpoint.as_ref().is_some_and(|(_, bytes)| bytes.starts_with(crate::saga::SNAPSHOT_MAGIC)))
+    }
+
+    /// True if a running process holds the directory.
+    fn is_live(&self) -> Result<bool> {
+        self.storage()?;
+        DirLock::is_held(&self.path)
+    }
+
+    fn control(&self, request: &control::Request) -> Result<control::Response> {
+        let tx = match request {
+            control::Request::Unfinished => None,
+            control::Request::RetryNow { tx, .. } => *tx,
+            control::Request::Resolve { tx, .. } => Some(*tx),
+        };
+        match control::call(&self.path, request, CONTROL_TIMEOUT)? {
+            control::Response::Refused { code, message } => Err(refused(&self.path, tx, &code, message)),
+            response => Ok(response),
+        }
+    }
+
+    fn unexpected(&self, response: control::Response) -> Error {
+        Error::Control { dir: self.path.display().to_string(), reason: format!("unexpected answer {response:?}") }
+    }
+
+    /// Retries the parked calls of `tx` (every parked call if `None`) in the
+    /// coordinator running on this directory, through its control channel.
+    /// Nothing is retried offline: the next coordinator to open the
+    /// directory resolves every unfinished transaction at once; without a
+    /// running one this is `Error::Control`.
+    pub fn retry_now(&self, tx: Option<TxId>, reason: &str) -> Result<RetryReport> {
+        if !self.is_live()? {
+            return Err(Error::Control {
+                dir: self.path.display().to_string(),
+                reason: "no coordinator is running on it: nothing is being retried (the next one to open it \
+                         resolves every unfinished transaction at once)"
+                    .into(),
+            });
+        }
+        match self.control(&control::Request::RetryNow { tx, reason: reason.into() })? {
+            control::Response::Retried { report } => Ok(report),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// An operator's resolution of `tx`, with the same rules as
+    /// [`Coordinator::resolve`]: through the control channel if a
+    /// coordinator runs on the directory, else offline, from what the log
+    /// records (the directory is locked meanwhile). Offline:
+    ///
+    /// * `Commit` of a commit whose external participants have not all
+    ///   acknowledged: records it finished (`Done`).
+    /// * `Abort` of an id with no recorded outcome, newer than the oldest id
+    ///   the log remembers: recorded as aborted by the operator, so recovery
+    ///   rolls back any participant holding it prepared and a resubmission is
+    ///   answered with the abort.
+    /// * Anything else that would change an outcome: `Error::UnsafeResolution`.
+    pub fn resolve(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
+        check_reason(reason)?;
+        if self.holds_sagas()? {
+            return Err(Error::Config(format!(
+                "{} holds sagas: resolve them with SagaExecutor::retry_stuck in their process",
+                self.path.display()
+            )));
+        }
+        if !self.is_live()? {
+            match self.resolve_offline(tx, resolution, reason) {
+                Err(Error::DirInUse { .. }) => {} // started meanwhile: ask it
+                other => return other,
+            }
+        }
+        match self.control(&control::Request::Resolve { tx, resolution, reason: reason.into() })? {
+            control::Response::Resolved { report } => Ok(report),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn resolve_offline(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
+        if self.ledger_services().map(|s| s.is_empty()).unwrap_or(true) {
+            return Err(Error::Config(format!("{} holds no coordinator checkpoint", self.path.display())));
+        }
+        let config = JournalConfig { wal: config_for(&self.path, WalConfig::default()), ..JournalConfig::default() };
+        let (journal, replayed) = Journal::open_dir(&self.path, config)?;
+        let mut outcome: Option<Outcome> = None;
+        let mut awaiting: Option<Vec<String>> = None;
+        let mut oldest: Option<TxId> = None;
+        if let Some(c) = &replayed.checkpoint {
+            for m in &c.recent {
+                oldest = oldest.min(Some(m.tx)).or(Some(m.tx));
+                if m.tx == tx {
+                    outcome = Some(m.aborted.clone().map_or(Outcome::Committed, Outcome::Aborted));
+                }
+            }
+            awaiting = c.unresolved.iter().find(|u| u.tx == tx).map(|u| u.external.clone());
+        }
+        for (_, entry) in &replayed.entries {
+            match entry {
+                Entry::Commit { tx: t, external, .. } if *t == tx => {
+                    outcome = Some(Outcome::Committed);
+                    if !external.is_empty() {
+                        awaiting = Some(external.clone());
+                    }
+                }
+                Entry::Abort { tx: t, reason, .. } if *t == tx => outcome = Some(Outcome::Aborted(reason.clone())),
+                Entry::Done { tx: t } if *t == tx => awaiting = None,
+                _ => {}
+            }
+        }
+        let unsafe_because = |why: &str| Err(Error::UnsafeResolution { tx, reason: why.into() });
+        let report =
+            |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });
+        let record = |action: Action, implied: Option<Entry>| -> Result<()> {
+            let mut records =
+                vec![Entry::Operator { tx, action, reason: reason.into(), at_unix_ns: unix_nanos() }.encoded()];
+            records.extend(implied.map(|e| e.encoded()));
+            let lsn = journal.append_batch(&records)?;
+            journal.wait(lsn)
+        };
+        match (resolution, outcome) {
+            (Resolution::Commit, Some(Outcome::Aborted(_))) => unsafe_because("it is recorded as aborted"),
+            (Resolution::Commit, None) => unsafe_because(
+                "no commit decision is recorded, so not every participant is known to have voted yes; \
+                 only an abort is safe",
+            ),
+            (Resolution::Commit, Some(_)) => match awaiting {
+                None => report(Vec::new(), "already committed everywhere"),
+                Some(services) => {
+                    record(Action::Commit, Some(Entry::Done { tx }))?;
+                    report(services, "recorded as finished; participants are not called again")
+                }
+            },
+            (Resolution::Abort, Some(Outcome::Aborted(_))) => report(Vec::new(), "already aborted"),
+            (Resolution::Abort, Some(_)) => unsafe_because(
+                "its commit decision is recorded and participants may have applied it; an abort would break atomicity",
+            ),
+            (Resolution::Abort, None) if oldest.is_some_and(|o| tx < o) => {
+                unsafe_because("it is older than every id the log remembers; its outcome may have been forgotten")
+            }
+            (Resolution::Abort, None) => {
+                let abort =
+                    Entry::Abort { tx, fingerprint: 0, reason: AbortReason::Operator { reason: reason.into() } };
+                record(Action::Abort, Some(abort))?;
+                report(Vec::new(), "no decision was recorded: recorded as aborted by the operator")
+            }
+        }
     }
 
     /// Names of the ledger services the checkpoint holds.
@@ -571,7 +804,7 @@ fn check_positions(findings: &mut Findings, inspection: &Inspection) {
         if start < previous_end {
             let detail = format!("record at {start} starts before the previous one ends ({previous_end})");
             findings.at_record(start, "lsn_overlap", detail, false);
-        } else if (start - previous_end.max(segment_start)) % SYNC_MARKER_RECORD_BYTES != 0 {
+        } else if !(start - previous_end.max(segment_start)).is_multiple_of(SYNC_MARKER_RECORD_BYTES) {
             let detail = format!("unexplained gap between {previous_end} and the record at {start}");
             findings.at_record(start, "lsn_gap", detail, false);
         }
@@ -612,7 +845,7 @@ fn replay(findings: &mut Findings, checkpoint: &Checkpoint, entries: &[(u64, Ent
                 let old = ledger.insert(account.clone(), (*balance, Some(*lsn))).map_or(0, |(b, _)| b);
                 findings.report.created_total += i128::from(*balance) - i128::from(old);
             }
-            Entry::Abort { .. } | Entry::Done { .. } => {}
+            Entry::Abort { .. } | Entry::Done { .. } | Entry::Operator { .. } => {}
         }
     }
     let report = &mut findings.report;

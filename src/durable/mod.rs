@@ -14,9 +14,11 @@
 //! transaction appends after us, so its record is durable only if ours is.
 
 pub(crate) mod codec;
+pub(crate) mod control;
 mod datadir;
+pub(crate) mod dirlock;
 
-pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, Unfinished, VerifyProblem, VerifyReport};
+pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, VerifyProblem, VerifyReport};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -93,6 +95,8 @@ impl Default for JournalConfig {
 
 pub(crate) struct Journal {
     wal: Wal,
+    /// Held while the journal lives (one process per data directory).
+    _lock: Option<dirlock::DirLock>,
     config: JournalConfig,
     /// Log position covered by the newest checkpoint.
     checkpointed: AtomicU64,
@@ -108,9 +112,12 @@ impl Journal {
     pub(crate) fn open_dir(dir: &Path, config: JournalConfig) -> Result<(Journal, Replayed)> {
         std::fs::create_dir_all(dir)
             .map_err(|source| Error::Io { op: format!("creating {}", dir.display()), source })?;
+        let lock = dirlock::DirLock::acquire(dir)?;
         let storage =
             FsStorage::new(dir).map_err(|source| Error::Io { op: format!("opening {}", dir.display()), source })?;
-        Self::open(Arc::new(storage), config)
+        let (mut journal, replayed) = Self::open(Arc::new(storage), config)?;
+        journal._lock = Some(lock);
+        Ok((journal, replayed))
     }
 
     pub(crate) fn open(storage: Arc<dyn Storage>, config: JournalConfig) -> Result<(Journal, Replayed)> {
@@ -146,7 +153,7 @@ impl Journal {
             }
             entries.push((record.lsn, entry));
         }
-        let journal = Journal { checkpointed: AtomicU64::new(report.checkpoint_lsn), wal, config };
+        let journal = Journal { checkpointed: AtomicU64::new(report.checkpoint_lsn), wal, _lock: None, config };
         Ok((journal, Replayed { checkpoint, entries, report }))
     }
 

@@ -281,9 +281,19 @@ impl SagaExecutorBuilder {
         if self.segment_size_bytes < 64 << 10 {
             return Err(config_error("segment_size_bytes must be at least 64 KiB"));
         }
+        let mut lock = None;
         let (storage, location): (Arc<dyn Storage>, String) = match &self.log {
             LogChoice::None => return Ok(SagaExecutor::with(self, None, Table::new(0))),
             LogChoice::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| SagaError::Open {
+                    location: dir.display().to_string(),
+                    cause: format!("cannot create the directory: {e}"),
+                })?;
+                // One process per directory (the kernel drops it on exit).
+                lock = Some(
+                    crate::durable::dirlock::DirLock::acquire(dir)
+                        .map_err(|e| SagaError::Open { location: dir.display().to_string(), cause: e.to_string() })?,
+                );
                 let storage = FsStorage::new(dir).map_err(|e| SagaError::Open {
                     location: dir.display().to_string(),
                     cause: format!("cannot open the directory: {e}"),
@@ -316,7 +326,7 @@ impl SagaExecutorBuilder {
             open = table.open(),
             "saga log recovered"
         );
-        let log = LogState { wal, checkpoint_lsn: Mutex::new(checkpoint_lsn) };
+        let log = LogState { wal, checkpoint_lsn: Mutex::new(checkpoint_lsn), _lock: lock };
         Ok(SagaExecutor::with(self, Some(log), table))
     }
 }
@@ -325,6 +335,8 @@ pub(crate) struct LogState {
     pub wal: Wal,
     /// Position of the newest checkpoint; also serializes checkpoints.
     pub checkpoint_lsn: Mutex<u64>,
+    /// Held while the executor lives (directory logs only).
+    pub _lock: Option<crate::durable::dirlock::DirLock>,
 }
 
 /// What drives one definition's sagas, its input type erased.

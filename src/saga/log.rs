@@ -35,7 +35,7 @@ const KIND_STUCK_RETRIED: u8 = 9;
 /// `step` value meaning "no step".
 pub(crate) const NO_STEP: u16 = u16::MAX;
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"DTCSAGA1";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"DTCSAGA1";
 
 /// Why a step failed for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

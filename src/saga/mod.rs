@@ -26,3 +26,4 @@ pub use definition::{DEFAULT_STEP_TIMEOUT, SagaBuilder, SagaDefinition, Step, St
 pub use error::SagaError;
 pub use executor::{MAX_INPUT_BYTES, MemoryLog, SagaExecutor, SagaExecutorBuilder, SagaInfo, SagaMetrics, SagaState};
 pub use key::IdempotencyKey;
+pub(crate) use log::SNAPSHOT_MAGIC;

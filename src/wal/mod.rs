@@ -85,7 +85,7 @@ const PAGE_BYTES: u64 = 4096;
 impl WalConfig {
     fn validate(&self) -> Result<(), WalError> {
         let size = self.segment_size_bytes;
-        let reason = if size % PAGE_BYTES != 0 {
+        let reason = if !size.is_multiple_of(PAGE_BYTES) {
             "segment_size_bytes must be a multiple of 4096"
         } else if !(8 << 10..=1 << 30).contains(&size) {
             "segment_size_bytes must be between 8 KiB and 1 GiB"
@@ -246,7 +246,7 @@ impl Shared {
     /// Reserves `size` bytes inside one segment; seals segments that are too
     /// full on the way. Returns the start position.
     fn reserve(&self, size: u64, mut on_new_segment: impl FnMut(u64)) -> Result<u64, WalError> {
-        debug_assert!(size <= self.config.max_record_bytes() && size % record::ALIGN_BYTES == 0);
+        debug_assert!(size <= self.config.max_record_bytes() && size.is_multiple_of(record::ALIGN_BYTES));
         loop {
             if let Some(f) = self.group.failure() {
                 return Err(failed(f.0));

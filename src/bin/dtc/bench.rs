@@ -102,10 +102,10 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.limits {
         return crate::limits::run(args.dir.as_deref(), args.json);
     }
-    if let Some(s) = args.skew {
-        if !(s.is_finite() && s > 0.0) {
-            return Err(format!("--skew {s}: the Zipf exponent must be a positive number").into());
-        }
+    if let Some(s) = args.skew
+        && !(s.is_finite() && s > 0.0)
+    {
+        return Err(format!("--skew {s}: the Zipf exponent must be a positive number").into());
     }
     if args.ack_log.is_some() && args.batch > 1 {
         return Err("--ack-log needs single transactions (--batch 1)".into());

@@ -35,8 +35,18 @@ enum Command {
     Status(ops::StatusArgs),
     /// Lists the sagas of a saga log with their state; stuck ones need an operator.
     Sagas(ops::SagasArgs),
-    /// Lists transactions the log shows unfinished (commit decided, acknowledgements missing).
+    /// Lists unfinished transactions with each participant's phase, attempts, next retry and last error.
+    ///
+    /// From a running coordinator (through its data directory) the live view; otherwise what the
+    /// log shows. A saga executor's directory lists its unfinished sagas.
     Txs(ops::TxsArgs),
+    /// Retries parked commit/rollback calls now, in the coordinator running on the directory.
+    RetryNow(ops::RetryNowArgs),
+    /// Resolves a stuck or undecided transaction by an operator's decision, recorded with a reason.
+    ///
+    /// Refused with exit 1 when it would break atomicity: --commit without a recorded commit
+    /// decision, --abort of a recorded commit.
+    Resolve(ops::ResolveArgs),
     /// Checks a data directory offline without changing it. Exit 1 on problems, 2 if recovery would refuse.
     Verify(ops::VerifyArgs),
 }
@@ -72,6 +82,8 @@ fn main() -> ExitCode {
         Command::Status(args) => ops::status(args),
         Command::Sagas(args) => ops::sagas(args),
         Command::Txs(args) => ops::txs(args),
+        Command::RetryNow(args) => ops::retry_now(args),
+        Command::Resolve(args) => ops::resolve(args),
         Command::Verify(args) => ops::verify(args),
     };
     match result {

@@ -1,10 +1,11 @@
-//! Commands over a data directory: `recover`, `status`, `verify`.
+//! Commands over a data directory: `recover`, `status`, `verify`, `sagas`,
+//! `txs`, `retry-now`, `resolve`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args as ClapArgs;
-use dtc::{DataDir, TxId, TxStatus};
+use dtc::{DataDir, Resolution, TxId, TxStatus, UnfinishedTx};
 
 #[derive(ClapArgs, Debug)]
 pub struct RecoverArgs {
@@ -187,10 +188,10 @@ struct SagaLine {
 /// Lists the sagas a saga log knows, with their state (stuck ones included).
 pub fn sagas(args: SagasArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     const STATES: [&str; 5] = ["running", "compensating", "completed", "compensated", "stuck"];
-    if let Some(state) = &args.state {
-        if !STATES.contains(&state.as_str()) {
-            return Err(format!("--state {state:?}: expected one of {}", STATES.join(", ")).into());
-        }
+    if let Some(state) = &args.state
+        && !STATES.contains(&state.as_str())
+    {
+        return Err(format!("--state {state:?}: expected one of {}", STATES.join(", ")).into());
     }
     if !args.dir.is_dir() {
         return Err(format!("{}: no such saga directory", args.dir.display()).into());
@@ -233,24 +234,125 @@ pub fn sagas(args: SagasArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
 #[derive(ClapArgs, Debug)]
 pub struct TxsArgs {
-    /// The data directory.
+    /// The data directory (a coordinator's or a saga executor's).
     #[arg(long)]
     dir: PathBuf,
+    /// Only transactions in this state.
+    #[arg(long, value_parser = ["in-doubt", "committing", "rolling-back", "stuck"])]
+    state: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
-/// Lists the transactions the log shows unfinished (read-only).
+/// Lists unfinished transactions: live from a running coordinator, else
+/// from the log (read-only).
 pub fn txs(args: TxsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let list = DataDir::new(&args.dir).unfinished()?;
+    let list: Vec<UnfinishedTx> = DataDir::new(&args.dir)
+        .unfinished()?
+        .into_iter()
+        .filter(|u| args.state.as_deref().is_none_or(|s| u.state.as_str() == s))
+        .collect();
     if args.json {
         println!("{}", serde_json::to_string(&list)?);
-    } else {
-        for u in &list {
-            println!("{} {} age {:.1} s waiting for {}", u.tx, u.state, u.age_seconds, u.participants.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for u in &list {
+        let kind = serde_json::to_value(u.kind)?;
+        let kind = kind.as_str().unwrap_or("?");
+        let reason = u.reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default();
+        println!("{} {kind} {} age {:.1} s{reason}", u.tx, u.state.as_str(), u.age_seconds);
+        for p in &u.participants {
+            let mut line = format!("    {} {}", p.name, p.phase);
+            if p.attempts > 0 {
+                line.push_str(&format!(" attempts {}", p.attempts));
+            }
+            if let Some(ms) = p.next_retry_in_ms {
+                line.push_str(&format!(" next retry in {ms} ms"));
+            }
+            if let Some(e) = &p.last_error {
+                line.push_str(&format!(" last error {}: {}", e.code, e.message));
+            }
+            println!("{line}");
         }
-        println!("{} unfinished", list.len());
+    }
+    println!("{} unfinished", list.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(ClapArgs, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["tx", "all_parked"])))]
+pub struct RetryNowArgs {
+    /// The data directory of a running coordinator.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The transaction whose parked or waiting calls to retry now.
+    #[arg(long)]
+    tx: Option<TxId>,
+    /// Retry every parked call.
+    #[arg(long)]
+    all_parked: bool,
+    /// Why (recorded in the log with the action).
+    #[arg(long, default_value = "operator retry-now")]
+    reason: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the coordinator running on a directory to retry parked calls now.
+pub fn retry_now(args: RetryNowArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let tx = if args.all_parked { None } else { args.tx };
+    let report = DataDir::new(&args.dir).retry_now(tx, &args.reason)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} transactions: {} parked calls delivered again, {} waiting calls woken",
+            report.transactions.len(),
+            report.redelivered,
+            report.woken
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(ClapArgs, Debug)]
+#[command(group(clap::ArgGroup::new("resolution").required(true).args(["commit", "abort"])))]
+pub struct ResolveArgs {
+    /// The data directory (a running coordinator is asked through it;
+    /// otherwise the log is updated offline).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The transaction.
+    #[arg(long)]
+    tx: TxId,
+    /// Declare the recorded commit finished (the participants that did not
+    /// acknowledge were fixed by hand). Refused without a commit decision.
+    #[arg(long)]
+    commit: bool,
+    /// Abort an undecided transaction, or declare a stuck rollback finished.
+    /// Refused for a recorded commit.
+    #[arg(long)]
+    abort: bool,
+    /// Why (required; recorded in the log with the action).
+    #[arg(long)]
+    reason: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resolves a stuck or undecided transaction by an operator's decision.
+pub fn resolve(args: ResolveArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let resolution = if args.commit { Resolution::Commit } else { Resolution::Abort };
+    let report = DataDir::new(&args.dir).resolve(args.tx, resolution, &args.reason)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let settled =
+            if report.settled.is_empty() { String::new() } else { format!(" ({})", report.settled.join(", ")) };
+        println!("{} {}: {}{settled}", report.tx, if args.commit { "commit" } else { "abort" }, report.note);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,405 @@
+//! What an operator sees and does on a running coordinator: the unfinished
+//! transactions with each participant's phase, retry-now, and resolve.
+//!
+//! Every action is recorded in the log as an `Operator` record with the
+//! operator's reason before it takes effect, and an action that would break
+//! atomicity is refused with [`Error::UnsafeResolution`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Inner;
+use super::outstanding::{CallError, Stall, until};
+use super::plan::Plan;
+use super::worker::{Request, Step, Submitted};
+use crate::durable::codec::{Action, MAX_OPERATOR_HISTORY, OperatorRecord};
+use crate::durable::{Encoded, Entry};
+use crate::error::{Error, Result};
+use crate::txn::{AbortReason, Outcome, TxId, unix_nanos};
+
+/// Longest operator reason accepted, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Which engine runs a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum TxKind {
+    /// A two-phase-commit transaction of a [`Coordinator`](crate::Coordinator).
+    #[serde(rename = "2pc")]
+    TwoPhase,
+    /// A saga of a [`SagaExecutor`](crate::SagaExecutor).
+    #[serde(rename = "saga")]
+    Saga,
+}
+
+/// Where an unfinished transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum TxState {
+    /// Prepared somewhere, no decision recorded. dtc presumes abort: recovery
+    /// rolls such transactions back when it opens the log, so this state
+    /// shows only for a saga's step that was running at a crash.
+    InDoubt,
+    /// Commit decided (a saga: running forward); calls still to be applied.
+    Committing,
+    /// Abort decided (a saga: compensating); calls still to be undone.
+    RollingBack,
+    /// A call is parked after exhausting its retries: an operator must act
+    /// (retry-now, or resolve after fixing the participant by hand).
+    Stuck,
+}
+
+impl TxState {
+    /// Every state, in the order above.
+    pub const ALL: [TxState; 4] = [TxState::InDoubt, TxState::Committing, TxState::RollingBack, TxState::Stuck];
+
+    /// `in-doubt`, `committing`, `rolling-back` or `stuck`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxState::InDoubt => "in-doubt",
+            TxState::Committing => "committing",
+            TxState::RollingBack => "rolling-back",
+            TxState::Stuck => "stuck",
+        }
+    }
+
+    /// The state named by [`as_str`](Self::as_str).
+    pub fn parse(name: &str) -> Option<TxState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// One participant of an unfinished transaction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ParticipantState {
+    /// The service (a saga: the step).
+    pub name: String,
+    /// `committing`, `rolling-back`, `parked-commit`, `parked-rollback`,
+    /// `resolving` (an operator resolved it; its worker settles it next),
+    /// `awaiting-ack` (commit delivered, not acknowledged yet); for a saga
+    /// the step's state (`running`, `completed`, `compensating`, …).
+    pub phase: String,
+    /// Failed calls so far.
+    pub attempts: u32,
+    /// Milliseconds until the next call; `None` when parked or idle.
+    pub next_retry_in_ms: Option<u64>,
+    /// The last failure, with its code.
+    pub last_error: Option<CallError>,
+}
+
+/// An unfinished transaction: [`Coordinator::unfinished`](crate::Coordinator::unfinished),
+/// [`DataDir::unfinished`](crate::DataDir::unfinished), `dtc txs`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnfinishedTx {
+    /// The transaction (a saga: its id).
+    pub tx: TxId,
+    /// Two-phase commit or saga.
+    pub kind: TxKind,
+    /// Where it stands.
+    pub state: TxState,
+    /// Seconds since its id was issued.
+    pub age_seconds: f64,
+    /// Its participants that have not finished, with their phase.
+    pub participants: Vec<ParticipantState>,
+    /// For a rollback, the recorded reason; for a saga, its failure.
+    pub reason: Option<String>,
+}
+
+/// What [`Coordinator::resolve`](crate::Coordinator::resolve) declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolution {
+    /// The commit is finished: the operator made the participants that did
+    /// not acknowledge match it. Only for a transaction whose commit decision
+    /// is recorded.
+    Commit,
+    /// The transaction is aborted: for one with no decision recorded (it is
+    /// recorded as aborted by the operator), or whose rollback is stuck (the
+    /// operator undid it by hand). Never for a decided commit.
+    Abort,
+}
+
+/// What a resolve did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResolveReport {
+    /// The transaction.
+    pub tx: TxId,
+    /// The resolution applied.
+    pub resolution: Resolution,
+    /// Services whose calls were settled without calling them again.
+    pub settled: Vec<String>,
+    /// What happened, in words.
+    pub note: String,
+}
+
+/// What a retry-now did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryReport {
+    /// Transactions retried.
+    pub transactions: Vec<TxId>,
+    /// Parked calls delivered again (with a fresh attempt budget).
+    pub redelivered: usize,
+    /// Calls waiting out a backoff that were told to call at once.
+    pub woken: usize,
+}
+
+/// An operator action the log records (audit trail).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorAction {
+    /// The transaction acted on.
+    pub tx: TxId,
+    /// `resolve-commit`, `resolve-abort` or `retry-now`.
+    pub action: String,
+    /// The operator's reason.
+    pub reason: String,
+    /// When, in nanoseconds since the Unix epoch.
+    pub at_unix_ns: u64,
+}
+
+impl From<OperatorRecord> for OperatorAction {
+    fn from(r: OperatorRecord) -> Self {
+        OperatorAction { tx: r.tx, action: r.action.as_str().into(), reason: r.reason, at_unix_ns: r.at_unix_ns }
+    }
+}
+
+pub(crate) fn check_reason(reason: &str) -> Result<()> {
+    if reason.trim().is_empty() {
+        return Err(Error::InvalidReason("an operator action needs a reason".into()));
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(Error::InvalidReason(format!("{} bytes, at most {MAX_REASON_BYTES}", reason.len())));
+    }
+    Ok(())
+}
+
+/// Seconds since `tx` was issued (ids carry their issue time).
+pub(crate) fn age_seconds(tx: TxId) -> f64 {
+    unix_nanos().saturating_sub(tx.timestamp_ns()) as f64 / 1e9
+}
+
+impl Inner {
+    /// Every transaction with a failing, parked, or unacknowledged call.
+    pub(super) fn unfinished(&self) -> Vec<UnfinishedTx> {
+        let mut by_tx: BTreeMap<TxId, UnfinishedTx> = BTreeMap::new();
+        for stall in self.outstanding.stalls() {
+            let entry = by_tx.entry(stall.key.tx).or_insert_with(|| self.unfinished_entry(stall.key.tx));
+            let commit = stall.step == Step::Commit;
+            let phase = match (stall.resolved, stall.is_parked(), commit) {
+                (true, _, _) => "resolving",
+                (false, true, true) => "parked-commit",
+                (false, true, false) => "parked-rollback",
+                (false, false, true) => "committing",
+                (false, false, false) => "rolling-back",
+            };
+            if stall.is_parked() {
+                entry.state = TxState::Stuck;
+            } else if !commit && entry.state == TxState::Committing {
+                entry.state = TxState::RollingBack;
+            }
+            entry.participants.push(ParticipantState {
+                name: self.name(stall.service),
+                phase: phase.into(),
+                attempts: stall.attempts,
+                next_retry_in_ms: stall.next_retry.map(|at| until(at).as_millis() as u64),
+                last_error: Some(stall.last_error.clone()),
+            });
+        }
+        for (tx, services) in self.outstanding.unresolved() {
+            let entry = by_tx.entry(tx).or_insert_with(|| self.unfinished_entry(tx));
+            for service in services {
+                if !entry.participants.iter().any(|p| p.name == service) {
+                    entry.participants.push(ParticipantState {
+                        name: service,
+                        phase: "awaiting-ack".into(),
+                        attempts: 0,
+                        next_retry_in_ms: None,
+                        last_error: None,
+                    });
+                }
+            }
+        }
+        let mut list: Vec<UnfinishedTx> = by_tx.into_values().collect();
+        for tx in &mut list {
+            if tx.state != TxState::Committing
+                && let Some(Outcome::Aborted(reason)) = self.recent.get(tx.tx)
+            {
+                tx.reason = Some(reason.to_string());
+            }
+        }
+        list
+    }
+
+    fn unfinished_entry(&self, tx: TxId) -> UnfinishedTx {
+        UnfinishedTx {
+            tx,
+            kind: TxKind::TwoPhase,
+            state: TxState::Committing,
+            age_seconds: age_seconds(tx),
+            participants: Vec::new(),
+            reason: None,
+        }
+    }
+
+    /// Logs an operator action (and any records it implies) and waits until
+    /// it is durable; keeps it in the history checkpoints carry.
+    fn record_action(&self, tx: TxId, action: Action, reason: &str, implied: &[Entry]) -> Result<()> {
+        let at_unix_ns = unix_nanos();
+        self.remember_operator(OperatorRecord { tx, action, reason: reason.to_string(), at_unix_ns });
+        tracing::warn!(%tx, action = action.as_str(), reason, "operator action");
+        let Some(journal) = &self.journal else { return Ok(()) };
+        let mut records: Vec<Encoded> =
+            vec![Entry::Operator { tx, action, reason: reason.into(), at_unix_ns }.encoded()];
+        records.extend(implied.iter().map(Entry::encoded));
+        let lsn = self.log_or_fail(journal.append_batch(&records))?;
+        self.log_or_fail(journal.wait(lsn))
+    }
+
+    /// Delivers parked calls again, with a fresh attempt budget, and wakes
+    /// calls waiting out a backoff. `None`: every parked call.
+    pub(super) fn retry_now(&self, tx: Option<TxId>, reason: &str) -> Result<RetryReport> {
+        check_reason(reason)?;
+        let _in_flight = self.enter()?;
+        if let Some(tx) = tx
+            && self.outstanding.stalls_of(tx).iter().all(|s| s.resolved)
+        {
+            return Err(Error::NotStuck { tx });
+        }
+        let mut transactions: Vec<TxId> = match tx {
+            Some(tx) => vec![tx],
+            None => self.outstanding.stalls().iter().filter(|s| s.is_parked()).map(|s| s.key.tx).collect(),
+        };
+        transactions.dedup();
+        for &t in &transactions {
+            self.record_action(t, Action::RetryNow, reason, &[])?;
+        }
+        let (redeliver, woken) = self.outstanding.retry_now(tx);
+        for stall in &redeliver {
+            self.deliver(stall);
+        }
+        Ok(RetryReport { transactions, redelivered: redeliver.len(), woken })
+    }
+
+    /// Hands a parked call to its service again (its reply is not awaited).
+    fn deliver(&self, stall: &Stall) {
+        let plan = Arc::new(Plan::bare_for(stall.key, stall.service));
+        let (reply, _ignored) = crossbeam_channel::bounded(1);
+        let handle = &self.handles[usize::from(stall.service)];
+        if matches!(handle.submit(&plan, 0, stall.step, &reply, None), Submitted::Full) {
+            tracing::error!(tx = %stall.key.tx, service = %handle.name, "worker gone: retry not delivered");
+        }
+    }
+
+    /// See [`Coordinator::resolve`](crate::Coordinator::resolve).
+    pub(super) fn resolve(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
+        check_reason(reason)?;
+        let _in_flight = self.enter()?;
+        let stalls = self.outstanding.stalls_of(tx);
+        let awaiting = self.outstanding.awaiting(tx);
+        let recorded = self.recent.get(tx);
+        let commit_decided = stalls.iter().any(|s| s.step == Step::Commit)
+            || awaiting.is_some()
+            || matches!(recorded, Some(ref o) if o.is_committed());
+        let abort_decided =
+            stalls.iter().any(|s| s.step == Step::Rollback) || matches!(recorded, Some(Outcome::Aborted(_)));
+        let unsafe_because = |reason: &str| Err(Error::UnsafeResolution { tx, reason: reason.into() });
+        if commit_decided && abort_decided {
+            return unsafe_because("the engine holds both commit and rollback calls for it (a bug: report it)");
+        }
+        let mut settled: Vec<String> = stalls.iter().map(|s| self.name(s.service)).collect();
+        for service in awaiting.iter().flatten() {
+            if !settled.contains(service) {
+                settled.push(service.clone());
+            }
+        }
+        let report =
+            |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });
+        match resolution {
+            Resolution::Commit if abort_decided => unsafe_because("it is decided to roll back; it cannot be committed"),
+            Resolution::Commit if !commit_decided => unsafe_because(
+                "no commit decision is recorded, so not every participant is known to have voted yes; \
+                 only an abort is safe",
+            ),
+            Resolution::Abort if commit_decided => unsafe_because(
+                "its commit decision is recorded and participants may have applied it; \
+                 an abort would break atomicity (fix the stuck participant, then retry-now or resolve --commit)",
+            ),
+            Resolution::Commit | Resolution::Abort if settled.is_empty() && (commit_decided || abort_decided) => {
+                let note = if commit_decided { "already committed everywhere" } else { "already rolled back" };
+                report(settled, note)
+            }
+            Resolution::Commit | Resolution::Abort if commit_decided || abort_decided => {
+                let action = if commit_decided { Action::Commit } else { Action::Abort };
+                let implied: &[Entry] = if commit_decided { &[Entry::Done { tx }] } else { &[] };
+                self.record_action(tx, action, reason, implied)?;
+                self.outstanding.forget_acks(tx);
+                for stall in self.outstanding.resolve(tx) {
+                    let request = Request::Settle { key: stall.key, step: stall.step };
+                    let deadline = Some(std::time::Instant::now() + self.config.call_timeout);
+                    if !matches!(self.handles[usize::from(stall.service)].enqueue(request, deadline), Submitted::Queued)
+                    {
+                        tracing::error!(%tx, service = %self.name(stall.service), "worker gone: settle not delivered");
+                    }
+                }
+                report(settled, "settled without calling the participants again")
+            }
+            Resolution::Abort => self.abort_undecided(tx, reason, recorded),
+            Resolution::Commit => unreachable!("every commit case is matched above"),
+        }
+    }
+
+    /// An operator aborts an id with no recorded outcome: it is recorded as
+    /// aborted, so a resubmission is answered with the abort and recovery
+    /// rolls back any participant holding it prepared.
+    fn abort_undecided(&self, tx: TxId, reason: &str, recorded: Option<Outcome>) -> Result<ResolveReport> {
+        debug_assert!(recorded.is_none());
+        let unsafe_because = |why: String| Err(Error::UnsafeResolution { tx, reason: why });
+        if self.recent.forgotten().is_some_and(|horizon| tx <= horizon) {
+            return unsafe_because(format!(
+                "it is older than the newest {} ids whose outcomes are remembered; its outcome may be forgotten",
+                self.config.recent_ids
+            ));
+        }
+        let issued_ns = tx.timestamp_ns();
+        let now_ns = unix_nanos();
+        let window_ns = (self.config.tx_timeout + self.config.call_timeout).as_nanos() as u64;
+        if issued_ns.saturating_add(window_ns) > now_ns {
+            return unsafe_because(format!(
+                "it was issued less than {:?} ago and may still be running; try again later",
+                self.config.tx_timeout + self.config.call_timeout
+            ));
+        }
+        let outcome = Outcome::Aborted(AbortReason::Operator { reason: reason.into() });
+        match self.recent.abort_unknown(tx, outcome) {
+            None => {}
+            Some(None) => return Err(Error::TxInProgress { tx }),
+            Some(Some(_)) => return unsafe_because("its outcome was recorded meanwhile; look again".into()),
+        }
+        let abort = Entry::Abort {
+            tx,
+            fingerprint: super::recent::ANY_FINGERPRINT,
+            reason: AbortReason::Operator { reason: reason.into() },
+        };
+        self.record_action(tx, Action::Abort, reason, &[abort])?;
+        Ok(ResolveReport {
+            tx,
+            resolution: Resolution::Abort,
+            settled: Vec::new(),
+            note: "no decision was recorded: recorded as aborted by the operator".into(),
+        })
+    }
+
+    /// Keeps an operator action in the bounded history.
+    pub(super) fn remember_operator(&self, record: OperatorRecord) {
+        let mut history = self.operator_history.lock();
+        history.push_back(record);
+        while history.len() > MAX_OPERATOR_HISTORY {
+            history.pop_front();
+        }
+    }
+
+    /// The newest operator actions (for checkpoints).
+    pub(super) fn operator_history(&self) -> Vec<OperatorRecord> {
+        self.operator_history.lock().iter().cloned().collect()
+    }
+}

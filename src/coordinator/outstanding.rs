@@ -1,0 +1,331 @@
+//! Unfinished work an operator may need to see or act on: commit and
+//! rollback calls that failed and are being retried or are parked, and
+//! commits whose external participants have not all acknowledged.
+//!
+//! Workers write here when a call fails and when it finally succeeds; the
+//! coordinator reads it for [`Coordinator::unfinished`](crate::Coordinator::unfinished)
+//! and acts on it for `retry_now` / `resolve`. A worker waiting out a backoff
+//! waits on this table's condition variable, so an operator's retry-now or
+//! resolve cuts the wait short.
+//!
+//! Bounded: at most `capacity` failing calls are tracked. A call that would
+//! park while the table is full is not parked: its worker keeps retrying at
+//! the policy's largest delay (its service stalls, which callers see as
+//! prepare timeouts) — nothing is ever dropped out of sight.
+
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use super::barrier::TxKey;
+use super::worker::Step;
+use crate::durable::{Entry, Journal};
+use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
+use crate::txn::TxId;
+
+/// The last error of a failing call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CallError {
+    /// The participant's stable code (`panicked` for a panic).
+    pub code: String,
+    /// Its explanation.
+    pub message: String,
+}
+
+/// One failing commit or rollback call at one service.
+#[derive(Debug, Clone)]
+pub(crate) struct Stall {
+    pub key: TxKey,
+    pub service: u16,
+    pub step: Step,
+    /// Failed calls so far, over every delivery.
+    pub attempts: u32,
+    /// Failed calls since the last operator retry-now.
+    pub round: u32,
+    pub last_error: CallError,
+    /// When the worker calls again; `None` once parked.
+    pub next_retry: Option<Instant>,
+    /// An operator asked for the wait to end now.
+    pub poked: bool,
+    /// An operator resolved it: stop calling, settle the barrier.
+    pub resolved: bool,
+}
+
+impl Stall {
+    pub(crate) fn is_parked(&self) -> bool {
+        self.next_retry.is_none() && !self.resolved
+    }
+}
+
+/// What `Outstanding::failed` tells the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failed {
+    /// An operator resolved the call: do not call again, settle.
+    pub resolved: bool,
+    /// Failed calls since the call was delivered (or an operator asked for
+    /// a retry): the worker parks it when this reaches the policy's limit.
+    pub round: u32,
+}
+
+/// What a worker waiting out a backoff should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Call the participant again.
+    Retry,
+    /// An operator resolved the call: do not call, settle.
+    Resolved,
+}
+
+/// What a parking worker may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Park {
+    /// Parked: visible, counted, waiting for an operator.
+    Parked,
+    /// The table is full: keep retrying.
+    Full,
+    /// An operator resolved it meanwhile.
+    Resolved,
+}
+
+pub(crate) struct Outstanding {
+    stalls: Mutex<HashMap<(TxId, u16), Stall>>,
+    /// `stalls.len()`, readable without the lock: a successful call checks
+    /// it (the common case is 0) before taking the lock.
+    tracked: AtomicUsize,
+    wake: Condvar,
+    capacity: usize,
+    /// Commit decided; these external services have not acknowledged yet.
+    unresolved: Mutex<HashMap<TxId, Vec<String>>>,
+    /// `unresolved.len()`, readable without the lock (hot path).
+    watching: AtomicUsize,
+    journal: Option<std::sync::Arc<Journal>>,
+}
+
+impl Outstanding {
+    pub(crate) fn new(capacity: usize, journal: Option<std::sync::Arc<Journal>>) -> Self {
+        Self {
+            stalls: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            capacity: capacity.max(1),
+            unresolved: Mutex::new(HashMap::new()),
+            watching: AtomicUsize::new(0),
+            journal,
+        }
+    }
+
+    /// A call failed (`calls`: the calls of this delivery so far). Records
+    /// the error; see [`Failed`].
+    pub(crate) fn failed(&self, key: TxKey, service: u16, step: Step, error: CallError, calls: u32) -> Failed {
+        let mut stalls = self.stalls.lock();
+        let full = stalls.len() >= self.capacity;
+        match stalls.get_mut(&(key.tx, service)) {
+            Some(stall) => {
+                stall.attempts = stall.attempts.saturating_add(1);
+                stall.round = stall.round.saturating_add(1);
+                stall.last_error = error;
+                Failed { resolved: stall.resolved, round: stall.round }
+            }
+            // Untracked beyond capacity; the worker retries regardless.
+            None if full => Failed { resolved: false, round: calls },
+            None => {
+                let stall = Stall {
+                    key,
+                    service,
+                    step,
+                    attempts: 1,
+                    round: 1,
+                    last_error: error,
+                    next_retry: Some(Instant::now()),
+                    poked: false,
+                    resolved: false,
+                };
+                stalls.insert((key.tx, service), stall);
+                // SeqCst: read by `cleared` on the worker that retries this
+                // call, which got it from this thread (or is this thread).
+                self.tracked.store(stalls.len(), Ordering::SeqCst);
+                Failed { resolved: false, round: 1 }
+            }
+        }
+    }
+
+    /// Waits until `until`, or less if an operator pokes or resolves it.
+    pub(crate) fn wait(&self, tx: TxId, service: u16, until: Instant) -> Wake {
+        let mut stalls = self.stalls.lock();
+        if let Some(stall) = stalls.get_mut(&(tx, service)) {
+            stall.next_retry = Some(until);
+        }
+        loop {
+            match stalls.get_mut(&(tx, service)) {
+                Some(stall) if stall.resolved => return Wake::Resolved,
+                Some(stall) if stall.poked => {
+                    stall.poked = false;
+                    return Wake::Retry;
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Wake::Retry;
+            }
+            let (guard, _) = self.wake.wait_for(stalls, until - now);
+            stalls = guard;
+        }
+    }
+
+    /// Retries are exhausted: park it if there is room.
+    pub(crate) fn park(&self, tx: TxId, service: u16) -> Park {
+        let mut stalls = self.stalls.lock();
+        match stalls.get_mut(&(tx, service)) {
+            Some(stall) if stall.resolved => Park::Resolved,
+            Some(stall) => {
+                stall.next_retry = None;
+                Park::Parked
+            }
+            None => Park::Full,
+        }
+    }
+
+    /// The call succeeded, or was settled after an operator resolved it.
+    pub(crate) fn cleared(&self, tx: TxId, service: u16) {
+        // SeqCst: see `failed`.
+        if self.tracked.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut stalls = self.stalls.lock();
+        if stalls.remove(&(tx, service)).is_some() {
+            self.tracked.store(stalls.len(), Ordering::SeqCst);
+            drop(stalls);
+            self.wake.notify_all();
+        }
+    }
+
+    /// Every tracked call, oldest transaction first.
+    pub(crate) fn stalls(&self) -> Vec<Stall> {
+        let mut all: Vec<Stall> = self.stalls.lock().values().cloned().collect();
+        all.sort_by_key(|s| (s.key.tx, s.service));
+        all
+    }
+
+    /// Parked calls of `tx` (every transaction if `None`) are marked as
+    /// retrying and returned so the caller can redeliver them; calls waiting
+    /// out a backoff are woken. Returns (redeliver, woken).
+    pub(crate) fn retry_now(&self, tx: Option<TxId>) -> (Vec<Stall>, usize) {
+        let mut stalls = self.stalls.lock();
+        let mut redeliver = Vec::new();
+        let mut woken = 0;
+        for stall in stalls.values_mut().filter(|s| tx.is_none_or(|t| s.key.tx == t) && !s.resolved) {
+            if stall.next_retry.is_none() {
+                stall.next_retry = Some(Instant::now());
+                stall.round = 0;
+                redeliver.push(stall.clone());
+            } else if tx.is_some() {
+                stall.poked = true;
+                woken += 1;
+            }
+        }
+        drop(stalls);
+        self.wake.notify_all();
+        (redeliver, woken)
+    }
+
+    /// Marks every call of `tx` resolved (waking waiting workers) and
+    /// returns the parked ones, which the caller must settle through their
+    /// workers.
+    pub(crate) fn resolve(&self, tx: TxId) -> Vec<Stall> {
+        let mut stalls = self.stalls.lock();
+        let mut parked = Vec::new();
+        for stall in stalls.values_mut().filter(|s| s.key.tx == tx) {
+            if stall.is_parked() {
+                parked.push(stall.clone());
+            }
+            stall.resolved = true;
+        }
+        drop(stalls);
+        self.wake.notify_all();
+        parked
+    }
+
+    /// The calls of `tx`.
+    pub(crate) fn stalls_of(&self, tx: TxId) -> Vec<Stall> {
+        self.stalls.lock().values().filter(|s| s.key.tx == tx).cloned().collect()
+    }
+
+    pub(crate) fn parked_count(&self) -> usize {
+        self.stalls.lock().values().filter(|s| s.is_parked()).count()
+    }
+
+    /// A commit with external participants is about to be delivered: its
+    /// `Done` record follows once every one of them acknowledged.
+    pub(crate) fn expect_acks(&self, tx: TxId, services: Vec<String>) {
+        let mut unresolved = self.unresolved.lock();
+        unresolved.insert(tx, services);
+        // SeqCst: the commit is delivered after this store (on this thread,
+        // or through the worker's channel), so its worker sees it.
+        self.watching.store(unresolved.len(), Ordering::SeqCst);
+    }
+
+    /// An external service applied the commit of `tx`. The last one to do
+    /// so appends the `Done` record.
+    pub(crate) fn acknowledged(&self, tx: TxId, service: &str) {
+        // SeqCst: pairs with `expect_acks`.
+        if self.watching.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut unresolved = self.unresolved.lock();
+        let Some(waiting) = unresolved.get_mut(&tx) else { return };
+        waiting.retain(|s| s != service);
+        if waiting.is_empty() {
+            unresolved.remove(&tx);
+            self.watching.store(unresolved.len(), Ordering::SeqCst);
+            drop(unresolved);
+            self.log_done(tx);
+        }
+    }
+
+    /// Forgets the acknowledgements `tx` waits for (an operator resolved it).
+    pub(crate) fn forget_acks(&self, tx: TxId) -> bool {
+        let mut unresolved = self.unresolved.lock();
+        let found = unresolved.remove(&tx).is_some();
+        self.watching.store(unresolved.len(), Ordering::SeqCst);
+        found
+    }
+
+    fn log_done(&self, tx: TxId) {
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.append(&Entry::Done { tx }.encoded())
+        {
+            // Not fatal: without `Done`, recovery asks the participants
+            // again and they answer from their own record.
+            tracing::warn!(%tx, %error, "could not log Done");
+        }
+    }
+
+    /// The services `tx` still waits for, if any.
+    pub(crate) fn awaiting(&self, tx: TxId) -> Option<Vec<String>> {
+        self.unresolved.lock().get(&tx).cloned()
+    }
+
+    /// Every commit waiting for acknowledgements.
+    pub(crate) fn unresolved(&self) -> Vec<(TxId, Vec<String>)> {
+        let mut all: Vec<_> = self.unresolved.lock().iter().map(|(tx, s)| (*tx, s.clone())).collect();
+        all.sort_by_key(|(tx, _)| *tx);
+        all
+    }
+
+    pub(crate) fn unresolved_count(&self) -> usize {
+        self.unresolved.lock().len()
+    }
+
+    /// Replaces the table (recovery).
+    pub(crate) fn restore_unresolved(&self, table: HashMap<TxId, Vec<String>>) {
+        let mut unresolved = self.unresolved.lock();
+        *unresolved = table;
+        self.watching.store(unresolved.len(), Ordering::SeqCst);
+    }
+}
+
+/// `Duration` until `at`, zero if past.
+pub(crate) fn until(at: Instant) -> Duration {
+    at.saturating_duration_since(Instant::now())
+}
