@@ -44,4 +44,19 @@ fn stuck_sagas_are_listed() {
     let bad =
         Command::new(env!("CARGO_BIN_EXE_dtc")).args(["sagas", "--state", "nope", "--dir"]).arg(&dir).output().unwrap();
     assert!(!bad.status.success());
+
+    // `dtc txs` lists the same stuck saga among unfinished transactions.
+    let out = Command::new(env!("CARGO_BIN_EXE_dtc"))
+        .args(["txs", "--json", "--state", "stuck", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0]["kind"].as_str(), listed[0]["state"].as_str()), (Some("saga"), Some("stuck")));
+    // Offline the definition is not registered: steps are named by index.
+    assert_eq!(listed[0]["participants"][0]["name"], "#0");
+    assert_eq!(listed[0]["participants"][0]["phase"], "completed");
+    assert!(listed[0]["reason"].as_str().unwrap().contains("warehouse offline"), "{listed:?}");
 }

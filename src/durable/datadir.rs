@@ -268,7 +268,12 @@ impl DataDir {
         let storage = self.storage()?;
         let config = config_for(&self.path, WalConfig::default());
         let inspection = Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)?;
-        Ok(inspection.checkpoint.as_ref().is_some_and(|(_, bytes)| bytes.starts_with(crate::saga::SNAPSHOT_MAGIC)))
+        // A coordinator's log starts with a checkpoint; a saga log writes its
+        // first snapshot only after a while.
+        Ok(match &inspection.checkpoint {
+            Some((_, bytes)) => bytes.starts_with(crate::saga::SNAPSHOT_MAGIC),
+            None => !inspection.records.is_empty(),
+        })
     }
 
     /// True if a running process holds the directory.
@@ -364,6 +369,9 @@ impl DataDir {
             awaiting = c.unresolved.iter().find(|u| u.tx == tx).map(|u| u.external.clone());
         }
         for (_, entry) in &replayed.entries {
+            if let Entry::Commit { tx: t, .. } | Entry::Abort { tx: t, .. } = entry {
+                oldest = oldest.min(Some(*t)).or(Some(*t));
+            }
             match entry {
                 Entry::Commit { tx: t, external, .. } if *t == tx => {
                     outcome = Some(Outcome::Committed);
