@@ -115,6 +115,10 @@ impl Metrics {
             panics: self.panics.get(),
             parked: self.parked.get(),
             protocol_violations: self.violations.get(),
+            // Gauges of the coordinator's outstanding work, filled in by
+            // `Coordinator::metrics`.
+            parked_calls: 0,
+            unfinished: Vec::new(),
             latency: STAGES.iter().zip(&merged).map(|(s, h)| (*s, LatencySummary::of(h))).collect(),
         }
     }
@@ -178,6 +182,12 @@ pub struct MetricsSnapshot {
     pub parked: u64,
     /// Requests the protocol never sends (a coordinator bug if non-zero).
     pub protocol_violations: u64,
+    /// Calls parked now (a gauge; `parked` counts every parking).
+    pub parked_calls: u64,
+    /// Unfinished transactions now by state (`in-doubt`, `committing`,
+    /// `rolling-back`, `stuck`): a gauge, as
+    /// [`Coordinator::unfinished`](crate::Coordinator::unfinished) lists them.
+    pub unfinished: Vec<(&'static str, u64)>,
     /// Latency per stage: lock_wait, prepare, log, commit, total.
     pub latency: Vec<(&'static str, LatencySummary)>,
 }
@@ -274,10 +284,9 @@ impl Exposition {
 /// `dtc_log_bytes_written_total`, `dtc_log_records_per_sync` and
 /// `dtc_log_segments_live`.
 ///
-/// There is no in-doubt gauge: the snapshot only holds counters. The number
-/// of commits waiting for an external participant now is
-/// [`Coordinator::unresolved_count`](crate::Coordinator::unresolved_count);
-/// the example below appends it as `dtc_in_doubt`.
+/// Gauges: `dtc_parked_calls` and `dtc_unfinished_transactions{state}`
+/// (`in-doubt`, `committing`, `rolling-back`, `stuck`), filled in by
+/// [`Coordinator::metrics`](crate::Coordinator::metrics).
 ///
 /// ```
 /// use std::io::{BufRead, BufReader, Read, Write};
@@ -295,10 +304,7 @@ impl Exposition {
 /// fn serve(mut stream: TcpStream, dtc: &Coordinator) -> std::io::Result<()> {
 ///     let mut request_line = String::new();
 ///     BufReader::new(&stream).read_line(&mut request_line)?; // "GET /metrics HTTP/1.1"
-///     let mut body = render_prometheus(&dtc.metrics(), dtc.log_stats().as_ref());
-///     body.push_str("# HELP dtc_in_doubt Commits waiting for an external participant.\n");
-///     body.push_str("# TYPE dtc_in_doubt gauge\n");
-///     body.push_str(&format!("dtc_in_doubt {}\n", dtc.unresolved_count()));
+///     let body = render_prometheus(&dtc.metrics(), dtc.log_stats().as_ref());
 ///     write!(
 ///         stream,
 ///         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -324,7 +330,7 @@ impl Exposition {
 /// scrape.read_to_string(&mut response).unwrap();
 /// server.join().unwrap();
 /// assert!(response.contains("dtc_transactions_total{outcome=\"committed\"} 1\n"));
-/// assert!(response.contains("dtc_in_doubt 0\n"));
+/// assert!(response.contains("dtc_unfinished_transactions{state=\"in-doubt\"} 0\n"));
 /// dtc.shutdown().unwrap();
 /// ```
 pub fn render_prometheus(snapshot: &MetricsSnapshot, log: Option<&LogStats>) -> String {
@@ -352,6 +358,14 @@ pub fn render_prometheus(snapshot: &MetricsSnapshot, log: Option<&LogStats>) -> 
         "Requests the protocol never sends (a coordinator bug if non-zero).",
         snapshot.protocol_violations,
     );
+    out.family("dtc_parked_calls", "gauge", "Commit or rollback calls parked now, waiting for an operator.");
+    out.sample("dtc_parked_calls", &[], snapshot.parked_calls as f64);
+    if !snapshot.unfinished.is_empty() {
+        out.family("dtc_unfinished_transactions", "gauge", "Unfinished transactions now, by state.");
+    }
+    for (state, n) in &snapshot.unfinished {
+        out.sample("dtc_unfinished_transactions", &[("state", state)], *n as f64);
+    }
 
     let name = "dtc_phase_latency_seconds";
     if !snapshot.latency.is_empty() {

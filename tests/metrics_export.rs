@@ -194,6 +194,13 @@ fn exposition_is_valid_and_counts_what_happened() {
         assert_eq!(value(&samples, counter, &[]), 0.0, "{counter}");
     }
 
+    assert_eq!(types.get("dtc_parked_calls").map(String::as_str), Some("gauge"));
+    assert_eq!(value(&samples, "dtc_parked_calls", &[]), 0.0);
+    assert_eq!(types.get("dtc_unfinished_transactions").map(String::as_str), Some("gauge"));
+    for state in ["in-doubt", "committing", "rolling-back", "stuck"] {
+        assert_eq!(value(&samples, "dtc_unfinished_transactions", &[("state", state)]), 0.0, "{state}");
+    }
+
     assert_eq!(types.get("dtc_phase_latency_seconds").map(String::as_str), Some("summary"));
     for phase in ["lock_wait", "prepare", "log", "commit", "total"] {
         let mut previous = 0.0;

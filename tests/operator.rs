@@ -64,6 +64,9 @@ fn a_commit_is_parked_after_max_attempts_and_retry_now_finishes_it() {
     assert_eq!(p.last_error.as_ref().unwrap().code, "unavailable");
     assert_eq!(switches.commit_calls.load(Ordering::SeqCst), 3, "exactly max_attempts calls");
     assert_eq!((dtc.metrics().parked, dtc.parked_count()), (1, 1));
+    let exposition = dtc::render_prometheus(&dtc.metrics(), None);
+    assert!(exposition.contains("dtc_parked_calls 1\n"), "{exposition}");
+    assert!(exposition.contains("dtc_unfinished_transactions{state=\"stuck\"} 1\n"), "{exposition}");
 
     // The same view through the data directory (the control channel).
     let ageless = |mut list: Vec<dtc::UnfinishedTx>| {
@@ -172,6 +175,7 @@ fn a_stuck_rollback_shows_its_reason_and_resolves_only_by_abort() {
     let shipping = Switches::failing("unavailable", 0, u32::MAX);
     let customs = Switches::failing("x", 0, 0);
     customs.refuse_prepare.store(true, Ordering::SeqCst);
+    *customs.refuse_after.lock() = Some(shipping.clone());
     let bank = Ledger::new();
     bank.create_account("a", 1_000).unwrap();
     let dtc = Coordinator::builder()

@@ -500,7 +500,14 @@ impl Coordinator {
 
     /// Counters and latency percentiles so far.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot()
+        let mut snapshot = self.inner.metrics.snapshot();
+        let unfinished = self.inner.unfinished();
+        snapshot.parked_calls = self.inner.outstanding.parked_count() as u64;
+        snapshot.unfinished = TxState::ALL
+            .iter()
+            .map(|state| (state.as_str(), unfinished.iter().filter(|u| u.state == *state).count() as u64))
+            .collect();
+        snapshot
     }
 
     /// Names of the registered services, in registration order.

@@ -14,6 +14,9 @@ pub struct Switches {
     pub fail_commits: AtomicU32,
     pub fail_rollbacks: AtomicU32,
     pub refuse_prepare: AtomicBool,
+    /// Refuse only once this other participant has prepared (at most 5 s).
+    pub refuse_after: parking_lot::Mutex<Option<Arc<Switches>>>,
+    pub prepares: AtomicU32,
     pub commit_calls: AtomicU32,
     pub commits: AtomicU32,
     pub rollback_calls: AtomicU32,
@@ -51,7 +54,13 @@ pub struct Flaky(pub Arc<Switches>);
 
 impl Participant for Flaky {
     fn prepare(&mut self, _tx: TxId, _ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
+        self.0.prepares.fetch_add(1, Ordering::SeqCst);
         if self.0.refuse_prepare.load(Ordering::SeqCst) {
+            if let Some(other) = self.0.refuse_after.lock().clone() {
+                eventually("the other participant's prepare", Duration::from_secs(5), || {
+                    other.prepares.load(Ordering::SeqCst) > 0
+                });
+            }
             return Err(Refusal::Other { code: "closed".into(), message: "not today".into() });
         }
         Ok(Prepared::empty())
