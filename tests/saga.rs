@@ -657,3 +657,27 @@ fn bad_definitions_are_refused() {
     assert_eq!(full.run(&stuck, &1).unwrap().state, SagaState::Stuck);
     assert_eq!(full.run(&stuck, &2).unwrap_err().code(), "too_many_sagas");
 }
+
+#[test]
+fn a_non_retryable_code_ends_a_step_at_once_and_other_codes_are_retried() {
+    let exec = SagaExecutor::builder().no_log().clock(Arc::new(ManualClock::default())).seed(3).open().unwrap();
+    let run = |code: &'static str| {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let pay = Step::new("pay", move |_: &StepContext<'_, u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(StepError::with_code(code, "payment service says no"))
+        })
+        .retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 5))
+        .non_retryable(["card_declined"])
+        .no_timeout();
+        let def = SagaDefinition::builder(format!("pay-{code}")).step(pay).build().unwrap();
+        let info = exec.run(&def, &1).unwrap();
+        (info, calls.load(Ordering::SeqCst))
+    };
+    let (declined, calls) = run("card_declined");
+    assert_eq!((declined.state, calls), (SagaState::Compensated, 1));
+    assert!(declined.failure.unwrap().contains("card_declined: payment service says no"));
+    let (busy, calls) = run("busy");
+    assert_eq!((busy.state, calls), (SagaState::Compensated, 5), "retried up to the policy's attempts");
+}

@@ -21,25 +21,38 @@ pub const MAX_NAME_BYTES: usize = 128;
 /// A retryable failure is retried under the step's [`Backoff`]; a permanent
 /// one ends the step at once (e.g. a card was declined). An action that
 /// returns an error must not have taken effect.
+///
+/// A failure may carry a stable code ([`StepError::with_code`]); a step
+/// lists the codes it must not retry with [`Step::non_retryable`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[error("{}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
 pub struct StepError {
     message: String,
     permanent: bool,
+    code: Option<String>,
 }
 
 impl StepError {
     /// A failure worth retrying (a timeout, a busy service).
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), permanent: false }
+        Self { message: message.into(), permanent: false, code: None }
     }
     /// A failure retrying cannot fix (a refusal).
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), permanent: true }
+        Self { message: message.into(), permanent: true, code: None }
+    }
+    /// A failure with a stable code: retried unless the step lists the code
+    /// as [not retryable](Step::non_retryable).
+    pub fn with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: false, code: Some(code.into()) }
     }
     /// True for [`StepError::permanent`].
     pub fn is_permanent(&self) -> bool {
         self.permanent
+    }
+    /// The code given to [`StepError::with_code`].
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
     }
     /// The explanation.
     pub fn message(&self) -> &str {
@@ -102,6 +115,7 @@ pub struct Step<I> {
     pub(crate) action: StepFn<I>,
     pub(crate) compensation: Option<StepFn<I>>,
     pub(crate) retry: Backoff,
+    pub(crate) non_retryable: Vec<String>,
     pub(crate) timeout: Option<Duration>,
 }
 
@@ -132,6 +146,7 @@ impl<I: Send + Sync + 'static> Step<I> {
             action: Arc::new(action),
             compensation: None,
             retry: Backoff::default(),
+            non_retryable: Vec::new(),
             timeout: Some(DEFAULT_STEP_TIMEOUT),
         }
     }
@@ -149,6 +164,18 @@ impl<I: Send + Sync + 'static> Step<I> {
     pub fn retry(mut self, policy: Backoff) -> Self {
         self.retry = policy;
         self
+    }
+
+    /// Failure codes ([`StepError::with_code`]) this step's action and
+    /// compensation must not retry: such a failure ends the action at once
+    /// (the saga compensates) or makes a failing compensation stuck at once.
+    pub fn non_retryable<S: Into<String>>(mut self, codes: impl IntoIterator<Item = S>) -> Self {
+        self.non_retryable.extend(codes.into_iter().map(Into::into));
+        self
+    }
+
+    pub(crate) fn is_permanent(&self, error: &StepError) -> bool {
+        error.is_permanent() || error.code().is_some_and(|c| self.non_retryable.iter().any(|n| n == c))
     }
 
     /// How long one call of the action or the compensation may take. A call

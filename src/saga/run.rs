@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::call::{CallError, call_with_timeout};
-use super::definition::{DefinitionInner, Step, StepContext, StepError, StepFn};
+use super::definition::{DefinitionInner, Step, StepContext, StepFn};
 use super::error::SagaError;
 use super::executor::{Core, SagaInfo, bump, clip};
 use super::key::IdempotencyKey;
@@ -206,8 +206,8 @@ impl<I: Send + Sync + 'static> SagaRun<'_, I> {
         match result {
             Ok(Ok(())) => Attempt::Done,
             Ok(Err(e)) => {
-                let permanent = e.is_permanent();
-                Attempt::Failed { message: StepError::message(&e).to_string(), permanent, uncertain: false }
+                let permanent = step.is_permanent(&e);
+                Attempt::Failed { message: e.to_string(), permanent, uncertain: false }
             }
             Err(CallError::TimedOut) => {
                 bump(&self.core.counters.timeouts);
