@@ -300,3 +300,21 @@ fn retry_policies_are_validated() {
     assert!(matches!(build("bank", inverted), Err(Error::Config(_))));
     assert!(build("bank", fast(3)).is_ok());
 }
+
+#[test]
+fn shutdown_stops_a_worker_waiting_out_a_long_backoff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switches = Switches::failing("timeout", u32::MAX, 0);
+    let slow = RetryPolicy::new(Duration::from_secs(600), Duration::from_secs(600), 5);
+    let dtc = open(tmp.path(), Flaky(switches.clone()), slow);
+    let tx = dtc.new_tx_id();
+    assert_eq!(ship(&dtc, tx), Outcome::CommitPending);
+    let started = std::time::Instant::now();
+    dtc.shutdown().unwrap();
+    // Not a timing claim: without the wake-up this would wait ten minutes.
+    assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
+    assert_eq!(switches.commit_calls.load(Ordering::SeqCst), 1);
+    drop(dtc);
+    let listed = DataDir::new(tmp.path()).unfinished().unwrap();
+    assert_eq!((listed.len(), listed[0].tx), (1, tx), "still owed an acknowledgement: {listed:?}");
+}

@@ -1068,6 +1068,9 @@ impl Inner {
         if workers.is_empty() {
             return;
         }
+        // Workers waiting out a retry backoff stop; the calls stay prepared
+        // at their participants and recovery resolves them.
+        self.outstanding.close();
         if let Some(checkpointer) = self.checkpointer.lock().take() {
             // The checkpointer may be the thread dropping the last handle.
             if checkpointer.thread().id() != std::thread::current().id() {

@@ -74,6 +74,9 @@ pub(crate) enum Wake {
     Retry,
     /// An operator resolved the call: do not call, settle.
     Resolved,
+    /// The coordinator is shutting down: stop retrying (the participant
+    /// keeps the call's transaction prepared; recovery resolves it).
+    Closing,
 }
 
 /// What a parking worker may do.
@@ -93,6 +96,8 @@ pub(crate) struct Outstanding {
     /// it (the common case is 0) before taking the lock.
     tracked: AtomicUsize,
     wake: Condvar,
+    /// Set by shutdown: waiting workers stop retrying.
+    closing: crate::sync::AtomicBool,
     capacity: usize,
     /// Commit decided; these external services have not acknowledged yet.
     unresolved: Mutex<HashMap<TxId, Vec<String>>>,
@@ -107,6 +112,7 @@ impl Outstanding {
             stalls: Mutex::new(HashMap::new()),
             tracked: AtomicUsize::new(0),
             wake: Condvar::new(),
+            closing: crate::sync::AtomicBool::new(false),
             capacity: capacity.max(1),
             unresolved: Mutex::new(HashMap::new()),
             watching: AtomicUsize::new(0),
@@ -156,6 +162,10 @@ impl Outstanding {
             stall.next_retry = Some(until);
         }
         loop {
+            // SeqCst: pairs with `close` (flag, then notify under the lock).
+            if self.closing.load(Ordering::SeqCst) {
+                return Wake::Closing;
+            }
             match stalls.get_mut(&(tx, service)) {
                 Some(stall) if stall.resolved => return Wake::Resolved,
                 Some(stall) if stall.poked => {
@@ -171,6 +181,13 @@ impl Outstanding {
             let (guard, _) = self.wake.wait_for(stalls, until - now);
             stalls = guard;
         }
+    }
+
+    /// Shutdown: every worker waiting out a backoff stops retrying.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _stalls = self.stalls.lock();
+        self.wake.notify_all();
     }
 
     /// Retries are exhausted: park it if there is room.

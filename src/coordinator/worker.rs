@@ -669,8 +669,13 @@ impl Service {
             }
             self.metrics.retries.add(1);
             tracing::warn!(%tx, service = %self.name, %code, %message, attempt = round, ?delay, "{what} failed; retrying");
-            if self.outstanding.wait(tx, self.index, Instant::now() + delay) == Wake::Resolved {
-                return self.resolved_meanwhile(tx);
+            match self.outstanding.wait(tx, self.index, Instant::now() + delay) {
+                Wake::Retry => {}
+                Wake::Resolved => return self.resolved_meanwhile(tx),
+                Wake::Closing => {
+                    tracing::warn!(%tx, service = %self.name, "{what} not retried further: shutting down");
+                    return Some(false);
+                }
             }
         }
     }
