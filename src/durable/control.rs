@@ -10,7 +10,8 @@
 //! Bounded: a coordinator handles at most `MAX_REQUESTS_PER_POLL` requests
 //! per poll and ignores request files larger than `MAX_REQUEST_BYTES`
 //! (answering them with an error); a tool waits at most its timeout and
-//! removes its request if nobody took it.
+//! removes its request if nobody took it; answers nobody collected are
+//! removed after five minutes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ pub(crate) const CONTROL_DIR: &str = "control";
 pub(crate) const MAX_REQUESTS_PER_POLL: usize = 16;
 /// Largest request file read.
 pub(crate) const MAX_REQUEST_BYTES: u64 = 16 << 10;
+/// Uncollected answers older than this are removed.
+const STALE_AFTER: Duration = Duration::from_secs(300);
 /// How often a coordinator looks for requests.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(100);
 
@@ -110,8 +113,15 @@ pub(crate) fn call(dir: &Path, request: &Request, timeout: Duration) -> Result<R
 pub(crate) fn serve(dir: &Path, mut handle: impl FnMut(Request) -> Response) {
     let control = control_dir(dir);
     let Ok(entries) = std::fs::read_dir(&control) else { return };
-    let mut requests: Vec<PathBuf> =
-        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "req")).collect();
+    let paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    // Answers nobody collected (the tool gave up) are removed after a while.
+    for stale in paths.iter().filter(|p| p.extension().is_some_and(|x| x == "resp")) {
+        let age = std::fs::metadata(stale).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age > STALE_AFTER) {
+            let _ = std::fs::remove_file(stale);
+        }
+    }
+    let mut requests: Vec<PathBuf> = paths.into_iter().filter(|p| p.extension().is_some_and(|x| x == "req")).collect();
     requests.sort();
     for path in requests.into_iter().take(MAX_REQUESTS_PER_POLL) {
         let response_path = path.with_extension("resp");
@@ -132,5 +142,44 @@ pub(crate) fn serve(dir: &Path, mut handle: impl FnMut(Request) -> Response) {
         if let Err(error) = write_atomic(&response_path, &bytes) {
             tracing::warn!(%error, "could not answer an operator request");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(dir: &Path, name: &str) -> Response {
+        serde_json::from_slice(&std::fs::read(control_dir(dir).join(name)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn bad_requests_get_a_refusal_and_never_reach_the_handler() {
+        let tmp = tempfile::tempdir().unwrap();
+        let control = control_dir(tmp.path());
+        std::fs::create_dir_all(&control).unwrap();
+        std::fs::write(control.join("a.req"), b"{not json").unwrap();
+        std::fs::write(control.join("b.req"), vec![b' '; MAX_REQUEST_BYTES as usize + 1]).unwrap();
+        std::fs::write(control.join("c.req"), br#"{"action":"unfinished"}"#).unwrap();
+        let mut handled = 0;
+        serve(tmp.path(), |request| {
+            assert!(matches!(request, Request::Unfinished));
+            handled += 1;
+            Response::Unfinished { transactions: Vec::new() }
+        });
+        assert_eq!(handled, 1);
+        assert!(matches!(answer(tmp.path(), "a.resp"), Response::Refused { ref code, .. } if code == "bad_request"));
+        assert!(matches!(answer(tmp.path(), "b.resp"), Response::Refused { ref code, .. } if code == "bad_request"));
+        assert!(matches!(answer(tmp.path(), "c.resp"), Response::Unfinished { .. }));
+        // Taken: a second poll answers nothing twice.
+        serve(tmp.path(), |_| panic!("answered twice"));
+    }
+
+    #[test]
+    fn a_call_without_a_server_times_out_and_takes_its_request_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let error = call(tmp.path(), &Request::Unfinished, Duration::from_millis(30)).unwrap_err();
+        assert_eq!(error.code(), "control");
+        assert_eq!(std::fs::read_dir(control_dir(tmp.path())).unwrap().count(), 0);
     }
 }
