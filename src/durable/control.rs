@@ -109,6 +109,13 @@ pub(crate) fn call(dir: &Path, request: &Request, timeout: Duration) -> Result<R
     }
 }
 
+/// True if a request waits in `dir` (cheap: one directory listing).
+pub(crate) fn has_requests(dir: &Path) -> bool {
+    std::fs::read_dir(control_dir(dir))
+        .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "req")))
+        .unwrap_or(false)
+}
+
 /// Coordinator side: answers the pending requests in `dir` with `handle`.
 pub(crate) fn serve(dir: &Path, mut handle: impl FnMut(Request) -> Response) {
     let control = control_dir(dir);

@@ -227,40 +227,7 @@ impl DataDir {
     fn unfinished_sagas(&self) -> Result<Vec<UnfinishedTx>> {
         let executor = crate::SagaExecutor::open(&self.path)
             .map_err(|e| Error::Config(format!("{}: {e}", self.path.display())))?;
-        let list = executor
-            .sagas()
-            .into_iter()
-            .filter_map(|saga| {
-                let state = match saga.state {
-                    crate::SagaState::Running => TxState::Committing,
-                    crate::SagaState::Compensating => TxState::RollingBack,
-                    crate::SagaState::Stuck => TxState::Stuck,
-                    _ => return None,
-                };
-                let compensated_from = saga.completed_steps.len().saturating_sub(saga.compensated_steps);
-                let participants = saga
-                    .completed_steps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, name)| ParticipantState {
-                        name: name.clone(),
-                        phase: if i >= compensated_from { "compensated" } else { "completed" }.into(),
-                        attempts: 0,
-                        next_retry_in_ms: None,
-                        last_error: None,
-                    })
-                    .collect();
-                Some(UnfinishedTx {
-                    tx: saga.id,
-                    kind: TxKind::Saga,
-                    state,
-                    age_seconds: age_seconds(saga.id),
-                    participants,
-                    reason: saga.failure,
-                })
-            })
-            .collect();
-        Ok(list)
+        Ok(executor.unfinished())
     }
 
     /// True if the directory holds a saga executor's log.

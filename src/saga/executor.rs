@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::durable::control;
 use serde::de::DeserializeOwned;
 
 use super::backoff::{Backoff, Jitter};
@@ -546,7 +548,7 @@ fn info_of(row: &Row, definition: Option<&dyn ErasedDefinition>) -> SagaInfo {
 ///
 /// See [`SagaDefinition`] for an example.
 pub struct SagaExecutor {
-    core: Core,
+    core: Arc<Core>,
 }
 
 impl fmt::Debug for SagaExecutor {
@@ -585,15 +587,15 @@ impl SagaExecutor {
     }
 
     fn with(builder: SagaExecutorBuilder, log: Option<LogState>, mut table: Table) -> SagaExecutor {
-        let SagaExecutorBuilder { clock, seed, mut config, segment_size_bytes, .. } = builder;
+        let SagaExecutorBuilder { clock, seed, mut config, segment_size_bytes, log: choice, .. } = builder;
         config.checkpoint_every_bytes = segment_size_bytes / 4;
         table.max_finished = config.max_finished_sagas;
         let ids = TxIdGen::new(rand::random());
         if let Some(newest) = table.rows.keys().max() {
             ids.observe(*newest);
         }
-        SagaExecutor {
-            core: Core {
+        let executor = SagaExecutor {
+            core: Arc::new(Core {
                 log,
                 table: Mutex::new(table),
                 clock,
@@ -604,7 +606,57 @@ impl SagaExecutor {
                 ids,
                 active: Mutex::new(HashSet::new()),
                 definitions: Mutex::new(HashMap::new()),
-            },
+            }),
+        };
+        if let LogChoice::Dir(dir) = choice {
+            spawn_control(Arc::downgrade(&executor.core), dir);
+        }
+        executor
+    }
+
+    /// Unfinished sagas (running, compensating, stuck) as
+    /// [`UnfinishedTx`](crate::UnfinishedTx) rows, like
+    /// [`Coordinator::unfinished`](crate::Coordinator::unfinished).
+    pub fn unfinished(&self) -> Vec<crate::UnfinishedTx> {
+        self.sagas().into_iter().filter_map(unfinished_row).collect()
+    }
+
+    /// Answers one operator request from the control channel.
+    fn handle_control(&self, request: control::Request) -> control::Response {
+        use control::{Request, Response};
+        let refused = |code: &str, message: String| Response::Refused { code: code.into(), message };
+        match request {
+            Request::Unfinished => Response::Unfinished { transactions: self.unfinished() },
+            Request::Resolve { .. } => refused(
+                "unsupported",
+                "a saga has no commit or abort to force: fix what its failing step calls, then retry-now".into(),
+            ),
+            Request::RetryNow { tx, reason } => {
+                let stuck: Vec<TxId> = match tx {
+                    Some(tx) => match self.saga(tx) {
+                        Some(info) if info.state == SagaState::Stuck => vec![tx],
+                        Some(_) | None => return refused("not_stuck", format!("saga {tx} is not stuck")),
+                    },
+                    None => self.sagas().into_iter().filter(|s| s.state == SagaState::Stuck).map(|s| s.id).collect(),
+                };
+                let executor = SagaExecutor { core: Arc::clone(&self.core) };
+                let sagas = stuck.clone();
+                // Compensations may take long (their own retries): answer now.
+                let spawned = std::thread::Builder::new().name("dtc-saga-retry".into()).spawn(move || {
+                    for saga in sagas {
+                        if let Err(error) = executor.retry_stuck_because(saga, &reason) {
+                            tracing::error!(%saga, %error, "operator retry of a stuck saga failed");
+                        }
+                    }
+                });
+                match spawned {
+                    Ok(_) => {
+                        let redelivered = stuck.len();
+                        Response::Retried { report: crate::RetryReport { transactions: stuck, redelivered, woken: 0 } }
+                    }
+                    Err(e) => refused("io", format!("cannot start the retry: {e}")),
+                }
+            }
         }
     }
 
@@ -710,6 +762,13 @@ impl SagaExecutor {
     /// Runs the compensations of a stuck saga again (after an operator fixed
     /// what made them fail), from where they stopped.
     pub fn retry_stuck(&self, saga: TxId) -> Result<SagaInfo, SagaError> {
+        self.retry_stuck_because(saga, "")
+    }
+
+    /// [`retry_stuck`](Self::retry_stuck), with the operator's reason
+    /// recorded in the log (`dtc retry-now --dir D --tx ID --reason R`
+    /// reaches a running executor through its directory).
+    pub fn retry_stuck_because(&self, saga: TxId, reason: &str) -> Result<SagaInfo, SagaError> {
         let row = self.core.row(saga)?;
         let state = info_of(&row, None).state;
         if state != SagaState::Stuck {
@@ -719,7 +778,9 @@ impl SagaExecutor {
             return Err(SagaError::NotRegistered { saga, definition: row.definition });
         };
         let _claim = self.core.claim(saga)?;
-        self.core.record(Rec::StuckRetried { saga }, None)?;
+        let reason = clip(reason.to_string());
+        tracing::warn!(%saga, %reason, "operator retries a stuck saga");
+        self.core.record(Rec::StuckRetried { saga, reason }, None)?;
         let row = self.core.row(saga)?;
         self.drive_row(&*definition, &row)
     }
@@ -762,5 +823,60 @@ impl SagaExecutor {
             compensation_attempts: read(&c.compensation_attempts),
             compensation_retries: read(&c.compensation_retries),
         }
+    }
+}
+
+/// An unfinished saga as an operator's row (`None` once finished).
+pub(crate) fn unfinished_row(saga: SagaInfo) -> Option<crate::UnfinishedTx> {
+    use crate::{ParticipantState, TxKind, TxState};
+    let state = match saga.state {
+        SagaState::Running => TxState::Committing,
+        SagaState::Compensating => TxState::RollingBack,
+        SagaState::Stuck => TxState::Stuck,
+        _ => return None,
+    };
+    let compensated_from = saga.completed_steps.len().saturating_sub(saga.compensated_steps);
+    let participants = saga
+        .completed_steps
+        .iter()
+        .enumerate()
+        .map(|(i, name)| ParticipantState {
+            name: name.clone(),
+            phase: if i >= compensated_from { "compensated" } else { "completed" }.into(),
+            attempts: 0,
+            next_retry_in_ms: None,
+            last_error: None,
+        })
+        .collect();
+    Some(crate::UnfinishedTx {
+        tx: saga.id,
+        kind: TxKind::Saga,
+        state,
+        age_seconds: crate::coordinator::operator::age_seconds(saga.id),
+        participants,
+        reason: saga.failure,
+    })
+}
+
+/// Serves the control channel of a saga directory (see `durable::control`)
+/// until the executor is dropped. The executor is held only while a request
+/// is being answered, so dropping it releases the directory at once.
+fn spawn_control(core: std::sync::Weak<Core>, dir: PathBuf) {
+    let spawned = std::thread::Builder::new().name("dtc-saga-control".into()).spawn(move || {
+        loop {
+            std::thread::sleep(control::POLL_EVERY);
+            if core.strong_count() == 0 {
+                return;
+            }
+            if !control::has_requests(&dir) {
+                continue;
+            }
+            let Some(core) = core.upgrade() else { return };
+            let executor = SagaExecutor { core };
+            control::serve(&dir, |request| executor.handle_control(request));
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "saga control thread not started: dtc txs/retry-now cannot reach this executor");
     }
 }

@@ -15,7 +15,7 @@
 //! | 6 | CompensationStarted | saga, step |
 //! | 7 | CompensationDone | saga, step |
 //! | 8 | SagaFinished | saga, end u8, step u16 (0xFFFF: none), reason str |
-//! | 9 | StuckRetried | saga |
+//! | 9 | StuckRetried | saga, reason (optional) |
 
 use std::collections::{HashMap, VecDeque};
 
@@ -84,15 +84,52 @@ impl End {
 /// One saga log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rec {
-    Started { saga: TxId, definition: String, steps: u16, deadline_at_ms: u64, input: String },
-    StepStarted { saga: TxId, step: u16 },
-    StepDone { saga: TxId, step: u16 },
-    StepFailed { saga: TxId, step: u16, attempts: u32, cause: FailCause, uncertain: bool, reason: String },
-    DeadlineExceeded { saga: TxId },
-    CompStarted { saga: TxId, step: u16 },
-    CompDone { saga: TxId, step: u16 },
-    Finished { saga: TxId, end: End, step: u16, reason: String },
-    StuckRetried { saga: TxId },
+    Started {
+        saga: TxId,
+        definition: String,
+        steps: u16,
+        deadline_at_ms: u64,
+        input: String,
+    },
+    StepStarted {
+        saga: TxId,
+        step: u16,
+    },
+    StepDone {
+        saga: TxId,
+        step: u16,
+    },
+    StepFailed {
+        saga: TxId,
+        step: u16,
+        attempts: u32,
+        cause: FailCause,
+        uncertain: bool,
+        reason: String,
+    },
+    DeadlineExceeded {
+        saga: TxId,
+    },
+    CompStarted {
+        saga: TxId,
+        step: u16,
+    },
+    CompDone {
+        saga: TxId,
+        step: u16,
+    },
+    Finished {
+        saga: TxId,
+        end: End,
+        step: u16,
+        reason: String,
+    },
+    /// An operator retried a stuck saga's compensations (reason may be
+    /// empty; records written before reasons existed decode as empty).
+    StuckRetried {
+        saga: TxId,
+        reason: String,
+    },
 }
 
 impl Rec {
@@ -106,7 +143,7 @@ impl Rec {
             | Rec::CompStarted { saga, .. }
             | Rec::CompDone { saga, .. }
             | Rec::Finished { saga, .. }
-            | Rec::StuckRetried { saga } => *saga,
+            | Rec::StuckRetried { saga, .. } => *saga,
         }
     }
 
@@ -159,7 +196,8 @@ impl Rec {
                 w.u8(u8::from(*uncertain));
                 w.str(reason);
             }
-            Rec::DeadlineExceeded { .. } | Rec::StuckRetried { .. } => {}
+            Rec::DeadlineExceeded { .. } => {}
+            Rec::StuckRetried { reason, .. } => w.str(reason),
             Rec::Finished { end, step, reason, .. } => {
                 w.u8(*end as u8);
                 w.u16(*step);
@@ -196,7 +234,9 @@ impl Rec {
                 step: r.u16()?,
                 reason: r.str()?,
             },
-            KIND_STUCK_RETRIED => Rec::StuckRetried { saga },
+            KIND_STUCK_RETRIED => {
+                Rec::StuckRetried { saga, reason: if r.is_done() { String::new() } else { r.str()? } }
+            }
             _ => return Err(bad("saga record kind")),
         };
         r.finish()?;
@@ -474,7 +514,7 @@ mod tests {
             Rec::CompStarted { saga, step: 0 },
             Rec::CompDone { saga, step: 0 },
             Rec::Finished { saga, end: End::Stuck, step: 0, reason: "x".into() },
-            Rec::StuckRetried { saga },
+            Rec::StuckRetried { saga, reason: "warehouse back".into() },
         ]
     }
 
@@ -484,6 +524,12 @@ mod tests {
             let bytes = rec.encode();
             assert_eq!(Rec::decode(rec.kind(), &bytes).unwrap(), rec);
             for cut in 0..bytes.len() {
+                if let (Rec::StuckRetried { saga, .. }, 16) = (&rec, cut) {
+                    // The form written before reasons existed: just the id.
+                    let legacy = Rec::decode(rec.kind(), &bytes[..cut]).unwrap();
+                    assert_eq!(legacy, Rec::StuckRetried { saga: *saga, reason: String::new() });
+                    continue;
+                }
                 assert!(Rec::decode(rec.kind(), &bytes[..cut]).is_err(), "{rec:?} cut at {cut}");
             }
         }
