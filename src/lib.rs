@@ -191,4 +191,69 @@ pub mod __loom {
             self.0.acquire(sorted, deadline).map(LockSet)
         }
     }
+
+    /// The engine's table of failing calls (`coordinator::outstanding`),
+    /// keyed by plain numbers for the models.
+    pub struct Outstanding(crate::coordinator::outstanding::Outstanding);
+
+    fn stall_key(tx: u128) -> engine_barrier::TxKey {
+        engine_barrier::TxKey { tx: crate::TxId::from_u128(tx), attempt: 1 }
+    }
+
+    impl Outstanding {
+        pub fn new(capacity: usize) -> Self {
+            Self(crate::coordinator::outstanding::Outstanding::new(capacity, None))
+        }
+        /// A commit call failed; (resolved by an operator meanwhile, round).
+        pub fn failed(&self, tx: u128, service: u16) -> (bool, u32) {
+            let error = crate::CallError { code: "down".into(), message: "down".into() };
+            let f = self.0.failed(stall_key(tx), service, crate::coordinator::worker::Step::Commit, error, 1);
+            (f.resolved, f.round)
+        }
+        /// Waits out a backoff that never ends by itself (loom has no time):
+        /// `retry`, `resolved` or `closing`.
+        pub fn wait(&self, tx: u128, service: u16) -> &'static str {
+            let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            match self.0.wait(crate::TxId::from_u128(tx), service, far) {
+                crate::coordinator::outstanding::Wake::Retry => "retry",
+                crate::coordinator::outstanding::Wake::Resolved => "resolved",
+                crate::coordinator::outstanding::Wake::Closing => "closing",
+            }
+        }
+        /// `parked`, `full` or `resolved`.
+        pub fn park(&self, tx: u128, service: u16) -> &'static str {
+            match self.0.park(crate::TxId::from_u128(tx), service) {
+                crate::coordinator::outstanding::Park::Parked => "parked",
+                crate::coordinator::outstanding::Park::Full => "full",
+                crate::coordinator::outstanding::Park::Resolved => "resolved",
+            }
+        }
+        /// (parked calls to redeliver, waiting calls woken).
+        pub fn retry_now(&self, tx: u128) -> (usize, usize) {
+            let (redeliver, woken) = self.0.retry_now(Some(crate::TxId::from_u128(tx)));
+            (redeliver.len(), woken)
+        }
+        /// Parked calls the operator must settle through their workers.
+        pub fn resolve(&self, tx: u128) -> usize {
+            self.0.resolve(crate::TxId::from_u128(tx)).len()
+        }
+        pub fn close(&self) {
+            self.0.close()
+        }
+        pub fn cleared(&self, tx: u128, service: u16) {
+            self.0.cleared(crate::TxId::from_u128(tx), service)
+        }
+        pub fn tracked(&self) -> usize {
+            self.0.stalls().len()
+        }
+        pub fn expect_acks(&self, tx: u128, services: &[&str]) {
+            self.0.expect_acks(crate::TxId::from_u128(tx), services.iter().map(|s| s.to_string()).collect())
+        }
+        pub fn acknowledged(&self, tx: u128, service: &str) {
+            self.0.acknowledged(crate::TxId::from_u128(tx), service)
+        }
+        pub fn unresolved(&self) -> usize {
+            self.0.unresolved_count()
+        }
+    }
 }
