@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -46,14 +47,21 @@ fn stuck(dtc: &Coordinator) -> bool {
     dtc.unfinished().iter().any(|u| u.state == TxState::Stuck)
 }
 
-#[test]
-fn a_commit_is_parked_after_max_attempts_and_retry_now_finishes_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let switches = Switches::failing("unavailable", u32::MAX, 0);
-    let dtc = open(tmp.path(), Flaky(switches.clone()), fast(3));
+/// A coordinator on `dir` whose `shipping` fails every commit with `code`,
+/// and one transaction whose commit is parked.
+fn parked_commit(dir: &Path, code: &str, policy: RetryPolicy) -> (Coordinator, Arc<Switches>, TxId) {
+    let switches = Switches::failing(code, u32::MAX, 0);
+    let dtc = open(dir, Flaky(switches.clone()), policy);
     let tx = dtc.new_tx_id();
     assert_eq!(ship(&dtc, tx), Outcome::CommitPending);
     eventually("the commit to park", WAIT, || stuck(&dtc));
+    (dtc, switches, tx)
+}
+
+#[test]
+fn a_commit_is_parked_after_max_attempts_and_retry_now_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dtc, switches, tx) = parked_commit(tmp.path(), "unavailable", fast(3));
 
     let list = dtc.unfinished();
     assert_eq!(list.len(), 1, "{list:?}");
@@ -99,11 +107,7 @@ fn a_commit_is_parked_after_max_attempts_and_retry_now_finishes_it() {
 #[test]
 fn a_non_retryable_code_parks_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let switches = Switches::failing("account_closed", u32::MAX, 0);
-    let dtc = open(tmp.path(), Flaky(switches.clone()), fast(100).non_retryable(["account_closed"]));
-    let tx = dtc.new_tx_id();
-    assert_eq!(ship(&dtc, tx), Outcome::CommitPending);
-    eventually("the commit to park", WAIT, || stuck(&dtc));
+    let (dtc, switches, tx) = parked_commit(tmp.path(), "account_closed", fast(100).non_retryable(["account_closed"]));
     let list = dtc.unfinished();
     assert_eq!(list[0].participants[0].attempts, 1);
     assert_eq!(switches.commit_calls.load(Ordering::SeqCst), 1);
@@ -132,11 +136,7 @@ fn a_waiting_retry_shows_its_next_retry_and_retry_now_cuts_the_wait() {
 #[test]
 fn resolve_commit_settles_a_parked_commit_without_calling_it_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let switches = Switches::failing("unavailable", u32::MAX, 0);
-    let dtc = open(tmp.path(), Flaky(switches.clone()), fast(3));
-    let tx = dtc.new_tx_id();
-    assert_eq!(ship(&dtc, tx), Outcome::CommitPending);
-    eventually("the commit to park", WAIT, || stuck(&dtc));
+    let (dtc, switches, tx) = parked_commit(tmp.path(), "unavailable", fast(3));
 
     let refused = dtc.resolve(tx, Resolution::Abort, "undo it").unwrap_err();
     assert!(matches!(refused, Error::UnsafeResolution { .. }), "{refused}");
