@@ -107,7 +107,7 @@ fn a_commit_is_parked_after_max_attempts_and_retry_now_finishes_it() {
 #[test]
 fn a_non_retryable_code_parks_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dtc, switches, tx) = parked_commit(tmp.path(), "account_closed", fast(100).non_retryable(["account_closed"]));
+    let (dtc, switches, _) = parked_commit(tmp.path(), "account_closed", fast(100).non_retryable(["account_closed"]));
     let list = dtc.unfinished();
     assert_eq!(list[0].participants[0].attempts, 1);
     assert_eq!(switches.commit_calls.load(Ordering::SeqCst), 1);
