@@ -318,7 +318,7 @@ impl DataDir {
     }
 
     fn resolve_offline(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
-        if self.ledger_services().map(|s| s.is_empty()).unwrap_or(true) {
+        if self.read()?.0.is_none() {
             return Err(Error::Config(format!("{} holds no coordinator checkpoint", self.path.display())));
         }
         let config = JournalConfig { wal: config_for(&self.path, WalConfig::default()), ..JournalConfig::default() };

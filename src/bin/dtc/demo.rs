@@ -85,6 +85,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let elapsed = started.elapsed().as_secs_f64();
     let audit = dtc.audit()?;
     let metrics = dtc.metrics();
+    let unfinished = dtc.unfinished().len();
     dtc.shutdown()?;
 
     let injected =
@@ -95,7 +96,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     for (reason, n) in metrics.aborted.iter().filter(|(_, n)| *n > 0) {
         println!("  {reason:<22} {n}");
     }
-    println!("retries        {}", metrics.retries);
+    println!("retries        {} (parked {}, unfinished at the end {unfinished})", metrics.retries, metrics.parked);
     println!("timeouts       {}", metrics.timeouts);
     println!(
         "panics survived {} (injected {}, refusals injected {}, stalls injected {})",

@@ -40,7 +40,7 @@ enum Command {
     /// From a running coordinator (through its data directory) the live view; otherwise what the
     /// log shows. A saga executor's directory lists its unfinished sagas.
     Txs(ops::TxsArgs),
-    /// Retries parked commit/rollback calls now, in the coordinator running on the directory.
+    /// Retries parked commit/rollback calls now, in the coordinator (or saga executor) running on the directory.
     RetryNow(ops::RetryNowArgs),
     /// Resolves a stuck or undecided transaction by an operator's decision, recorded with a reason.
     ///
