@@ -305,7 +305,7 @@ impl SagaExecutorBuilder {
             LogChoice::Memory(log) => (Arc::new(log.0.clone()), "memory".to_string()),
         };
         let wal_config =
-            WalConfig { segment_size_bytes: self.segment_size_bytes, max_segments: 8, preallocate_next: true };
+            WalConfig { segment_size_bytes: self.segment_size_bytes, max_segments: 8, ..WalConfig::default() };
         let open_error = |cause: String| SagaError::Open { location: location.clone(), cause };
         let (wal, recovery) = Wal::open(storage, wal_config).map_err(|e| open_error(e.to_string()))?;
         let max_finished = self.config.max_finished_sagas;

@@ -47,6 +47,17 @@ pub struct GroupCommit {
     failed: AtomicBool,
     leader: Mutex<LeaderState>,
     wakeup: Condvar,
+    /// Threads inside `wait_durable` now (the leader included).
+    waiting: AtomicUsize,
+    /// Recent peak of `waiting` at a sync's start: how many writers the
+    /// workload keeps busy. Decays when load drops.
+    peak: AtomicUsize,
+    /// Longest a leader waits for more writers to join its group; zero
+    /// disables gathering (the loom models run without it).
+    gather_limit: std::time::Duration,
+    /// Moving average of recent sync times, in nanoseconds (leader only
+    /// writes it): gathering never waits more than half of it.
+    sync_ns: AtomicU64,
 }
 
 impl GroupCommit {
@@ -60,7 +71,18 @@ impl GroupCommit {
             failed: AtomicBool::new(false),
             leader: Mutex::new(LeaderState { active: false, durable: start, failure: None }),
             wakeup: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            gather_limit: std::time::Duration::ZERO,
+            sync_ns: AtomicU64::new(0),
         }
+    }
+
+    /// A leader waits up to `limit` for more writers to join its sync (see
+    /// `gather`).
+    pub fn with_gather(mut self, limit: std::time::Duration) -> Self {
+        self.gather_limit = limit;
+        self
     }
 
     /// Publishes that the bytes of the reservation `[start, end)` are written.
@@ -160,6 +182,23 @@ impl GroupCommit {
         mut before_sync: impl FnMut(u64),
         mut sync: impl FnMut(u64, u64) -> std::io::Result<()>,
     ) -> Result<(), WaitError> {
+        if self.durable() >= position {
+            return Ok(());
+        }
+        // Relaxed: heuristic counts (see `gather`).
+        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(waiting, Ordering::Relaxed);
+        let result = self.wait_counted(position, &mut before_sync, &mut sync);
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    fn wait_counted(
+        &self,
+        position: u64,
+        before_sync: &mut impl FnMut(u64),
+        sync: &mut impl FnMut(u64, u64) -> std::io::Result<()>,
+    ) -> Result<(), WaitError> {
         loop {
             if self.durable() >= position {
                 return Ok(());
@@ -181,6 +220,7 @@ impl GroupCommit {
                 state.active = true;
                 state.durable
             };
+            self.gather();
             before_sync(from);
             let to = match self.wait_for_progress(from) {
                 Ok(to) => to,
@@ -189,7 +229,10 @@ impl GroupCommit {
                     return Err(WaitError::Failed(failed));
                 }
             };
-            match sync(from, to) {
+            let sync_started = std::time::Instant::now();
+            let synced = sync(from, to);
+            self.note_sync_time(sync_started.elapsed());
+            match synced {
                 Ok(()) => self.resign(Some(to), None),
                 Err(error) => {
                     self.resign(None, Some(error.kind()));
@@ -197,6 +240,59 @@ impl GroupCommit {
                 }
             }
         }
+    }
+
+    /// Leader only, before it takes the prefix. Without it, groups
+    /// alternate: the writers a sync releases append their next records just
+    /// after the next leader (elected at once among those that missed the
+    /// sync) took its prefix, so each sync carries about half the writers.
+    /// When several writers are busy, the leader yields the core while the
+    /// log keeps growing, until it has been quiet for an eighth of the limit
+    /// or the limit passed; the limit is `gather_limit`, and never more than
+    /// half the recent sync time, so a fast disk is not slowed down. One
+    /// writer alone never waits.
+    fn gather(&self) {
+        if self.gather_limit.is_zero() {
+            return;
+        }
+        // Relaxed: written by leaders only, read by the next leader.
+        let half_sync = std::time::Duration::from_nanos(self.sync_ns.load(Ordering::Relaxed) / 2);
+        let limit = self.gather_limit.min(half_sync);
+        if limit.is_zero() {
+            return;
+        }
+        // Relaxed: heuristics only; correctness never depends on them.
+        let peak = self.peak.load(Ordering::Relaxed);
+        let now = self.waiting.load(Ordering::Relaxed);
+        self.peak.store(now.max(peak - peak / 4), Ordering::Relaxed);
+        if peak <= 1 {
+            return; // one writer: nobody to wait for
+        }
+        let quiet = limit / 8;
+        let started = std::time::Instant::now();
+        let mut last = self.completed();
+        let mut grew = started;
+        loop {
+            thread::yield_now();
+            let at = std::time::Instant::now();
+            let completed = self.completed();
+            if completed > last {
+                last = completed;
+                grew = at;
+            }
+            if at - started >= limit || at - grew >= quiet {
+                return;
+            }
+        }
+    }
+
+    /// Leader only: folds one sync's duration into the moving average (1/8).
+    fn note_sync_time(&self, took: std::time::Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: only leaders write, one at a time (`active`).
+        let average = self.sync_ns.load(Ordering::Relaxed);
+        let next = if average == 0 { took } else { average - average / 8 + took / 8 };
+        self.sync_ns.store(next, Ordering::Relaxed);
     }
 
     /// Leader only: waits until some completed bytes lie beyond `from`.

@@ -72,13 +72,25 @@ pub struct WalConfig {
     pub max_segments: usize,
     /// A background thread creates or recycles the next segment ahead of need.
     pub preallocate_next: bool,
+    /// Longest a sync leader waits for more writers to join its sync (never
+    /// more than half the recent sync time; see `group::GroupCommit::gather`).
+    /// Zero: sync at once.
+    pub gather_limit: std::time::Duration,
 }
 
 impl Default for WalConfig {
     fn default() -> Self {
-        WalConfig { segment_size_bytes: 64 << 20, max_segments: 4, preallocate_next: true }
+        WalConfig {
+            segment_size_bytes: 64 << 20,
+            max_segments: 4,
+            preallocate_next: true,
+            gather_limit: DEFAULT_GATHER_LIMIT,
+        }
     }
 }
+
+/// See `WalConfig::gather_limit`.
+pub const DEFAULT_GATHER_LIMIT: std::time::Duration = std::time::Duration::from_micros(200);
 
 const PAGE_BYTES: u64 = 4096;
 
@@ -91,6 +103,8 @@ impl WalConfig {
             "segment_size_bytes must be between 8 KiB and 1 GiB"
         } else if self.max_segments < 2 || self.max_segments > 1 << 20 {
             "max_segments must be between 2 and 2^20"
+        } else if self.gather_limit > std::time::Duration::from_millis(10) {
+            "gather_limit must be at most 10 ms"
         } else {
             return Ok(());
         };
@@ -448,7 +462,7 @@ impl Wal {
             storage,
             segment_bytes,
             reserved: AtomicU64::new(end),
-            group: GroupCommit::new(end),
+            group: GroupCommit::new(end).with_gather(config.gather_limit),
             ring,
             last_marker: AtomicU64::new(0),
             checkpoint: Mutex::new(newest_checkpoint),

@@ -13,7 +13,7 @@ const SMALL_SEGMENT_BYTES: u64 = 64 << 10;
 const TINY_SEGMENT_BYTES: u64 = 8 << 10;
 
 fn config(segment_size_bytes: u64, max_segments: usize) -> WalConfig {
-    WalConfig { segment_size_bytes, max_segments, preallocate_next: false }
+    WalConfig { segment_size_bytes, max_segments, preallocate_next: false, ..WalConfig::default() }
 }
 
 fn open(storage: &MemStorage, config: &WalConfig) -> (Wal, Recovery) {
@@ -662,7 +662,7 @@ fn torn_checkpoint_after_recycling_refuses() {
 #[test]
 fn fs_storage_round_trip_with_rollover_and_recycling() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = WalConfig { segment_size_bytes: TINY_SEGMENT_BYTES, max_segments: 3, preallocate_next: true };
+    let config = WalConfig { segment_size_bytes: TINY_SEGMENT_BYTES, max_segments: 3, ..WalConfig::default() };
     let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(dir.path()).expect("storage"));
     let mut appended = Vec::new();
     let mut checkpoint = Lsn(0);
