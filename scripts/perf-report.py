@@ -41,11 +41,19 @@ def main():
         print(f"## dtc vs naive, durability {durability} (8 services, 100 000 accounts, 1 leg)\n")
         print("| threads | dtc tx/s | dtc p50 µs | dtc p99 µs | naive tx/s | naive p99 µs | ratio |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for t in [1, 2, 4, 8, 16]:
+        for t in [1, 2, 4, 8, 16] + ([64] if durability == "sync" else []):
             d = bench("dtc", durability, t)
             n = bench("naive", durability, t)
             print(f"| {t} | {d['tx_per_s']:,.0f} | {d['p50_us']:.1f} | {d['p99_us']:.1f} | {n['tx_per_s']:,.0f} | {n['p99_us']:.1f} | {d['tx_per_s']/n['tx_per_s']:.2f}× |")
         print()
+    print("## Group-commit gathering (durability sync, dtc, same run)\n")
+    print("| threads | gather off tx/s | p99 µs | gather on (default) tx/s | p99 µs | on / off |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for t in [1, 4, 16]:
+        off = bench("dtc", "sync", t, ["--gather-us", "0"])
+        on = bench("dtc", "sync", t)
+        print(f"| {t} | {off['tx_per_s']:,.0f} | {off['p99_us']:.1f} | {on['tx_per_s']:,.0f} | {on['p99_us']:.1f} | {on['tx_per_s']/off['tx_per_s']:.2f}× |")
+    print()
     print("## Batches (`--batch 1000`, 2 threads; p50/p99 are per batch call)\n")
     print("| durability | transfers/s | p50 µs | p99 µs |")
     print("| --- | --- | --- | --- |")

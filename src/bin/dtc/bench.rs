@@ -68,6 +68,9 @@ pub struct Args {
     /// Write the engine's metrics in the Prometheus text format to this file at the end.
     #[arg(long)]
     metrics_out: Option<std::path::PathBuf>,
+    /// Group-commit gather limit in microseconds (durability sync; 0 syncs at once).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    gather_us: Option<u64>,
     /// Measure the machine's limits (sync latency, bandwidth, channel, lock) instead.
     #[arg(long)]
     limits: bool,
@@ -133,6 +136,9 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         SystemArg::Dtc => {
             let durability = if sync { Durability::Sync } else { Durability::None };
             let mut builder = Coordinator::builder().durability(durability).max_legs(usize::from(args.legs));
+            if let Some(us) = args.gather_us {
+                builder = builder.group_commit_gather(std::time::Duration::from_micros(us));
+            }
             if let Some(dir) = &dir {
                 builder = builder.dir(dir);
             }
