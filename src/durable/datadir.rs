@@ -117,7 +117,7 @@ impl DataDir {
         let storage = self.storage()?;
         let config = config_for(&self.path, WalConfig::default());
         let inspection = Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)?;
-        if let crate::wal::Verdict::Corrupt { file, offset, reason } = inspection.verdict {
+        if let crate::wal::Verdict::Corrupt { file, offset, reason, .. } = inspection.verdict {
             return Err(Error::Corrupt { file, offset, reason });
         }
         let checkpoint = match &inspection.checkpoint {
@@ -517,24 +517,6 @@ fn checkpoint_file(lsn: u64) -> String {
 }
 
 /// Turns a log-scan message into a stable problem kind.
-fn scan_kind(reason: &str) -> &'static str {
-    if reason.contains("segment file missing") {
-        "missing_segment"
-    } else if reason.contains("checksum mismatch") {
-        "checksum_mismatch"
-    } else if reason.starts_with("segment has") {
-        "segment_size"
-    } else if reason.starts_with("invalid checkpoint") {
-        "checkpoint_invalid"
-    } else if reason.starts_with("leftover temporary file") {
-        "leftover_temp_file"
-    } else if reason.starts_with("invalid bytes after the end") {
-        "bytes_after_end"
-    } else {
-        "invalid_record"
-    }
-}
-
 /// Collects problems and notes, bounded.
 struct Findings {
     report: VerifyReport,
@@ -669,9 +651,9 @@ fn check_scan(findings: &mut Findings, inspection: &Inspection) {
         && inspection.segments_scanned == 0
         && inspection.problems.is_empty();
     let corrupt_at = match &inspection.verdict {
-        Verdict::Corrupt { file, offset, reason } => {
+        Verdict::Corrupt { file, offset, reason, kind } => {
             let detail = format!("recovery refuses: {reason}");
-            findings.problem(file.clone(), *offset, None, scan_kind(reason), detail, true);
+            findings.problem(file.clone(), *offset, None, kind, detail, true);
             Some((file.clone(), *offset))
         }
         Verdict::TornTail { bytes } => {
@@ -682,22 +664,22 @@ fn check_scan(findings: &mut Findings, inspection: &Inspection) {
     };
     let chosen = inspection.checkpoint.is_some();
     for p in &inspection.problems {
-        let kind = scan_kind(&p.what);
-        let is_break = p.what.starts_with("log ends at an invalid record");
-        if is_break && corrupt_at.as_ref().is_some_and(|(file, offset)| *file == p.file && *offset == p.offset) {
+        let at_break = matches!(p.kind, "torn_tail" | "missing_segment");
+        if at_break && corrupt_at.as_ref().is_some_and(|(file, offset)| *file == p.file && *offset == p.offset) {
             // The verdict above already reports this position.
             continue;
         }
-        match kind {
+        match p.kind {
             "missing_segment" | "segment_size" => {
-                findings.problem(p.file.clone(), p.offset, None, kind, p.what.clone(), true)
+                findings.problem(p.file.clone(), p.offset, None, p.kind, p.what.clone(), true)
             }
             // Without a valid checkpoint, recovery refuses the records or
             // starts over from nothing.
-            "checkpoint_invalid" => findings.problem(p.file.clone(), p.offset, None, kind, p.what.clone(), !chosen),
-            "leftover_temp_file" | "bytes_after_end" => findings.note(p.file.clone(), p.offset, kind, p.what.clone()),
-            _ if is_break => findings.note(p.file.clone(), p.offset, "torn_tail", p.what.clone()),
-            _ => findings.problem(p.file.clone(), p.offset, None, kind, p.what.clone(), false),
+            "checkpoint_invalid" => findings.problem(p.file.clone(), p.offset, None, p.kind, p.what.clone(), !chosen),
+            "leftover_temp_file" | "bytes_after_end" | "torn_tail" => {
+                findings.note(p.file.clone(), p.offset, p.kind, p.what.clone())
+            }
+            _ => findings.problem(p.file.clone(), p.offset, None, p.kind, p.what.clone(), false),
         }
     }
 }

@@ -481,9 +481,12 @@ impl Wal {
         config.validate()?;
         let scan = recovery::scan(storage, config)?;
         let verdict = match &scan.corrupt {
-            Some(WalError::Corrupt { file, offset, reason }) => {
-                Verdict::Corrupt { file: file.clone(), offset: *offset, reason: reason.clone() }
-            }
+            Some(WalError::Corrupt { file, offset, reason }) => Verdict::Corrupt {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+                kind: scan.corrupt_kind,
+            },
             _ if scan.torn_end > scan.end => Verdict::TornTail { bytes: scan.torn_end - scan.end },
             _ => Verdict::Clean,
         };

@@ -101,6 +101,14 @@ pub enum Invalid {
 }
 
 impl Invalid {
+    /// The problem kind `dtc verify` reports for it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Invalid::BadChecksum => "checksum_mismatch",
+            _ => "invalid_record",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Invalid::Zero => "zero bytes where a record header was expected",

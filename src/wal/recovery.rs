@@ -61,6 +61,10 @@ pub struct Recovery {
 pub struct Problem {
     pub file: String,
     pub offset: u64,
+    /// Stable kind: `leftover_temp_file`, `checkpoint_invalid`,
+    /// `segment_size`, `missing_segment` (the log ends at a missing file),
+    /// `torn_tail` (it ends at an invalid record), `bytes_after_end`.
+    pub kind: &'static str,
     pub what: String,
 }
 
@@ -71,8 +75,9 @@ pub enum Verdict {
     Clean,
     /// Open would discard this many tail bytes.
     TornTail { bytes: u64 },
-    /// Open would refuse.
-    Corrupt { file: String, offset: u64, reason: String },
+    /// Open would refuse. `kind`: `segment_size`, `missing_segment`,
+    /// `checksum_mismatch` or `invalid_record`.
+    Corrupt { file: String, offset: u64, reason: String, kind: &'static str },
 }
 
 /// Read-only report of `Wal::inspect`.
@@ -100,6 +105,8 @@ pub(super) struct Break {
     pub segment: u64,
     pub reason: String,
     pub missing_segment: bool,
+    /// `Invalid::kind` of the record there (`missing_segment` if none).
+    pub kind: &'static str,
 }
 
 /// Result of the read-only scan.
@@ -120,6 +127,8 @@ pub(super) struct Scan {
     pub torn_end: u64,
     pub records_after_break: usize,
     pub corrupt: Option<WalError>,
+    /// The `Verdict::Corrupt` kind of `corrupt`.
+    pub corrupt_kind: &'static str,
     pub problems: Vec<Problem>,
     pub segments_scanned: usize,
 }
@@ -232,6 +241,7 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
         problems.push(Problem {
             file: temp.clone(),
             offset: 0,
+            kind: "leftover_temp_file",
             what: "leftover temporary file (removed on open)".into(),
         });
     }
@@ -254,6 +264,7 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
                 problems.push(Problem {
                     file: name.clone(),
                     offset: 0,
+                    kind: "checkpoint_invalid",
                     what: format!("invalid checkpoint ignored: {what}"),
                 });
                 stale_checkpoints.push(name.clone());
@@ -282,14 +293,18 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
     let mut marker_after_break = 0u64;
     let last_id = segments.keys().next_back().copied().unwrap_or(first_id);
     let mut corrupt = None;
+    let mut corrupt_kind = "invalid_record";
     for id in first_id..=last_id.max(first_id) {
         let base = id * segment_bytes;
         let name = segment_name(id);
         let scan = scans.get(&id);
         if let Some(size) = scan.and_then(|s| s.wrong_size) {
             let reason = format!("segment has {size} bytes, expected {segment_bytes}");
-            problems.push(Problem { file: name.clone(), offset: 0, what: reason.clone() });
-            corrupt.get_or_insert(WalError::Corrupt { file: name.clone(), offset: 0, reason });
+            problems.push(Problem { file: name.clone(), offset: 0, kind: "segment_size", what: reason.clone() });
+            if corrupt.is_none() {
+                corrupt = Some(WalError::Corrupt { file: name.clone(), offset: 0, reason });
+                corrupt_kind = "segment_size";
+            }
         }
         if let Some(error) = scan.and_then(|s| s.read_error.as_ref()) {
             return Err(WalError::io("read segment", name, std::io::Error::other(error.clone())));
@@ -303,6 +318,7 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
                         segment: id,
                         reason: "segment file missing".into(),
                         missing_segment: true,
+                        kind: "missing_segment",
                     });
                     end = base.max(start);
                     torn_end = end;
@@ -323,6 +339,7 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
                             segment: id,
                             reason: why.describe().into(),
                             missing_segment: false,
+                            kind: why.kind(),
                         });
                         end = base + offset;
                         torn_end = base + scan.last_nonzero_end.max(offset);
@@ -333,6 +350,7 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
                                 problems.push(Problem {
                                     file: name.clone(),
                                     offset,
+                                    kind: "bytes_after_end",
                                     what: format!("invalid bytes after the end of the log: {}", why.describe()),
                                 });
                             }
@@ -365,12 +383,14 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
                 )
             };
             corrupt = Some(WalError::Corrupt { file: segment_name(b.segment), offset, reason });
+            corrupt_kind = b.kind;
         }
         let torn = torn_end.saturating_sub(b.position);
         if torn > 0 || b.missing_segment {
             problems.push(Problem {
                 file: segment_name(b.segment),
                 offset,
+                kind: if b.missing_segment { "missing_segment" } else { "torn_tail" },
                 what: format!(
                     "log ends at an invalid record ({}); {torn} bytes and {records_after_break} valid but unproven records after it",
                     b.reason
@@ -390,6 +410,7 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
         torn_end: torn_end.max(end),
         records_after_break,
         corrupt,
+        corrupt_kind,
         problems,
         segments_scanned,
     })
