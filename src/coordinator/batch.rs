@@ -114,11 +114,7 @@ impl Inner {
                 continue;
             }
             let outcome = plan.and_then(|plan| {
-                let result = if plan.groups.len() == 1 && self.journal.is_none() {
-                    self.one_phase(&plan, deadline).map(|o| (o, None))
-                } else {
-                    self.two_phase(&plan, deadline, false, Some(&mut records))
-                };
+                let result = self.through_participants(&plan, deadline, false, Some(&mut records));
                 result.map(|(outcome, lsn)| {
                     last_lsn = last_lsn.max(lsn);
                     self.count(&outcome);

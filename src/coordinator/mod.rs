@@ -712,10 +712,8 @@ impl Inner {
                 _ => None,
             };
             self.decided(plan, &outcome, tracked).map(|abort_lsn| (outcome, lsn.or(abort_lsn)))
-        } else if plan.groups.len() == 1 && self.journal.is_none() {
-            self.one_phase(plan, deadline).and_then(|o| self.decided(plan, &o, tracked).map(|lsn| (o, lsn)))
         } else {
-            self.two_phase(plan, deadline, tracked, None)
+            self.through_participants(plan, deadline, tracked, None)
         };
         // Every commit/rollback is enqueued or applied by now; per-service
         // FIFO makes it visible to whoever takes these locks next.
@@ -723,6 +721,25 @@ impl Inner {
         let (outcome, lsn) = result?;
         self.durable(lsn)?;
         Ok(outcome)
+    }
+
+    /// Runs `plan` through its participants under held locks: one phase for
+    /// a single service without a log, two phases otherwise (`deferred`:
+    /// a batch's pending commit records, see `two_phase`).
+    fn through_participants(
+        &self,
+        plan: &Arc<Plan>,
+        deadline: Instant,
+        tracked: bool,
+        deferred: Option<&mut Vec<Encoded>>,
+    ) -> Result<(Outcome, Option<Lsn>)> {
+        if plan.groups.len() == 1 && self.journal.is_none() {
+            let outcome = self.one_phase(plan, deadline)?;
+            let lsn = self.decided(plan, &outcome, tracked)?;
+            Ok((outcome, lsn))
+        } else {
+            self.two_phase(plan, deadline, tracked, deferred)
+        }
     }
 
     /// Records a decision: in the recent-id table (tracked ids) and, for an
