@@ -62,16 +62,22 @@ impl Shared {
 }
 
 fn step(world: &Shared, name: &str) -> Step<u32> {
-    let (a, b) = (world.clone(), world.clone());
+    let a = world.clone();
     Step::new(name, move |cx| {
         a.act(cx);
         Ok(())
     })
-    .compensate(move |cx| {
-        b.undo(cx);
-        Ok(())
-    })
+    .compensate(undo(world))
     .no_timeout()
+}
+
+/// The standard compensation: undo what the action did in `world`.
+fn undo(world: &Shared) -> impl Fn(&StepContext<'_, u32>) -> Result<(), StepError> + Send + Sync + 'static {
+    let w = world.clone();
+    move |cx| {
+        w.undo(cx);
+        Ok(())
+    }
 }
 
 fn failing_step(world: &Shared, name: &str) -> Step<u32> {
@@ -135,13 +141,7 @@ fn compensations_run_in_reverse_order_of_completion() {
         w.act(cx);
         Ok(())
     })
-    .compensate({
-        let w = world.clone();
-        move |cx| {
-            w.undo(cx);
-            Ok(())
-        }
-    })
+    .compensate(undo(&world))
     .no_timeout();
     let (w, g) = (world.clone(), gate.clone());
     let fast = Step::new("fast", move |cx: &StepContext<'_, u32>| {
@@ -151,13 +151,7 @@ fn compensations_run_in_reverse_order_of_completion() {
         cv.notify_all();
         Ok(())
     })
-    .compensate({
-        let w = world.clone();
-        move |cx| {
-            w.undo(cx);
-            Ok(())
-        }
-    })
+    .compensate(undo(&world))
     .no_timeout();
     let def = SagaDefinition::builder("reverse")
         .step(step(&world, "a"))
@@ -289,13 +283,7 @@ fn a_passed_deadline_compensates() {
         c.advance(Duration::from_secs(5));
         Ok(())
     })
-    .compensate({
-        let w = world.clone();
-        move |cx| {
-            w.undo(cx);
-            Ok(())
-        }
-    })
+    .compensate(undo(&world))
     .no_timeout();
     let def = SagaDefinition::builder("between")
         .deadline(Duration::from_secs(1))
@@ -379,13 +367,7 @@ fn timeouts_and_panics_are_failed_attempts() {
         w.act(cx);
         Ok(())
     })
-    .compensate({
-        let w = world.clone();
-        move |cx| {
-            w.undo(cx);
-            Ok(())
-        }
-    })
+    .compensate(undo(&world))
     .timeout(Duration::from_millis(10))
     .retry(Backoff::once());
     let def = SagaDefinition::builder("hangs").step(step(&world, "a")).step(hangs).build().unwrap();
@@ -478,13 +460,7 @@ fn a_parallel_group_runs_concurrently_and_compensates_its_completed_steps() {
             w.act(cx);
             Ok(())
         })
-        .compensate({
-            let w = world.clone();
-            move |cx| {
-                w.undo(cx);
-                Ok(())
-            }
-        })
+        .compensate(undo(&world))
         .no_timeout()
     };
     let def = SagaDefinition::builder("fan-out")
