@@ -61,6 +61,9 @@ struct StatusLine {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason_code: Option<&'static str>,
+    /// Operator actions the log records for this id (audit trail).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    operator: Vec<dtc::OperatorAction>,
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -72,7 +75,9 @@ pub fn status(args: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
         let id: TxId = word.parse().map_err(|e| format!("{}:{}: {e}", args.ids.display(), n + 1))?;
         ids.push(id);
     }
-    let statuses = DataDir::new(&args.dir).status(&ids)?;
+    let data = DataDir::new(&args.dir);
+    let statuses = data.status(&ids)?;
+    let actions = data.operator_actions()?;
     let lines: Vec<StatusLine> = statuses
         .iter()
         .map(|(id, status)| StatusLine {
@@ -86,16 +91,17 @@ pub fn status(args: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 TxStatus::Aborted(reason) => Some(reason.code()),
                 _ => None,
             },
+            operator: actions.iter().filter(|a| a.tx == *id).cloned().collect(),
         })
         .collect();
     if args.json {
         println!("{}", serde_json::to_string(&lines)?);
     } else {
         for l in &lines {
-            match &l.reason {
-                Some(reason) => println!("{} {} ({reason})", l.id, l.status),
-                None => println!("{} {}", l.id, l.status),
-            }
+            let reason = l.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let operator: String =
+                l.operator.iter().map(|a| format!(" [operator {}: {}]", a.action, a.reason)).collect();
+            println!("{} {}{reason}{operator}", l.id, l.status);
         }
     }
     Ok(ExitCode::SUCCESS)
