@@ -265,15 +265,18 @@ impl Inner {
         {
             return Err(Error::NotStuck { tx });
         }
+        // Taken off the parked list first, so the audit records name exactly
+        // the calls delivered below (a log failure stops the coordinator).
+        let (redeliver, woken) = self.outstanding.retry_now(tx);
         let mut transactions: Vec<TxId> = match tx {
             Some(tx) => vec![tx],
-            None => self.outstanding.stalls().iter().filter(|s| s.is_parked()).map(|s| s.key.tx).collect(),
+            None => redeliver.iter().map(|s| s.key.tx).collect(),
         };
+        transactions.sort_unstable();
         transactions.dedup();
         for &t in &transactions {
             self.record_action(t, Action::RetryNow, reason, &[])?;
         }
-        let (redeliver, woken) = self.outstanding.retry_now(tx);
         for stall in &redeliver {
             self.deliver(stall);
         }
