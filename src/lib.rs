@@ -47,6 +47,7 @@ mod error;
 mod fault;
 mod ledger;
 mod metrics;
+mod operator;
 mod participant;
 mod saga;
 mod sync;
@@ -58,9 +59,7 @@ pub use closures::{
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
 };
 pub use coordinator::{
-    Audit, Builder, CallError, Coordinator, Durability, LogStats, MAX_BATCH, MAX_REASON_BYTES, MAX_SERVICE_NAME_BYTES,
-    OperatorAction, ParticipantState, Resolution, ResolveReport, RetryPolicy, RetryReport, TxKind, TxState,
-    UnfinishedTx,
+    Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_SERVICE_NAME_BYTES, RetryPolicy,
 };
 pub use durable::{
     DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,
@@ -70,6 +69,10 @@ pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
 pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};
 pub use metrics::render_prometheus;
 pub use metrics::{LatencySummary, MetricsSnapshot};
+pub use operator::{
+    CallError, MAX_REASON_BYTES, OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind,
+    TxState, UnfinishedTx,
+};
 pub use participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
 pub use saga::{
     Backoff, Clock, DEFAULT_STEP_TIMEOUT, IdempotencyKey, MAX_INPUT_BYTES, ManualClock, MemoryLog, SagaBuilder,
@@ -206,7 +209,7 @@ pub mod __loom {
         }
         /// A commit call failed; (resolved by an operator meanwhile, round).
         pub fn failed(&self, tx: u128, service: u16) -> (bool, u32) {
-            let error = crate::CallError { code: "down".into(), message: "down".into() };
+            let error = crate::operator::CallError { code: "down".into(), message: "down".into() };
             let f = self.0.failed(stall_key(tx), service, crate::coordinator::worker::Step::Commit, error, 1);
             (f.resolved, f.round)
         }

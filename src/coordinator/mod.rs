@@ -7,7 +7,7 @@ pub(crate) mod barrier;
 mod batch;
 mod durability;
 pub(crate) mod locks;
-pub(crate) mod operator;
+mod operator;
 pub(crate) mod outstanding;
 pub(crate) mod plan;
 pub(crate) mod recent;
@@ -36,12 +36,8 @@ use plan::{Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
 use worker::{Answer, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
+use crate::operator::{Resolution, ResolveReport, RetryReport, TxState, UnfinishedTx};
 pub use batch::MAX_BATCH;
-pub use operator::{
-    MAX_REASON_BYTES, OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState,
-    UnfinishedTx,
-};
-pub use outstanding::CallError;
 pub use worker::RetryPolicy;
 
 /// Longest service name accepted, in bytes.

@@ -20,17 +20,9 @@ use hashbrown::HashMap;
 use super::barrier::TxKey;
 use super::worker::Step;
 use crate::durable::{Entry, Journal};
+use crate::operator::CallError;
 use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
 use crate::txn::TxId;
-
-/// The last error of a failing call.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CallError {
-    /// The participant's stable code (`panicked` for a panic).
-    pub code: String,
-    /// Its explanation.
-    pub message: String,
-}
 
 /// One failing commit or rollback call at one service.
 #[derive(Debug, Clone)]

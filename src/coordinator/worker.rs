@@ -19,9 +19,10 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::coordinator::barrier::{Barrier, Decision, Phase, TxKey};
-use crate::coordinator::outstanding::{CallError, Failed, Outstanding, Park, Wake};
+use crate::coordinator::outstanding::{Failed, Outstanding, Park, Wake};
 use crate::coordinator::plan::Plan;
 use crate::metrics::Metrics;
+use crate::operator::CallError;
 use crate::participant::{BalanceSummary, Participant, Prepared, Refusal};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;

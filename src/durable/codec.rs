@@ -354,6 +354,17 @@ pub(crate) struct OperatorRecord {
     pub at_unix_ns: u64,
 }
 
+impl From<OperatorRecord> for crate::operator::OperatorAction {
+    fn from(r: OperatorRecord) -> Self {
+        crate::operator::OperatorAction {
+            tx: r.tx,
+            action: r.action.as_str().into(),
+            reason: r.reason,
+            at_unix_ns: r.at_unix_ns,
+        }
+    }
+}
+
 /// Operator actions a checkpoint keeps (newest).
 pub(crate) const MAX_OPERATOR_HISTORY: usize = 1024;
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::{Resolution, ResolveReport, RetryReport, UnfinishedTx};
 use crate::error::{Error, Result};
+use crate::operator::{Resolution, ResolveReport, RetryReport, UnfinishedTx};
 use crate::txn::TxId;
 
 /// Subdirectory of a data directory holding requests and responses.

@@ -8,13 +8,13 @@ use hashbrown::HashMap;
 use super::codec::{Action, Checkpoint, Entry, OperatorRecord};
 use super::dirlock::DirLock;
 use super::{Journal, JournalConfig, RecoveryReport, control, read_checkpoint, read_entry, wal_error};
-use crate::coordinator::operator::{age_seconds, check_reason};
 use crate::coordinator::{Coordinator, Durability};
-use crate::coordinator::{
-    OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx,
-};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
+use crate::operator::{
+    OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx,
+    age_seconds, check_reason,
+};
 use crate::txn::{AbortReason, Outcome, TxId, unix_nanos};
 
 /// How long a tool waits for a running coordinator's answer.

@@ -852,7 +852,7 @@ pub(crate) fn unfinished_row(saga: SagaInfo) -> Option<crate::UnfinishedTx> {
         tx: saga.id,
         kind: TxKind::Saga,
         state,
-        age_seconds: crate::coordinator::operator::age_seconds(saga.id),
+        age_seconds: crate::operator::age_seconds(saga.id),
         participants,
         reason: saga.failure,
     })
