@@ -11,7 +11,9 @@ use super::worker::{Request, Step, Submitted};
 use super::{Inner, replies};
 use smallvec::SmallVec;
 
-use crate::durable::{Checkpoint, Encoded, Entry, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit};
+use crate::durable::{
+    Checkpoint, Encoded, Entry, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit, unresolved_commits,
+};
 use crate::durable::{codec, control};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
@@ -46,7 +48,7 @@ impl Inner {
     /// resolves external participants' in-doubt transactions (presumed abort).
     pub(super) fn restore(&self, replayed: Replayed) -> Result<RecoveryReport> {
         let Replayed { checkpoint, entries, mut report } = replayed;
-        let mut committed: HashMap<TxId, Vec<String>> = HashMap::new();
+        let mut committed = unresolved_commits(checkpoint.as_ref(), entries.iter().map(|(_, e)| e));
         if let Some(c) = checkpoint {
             self.ids.observe(TxId::from_u128(c.high_water));
             for (service, accounts) in &c.ledgers {
@@ -59,33 +61,25 @@ impl Inner {
                 let outcome = m.aborted.map_or(Outcome::Committed, Outcome::Aborted);
                 self.recent.finish(m.tx, m.fingerprint, outcome);
             }
-            for u in c.unresolved {
-                committed.insert(u.tx, u.external);
-            }
             for record in c.operator {
                 self.remember_operator(record);
             }
         }
         for (_, entry) in entries {
             match entry {
-                Entry::Commit { tx, fingerprint, changes, external } => {
+                Entry::Commit { tx, fingerprint, changes, .. } => {
                     self.ids.observe(tx);
                     for change in &changes {
                         let ledger = self.ledgers[self.ledger_index(&change.service)?].as_ref().expect("checked");
                         ledger.adjust(&change.account, change.delta)?;
                     }
                     self.recent.finish(tx, fingerprint, Outcome::Committed);
-                    if !external.is_empty() {
-                        committed.insert(tx, external);
-                    }
                 }
                 Entry::Abort { tx, fingerprint, reason } => {
                     self.ids.observe(tx);
                     self.recent.finish(tx, fingerprint, Outcome::Aborted(reason));
                 }
-                Entry::Done { tx } => {
-                    committed.remove(&tx);
-                }
+                Entry::Done { .. } => {}
                 Entry::Account { service, account, balance } => {
                     let ledger = self.ledgers[self.ledger_index(&service)?].as_ref().expect("checked");
                     ledger.put(&account, balance)?;

@@ -7,7 +7,10 @@ use hashbrown::HashMap;
 
 use super::codec::{Action, Checkpoint, Entry, OperatorRecord};
 use super::dirlock::DirLock;
-use super::{Journal, JournalConfig, RecoveryReport, control, read_checkpoint, read_entry, wal_error};
+use super::{
+    Journal, JournalConfig, RecoveryReport, control, read_checkpoint, read_entry, recorded_outcomes,
+    unresolved_commits, wal_error,
+};
 use crate::coordinator::{Coordinator, Durability};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -83,6 +86,15 @@ pub struct DataDir {
     path: PathBuf,
 }
 
+/// True if a scan shows a saga executor's log: a coordinator's log starts
+/// with a checkpoint; a saga log writes its first snapshot only after a while.
+fn holds_sagas(inspection: &Inspection) -> bool {
+    match &inspection.checkpoint {
+        Some((_, bytes)) => bytes.starts_with(crate::saga::SNAPSHOT_MAGIC),
+        None => !inspection.records.is_empty(),
+    }
+}
+
 /// The log configuration matching the segment files already in `dir`.
 pub(crate) fn config_for(dir: &Path, mut config: WalConfig) -> WalConfig {
     let sizes = std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| {
@@ -112,11 +124,20 @@ impl DataDir {
             .map_err(|source| Error::Io { op: format!("opening {}", self.path.display()), source })
     }
 
-    /// Reads the checkpoint and the records after it without changing anything.
-    fn read(&self) -> Result<(Option<Checkpoint>, Vec<Entry>)> {
+    /// Scans the log without changing anything.
+    fn inspect(&self) -> Result<Inspection> {
         let storage = self.storage()?;
         let config = config_for(&self.path, WalConfig::default());
-        let inspection = Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)?;
+        Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)
+    }
+
+    /// Reads the checkpoint and the records after it without changing anything.
+    fn read(&self) -> Result<(Option<Checkpoint>, Vec<Entry>)> {
+        Self::decode(self.inspect()?)
+    }
+
+    /// The checkpoint and records of a scan, refused if recovery would refuse it.
+    fn decode(inspection: Inspection) -> Result<(Option<Checkpoint>, Vec<Entry>)> {
         if let crate::wal::Verdict::Corrupt { file, offset, reason, .. } = inspection.verdict {
             return Err(Error::Corrupt { file, offset, reason });
         }
@@ -131,24 +152,13 @@ impl DataDir {
     /// The recorded outcome of each id. Read-only.
     pub fn status(&self, ids: &[TxId]) -> Result<Vec<(TxId, TxStatus)>> {
         let (checkpoint, entries) = self.read()?;
-        let mut known: HashMap<TxId, TxStatus> = HashMap::new();
-        if let Some(c) = checkpoint {
-            for m in c.recent {
-                known.insert(m.tx, m.aborted.map_or(TxStatus::Committed, TxStatus::Aborted));
-            }
-        }
-        for entry in entries {
-            match entry {
-                Entry::Commit { tx, .. } => {
-                    known.insert(tx, TxStatus::Committed);
-                }
-                Entry::Abort { tx, reason, .. } => {
-                    known.insert(tx, TxStatus::Aborted(reason));
-                }
-                _ => {}
-            }
-        }
-        Ok(ids.iter().map(|id| (*id, known.get(id).cloned().unwrap_or(TxStatus::Unknown))).collect())
+        let known = recorded_outcomes(checkpoint.as_ref(), &entries);
+        let status = |id: &TxId| match known.get(id) {
+            Some(Outcome::Aborted(reason)) => TxStatus::Aborted(reason.clone()),
+            Some(_) => TxStatus::Committed,
+            None => TxStatus::Unknown,
+        };
+        Ok(ids.iter().map(|id| (*id, status(id))).collect())
     }
 
     /// The operator actions the log records, oldest first (the newest
@@ -179,27 +189,12 @@ impl DataDir {
                 other => Err(self.unexpected(other)),
             };
         }
-        if self.holds_sagas()? {
+        let inspection = self.inspect()?;
+        if holds_sagas(&inspection) {
             return self.unfinished_sagas();
         }
-        let (checkpoint, entries) = self.read()?;
-        let mut open: HashMap<TxId, Vec<String>> = HashMap::new();
-        if let Some(c) = checkpoint {
-            for u in c.unresolved {
-                open.insert(u.tx, u.external);
-            }
-        }
-        for entry in entries {
-            match entry {
-                Entry::Commit { tx, external, .. } if !external.is_empty() => {
-                    open.insert(tx, external);
-                }
-                Entry::Done { tx } => {
-                    open.remove(&tx);
-                }
-                _ => {}
-            }
-        }
+        let (checkpoint, entries) = Self::decode(inspection)?;
+        let open = unresolved_commits(checkpoint.as_ref(), &entries);
         let mut list: Vec<UnfinishedTx> = open
             .into_iter()
             .map(|(tx, participants)| UnfinishedTx {
@@ -228,19 +223,6 @@ impl DataDir {
         let executor = crate::SagaExecutor::open(&self.path)
             .map_err(|e| Error::Config(format!("{}: {e}", self.path.display())))?;
         Ok(executor.unfinished())
-    }
-
-    /// True if the directory holds a saga executor's log.
-    fn holds_sagas(&self) -> Result<bool> {
-        let storage = self.storage()?;
-        let config = config_for(&self.path, WalConfig::default());
-        let inspection = Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)?;
-        // A coordinator's log starts with a checkpoint; a saga log writes its
-        // first snapshot only after a while.
-        Ok(match &inspection.checkpoint {
-            Some((_, bytes)) => bytes.starts_with(crate::saga::SNAPSHOT_MAGIC),
-            None => !inspection.records.is_empty(),
-        })
     }
 
     /// True if a running process holds the directory.
@@ -299,13 +281,19 @@ impl DataDir {
     /// * Anything else that would change an outcome: `Error::UnsafeResolution`.
     pub fn resolve(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
         check_reason(reason)?;
-        if self.holds_sagas()? {
+        let inspection = self.inspect()?;
+        if holds_sagas(&inspection) {
             return Err(Error::Config(format!(
                 "{} holds sagas: resolve them with SagaExecutor::retry_stuck in their process",
                 self.path.display()
             )));
         }
+        // Opening the journal below would start a fresh log in an empty directory.
+        let coordinator_log = inspection.checkpoint.is_some();
         if !self.is_live()? {
+            if !coordinator_log {
+                return Err(Error::Config(format!("{} holds no coordinator checkpoint", self.path.display())));
+            }
             match self.resolve_offline(tx, resolution, reason) {
                 Err(Error::DirInUse { .. }) => {} // started meanwhile: ask it
                 other => return other,
@@ -318,39 +306,13 @@ impl DataDir {
     }
 
     fn resolve_offline(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
-        if self.read()?.0.is_none() {
-            return Err(Error::Config(format!("{} holds no coordinator checkpoint", self.path.display())));
-        }
         let config = JournalConfig { wal: config_for(&self.path, WalConfig::default()), ..JournalConfig::default() };
         let (journal, replayed) = Journal::open_dir(&self.path, config)?;
-        let mut outcome: Option<Outcome> = None;
-        let mut awaiting: Option<Vec<String>> = None;
-        let mut oldest: Option<TxId> = None;
-        if let Some(c) = &replayed.checkpoint {
-            for m in &c.recent {
-                oldest = oldest.min(Some(m.tx)).or(Some(m.tx));
-                if m.tx == tx {
-                    outcome = Some(m.aborted.clone().map_or(Outcome::Committed, Outcome::Aborted));
-                }
-            }
-            awaiting = c.unresolved.iter().find(|u| u.tx == tx).map(|u| u.external.clone());
-        }
-        for (_, entry) in &replayed.entries {
-            if let Entry::Commit { tx: t, .. } | Entry::Abort { tx: t, .. } = entry {
-                oldest = oldest.min(Some(*t)).or(Some(*t));
-            }
-            match entry {
-                Entry::Commit { tx: t, external, .. } if *t == tx => {
-                    outcome = Some(Outcome::Committed);
-                    if !external.is_empty() {
-                        awaiting = Some(external.clone());
-                    }
-                }
-                Entry::Abort { tx: t, reason, .. } if *t == tx => outcome = Some(Outcome::Aborted(reason.clone())),
-                Entry::Done { tx: t } if *t == tx => awaiting = None,
-                _ => {}
-            }
-        }
+        let entries = replayed.entries.iter().map(|(_, e)| e);
+        let outcomes = recorded_outcomes(replayed.checkpoint.as_ref(), entries.clone());
+        let outcome = outcomes.get(&tx).cloned();
+        let oldest = outcomes.keys().min().copied();
+        let awaiting = unresolved_commits(replayed.checkpoint.as_ref(), entries).remove(&tx);
         let unsafe_because = |why: &str| Err(Error::UnsafeResolution { tx, reason: why.into() });
         let report =
             |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });

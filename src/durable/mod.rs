@@ -60,6 +60,55 @@ pub(crate) fn wal_error(error: WalError) -> Error {
 }
 
 /// A checkpoint's snapshot, or the corruption that prevents reading it.
+/// Commits whose external participants have not all acknowledged (no `Done`
+/// yet), as of the checkpoint and the records after it, with those
+/// participants.
+pub(crate) fn unresolved_commits<'a>(
+    checkpoint: Option<&Checkpoint>,
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> hashbrown::HashMap<crate::txn::TxId, Vec<String>> {
+    let mut open: hashbrown::HashMap<_, _> =
+        checkpoint.iter().flat_map(|c| &c.unresolved).map(|u| (u.tx, u.external.clone())).collect();
+    for entry in entries {
+        match entry {
+            Entry::Commit { tx, external, .. } if !external.is_empty() => {
+                open.insert(*tx, external.clone());
+            }
+            Entry::Done { tx } => {
+                open.remove(tx);
+            }
+            _ => {}
+        }
+    }
+    open
+}
+
+/// The recorded outcome of every id the checkpoint remembers or the records
+/// after it decide.
+pub(crate) fn recorded_outcomes<'a>(
+    checkpoint: Option<&Checkpoint>,
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> hashbrown::HashMap<crate::txn::TxId, crate::txn::Outcome> {
+    use crate::txn::Outcome;
+    let mut known: hashbrown::HashMap<_, _> = checkpoint
+        .iter()
+        .flat_map(|c| &c.recent)
+        .map(|m| (m.tx, m.aborted.clone().map_or(Outcome::Committed, Outcome::Aborted)))
+        .collect();
+    for entry in entries {
+        match entry {
+            Entry::Commit { tx, .. } => {
+                known.insert(*tx, Outcome::Committed);
+            }
+            Entry::Abort { tx, reason, .. } => {
+                known.insert(*tx, Outcome::Aborted(reason.clone()));
+            }
+            _ => {}
+        }
+    }
+    known
+}
+
 pub(crate) fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
     Checkpoint::decode(bytes).map_err(|e| Error::Corrupt {
         file: "checkpoint".into(),
