@@ -12,8 +12,8 @@ use super::Inner;
 use super::outstanding::{Stall, until};
 use super::plan::Plan;
 use super::worker::{Request, Step, Submitted};
+use crate::durable::Entry;
 use crate::durable::codec::{Action, MAX_OPERATOR_HISTORY, OperatorRecord};
-use crate::durable::{Encoded, Entry};
 use crate::error::{Error, Result};
 use crate::operator::{
     ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx, age_seconds, check_reason,
@@ -86,14 +86,11 @@ impl Inner {
     /// Logs an operator action (and any records it implies) and waits until
     /// it is durable; keeps it in the history checkpoints carry.
     fn record_action(&self, tx: TxId, action: Action, reason: &str, implied: &[Entry]) -> Result<()> {
-        let at_unix_ns = unix_nanos();
-        self.remember_operator(OperatorRecord { tx, action, reason: reason.to_string(), at_unix_ns });
+        let record = OperatorRecord { tx, action, reason: reason.to_string(), at_unix_ns: unix_nanos() };
+        self.remember_operator(record.clone());
         tracing::warn!(%tx, action = action.as_str(), reason, "operator action");
         let Some(journal) = &self.journal else { return Ok(()) };
-        let mut records: Vec<Encoded> =
-            vec![Entry::Operator { tx, action, reason: reason.into(), at_unix_ns }.encoded()];
-        records.extend(implied.iter().map(Entry::encoded));
-        let lsn = self.log_or_fail(journal.append_batch(&records))?;
+        let lsn = self.log_or_fail(journal.append_operator(record, implied))?;
         self.log_or_fail(journal.wait(lsn))
     }
 

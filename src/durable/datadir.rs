@@ -316,12 +316,9 @@ impl DataDir {
         let unsafe_because = |why: &str| Err(Error::UnsafeResolution { tx, reason: why.into() });
         let report =
             |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });
-        let record = |action: Action, implied: Option<Entry>| -> Result<()> {
-            let mut records =
-                vec![Entry::Operator { tx, action, reason: reason.into(), at_unix_ns: unix_nanos() }.encoded()];
-            records.extend(implied.map(|e| e.encoded()));
-            let lsn = journal.append_batch(&records)?;
-            journal.wait(lsn)
+        let record = |action: Action, implied: Entry| -> Result<()> {
+            let record = OperatorRecord { tx, action, reason: reason.into(), at_unix_ns: unix_nanos() };
+            journal.wait(journal.append_operator(record, &[implied])?)
         };
         match (resolution, outcome) {
             (Resolution::Commit, Some(Outcome::Aborted(_))) => unsafe_because("it is recorded as aborted"),
@@ -332,7 +329,7 @@ impl DataDir {
             (Resolution::Commit, Some(_)) => match awaiting {
                 None => report(Vec::new(), "already committed everywhere"),
                 Some(services) => {
-                    record(Action::Commit, Some(Entry::Done { tx }))?;
+                    record(Action::Commit, Entry::Done { tx })?;
                     report(services, "recorded as finished; participants are not called again")
                 }
             },
@@ -346,7 +343,7 @@ impl DataDir {
             (Resolution::Abort, None) => {
                 let abort =
                     Entry::Abort { tx, fingerprint: 0, reason: AbortReason::Operator { reason: reason.into() } };
-                record(Action::Abort, Some(abort))?;
+                record(Action::Abort, abort)?;
                 report(Vec::new(), "no decision was recorded: recorded as aborted by the operator")
             }
         }

@@ -216,6 +216,15 @@ impl Journal {
         self.wal.append_batch(&parts).map_err(wal_error)
     }
 
+    /// Appends an operator's action and the records it implies, in one
+    /// reservation (the caller waits for the returned position).
+    pub(crate) fn append_operator(&self, record: codec::OperatorRecord, implied: &[Entry]) -> Result<Lsn> {
+        let codec::OperatorRecord { tx, action, reason, at_unix_ns } = record;
+        let mut records = vec![Entry::Operator { tx, action, reason, at_unix_ns }.encoded()];
+        records.extend(implied.iter().map(Entry::encoded));
+        self.append_batch(&records)
+    }
+
     pub(crate) fn wait(&self, lsn: Lsn) -> Result<()> {
         self.wal.wait_durable(lsn).map_err(wal_error)
     }
