@@ -1,10 +1,21 @@
 //! `dtc sagas`: a stuck saga in a real saga directory is listed as stuck.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dtc::{Backoff, ManualClock, SagaDefinition, SagaExecutor, SagaState, Step, StepError};
+
+fn dtc(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dtc")).args(args).arg("--dir").arg(dir).output().unwrap()
+}
+
+/// The JSON list a successful command printed.
+fn listed(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
 
 #[test]
 fn stuck_sagas_are_listed() {
@@ -31,28 +42,15 @@ fn stuck_sagas_are_listed() {
             .unwrap();
         assert_eq!(exec.run(&done, &2).unwrap().state, SagaState::Completed);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_dtc"))
-        .args(["sagas", "--json", "--state", "stuck", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = listed(&dtc(&["sagas", "--json", "--state", "stuck"], &dir));
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["state"], "stuck");
     assert_eq!(listed[0]["definition"], "order");
-    let bad =
-        Command::new(env!("CARGO_BIN_EXE_dtc")).args(["sagas", "--state", "nope", "--dir"]).arg(&dir).output().unwrap();
+    let bad = dtc(&["sagas", "--state", "nope"], &dir);
     assert!(!bad.status.success());
 
     // `dtc txs` lists the same stuck saga among unfinished transactions.
-    let out = Command::new(env!("CARGO_BIN_EXE_dtc"))
-        .args(["txs", "--json", "--state", "stuck", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = self::listed(&dtc(&["txs", "--json", "--state", "stuck"], &dir));
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0]["kind"].as_str(), listed[0]["state"].as_str()), (Some("saga"), Some("stuck")));
     // Offline the definition is not registered: steps are named by index.
@@ -87,11 +85,8 @@ fn a_running_executor_retries_a_stuck_saga_on_request() {
     let stuck = exec.run(&def, &1).unwrap();
     assert_eq!(stuck.state, SagaState::Stuck);
 
-    let dtc =
-        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_dtc")).args(args).arg("--dir").arg(&dir).output().unwrap();
-    let out = dtc(&["txs", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let dtc = |args: &[&str]| dtc(args, &dir);
+    let listed = listed(&dtc(&["txs", "--json"]));
     assert_eq!(listed[0]["tx"], stuck.id.to_string());
     assert_eq!(listed[0]["participants"][0]["name"], "reserve", "live: the definition is registered");
 
