@@ -123,8 +123,8 @@ fn ledger(c: &mut Criterion) {
                 dtc::Operation { account: &accounts[i], key: None, delta: -1 },
                 dtc::Operation { account: &accounts[j], key: None, delta: 1 },
             ];
-            let tx = TxId::from_u128(i as u128);
-            let prepared = ledger.prepare(tx, &ops).expect("funded");
+            let tx = dtc::BranchId { tx: TxId::from_u128(i as u128), index: 0 };
+            let prepared = ledger.prepare(tx, dtc::Work::Transfers(&ops)).expect("funded");
             ledger.commit(tx, &prepared).expect("applies");
         })
     });

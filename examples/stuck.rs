@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dtc::{
-    Coordinator, Durability, Error, Failure, Ledger, Operation, Outcome, Participant, Prepared, Refusal, Resolution,
-    RetryPolicy, Transfer, TxId, TxState,
+    BranchId, Coordinator, Durability, Error, Failure, Ledger, Outcome, Participant, Refusal, Resolution, RetryPolicy,
+    Transfer, TxId, TxState, Work,
 };
 
 /// Books parcels with a carrier that may be down.
@@ -24,17 +24,18 @@ struct Shipping {
 }
 
 impl Participant for Shipping {
-    fn prepare(&mut self, _tx: TxId, _ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
-        Ok(Prepared::empty())
+    type Prepared = ();
+    fn prepare(&mut self, _branch: BranchId, _work: Work<'_>) -> Result<(), Refusal> {
+        Ok(())
     }
-    fn commit(&mut self, _tx: TxId, _prepared: &Prepared) -> Result<(), Failure> {
+    fn commit(&mut self, _branch: BranchId, _prepared: &()) -> Result<(), Failure> {
         if self.carrier_up.load(Ordering::SeqCst) {
             Ok(())
         } else {
             Err(Failure::with_code("carrier_down", "carrier API returned 503"))
         }
     }
-    fn rollback(&mut self, _tx: TxId) -> Result<(), Failure> {
+    fn rollback(&mut self, _branch: BranchId, _prepared: Option<&()>) -> Result<(), Failure> {
         Ok(())
     }
 }

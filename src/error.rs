@@ -52,6 +52,61 @@ pub enum Error {
         /// The name given.
         service: String,
     },
+    /// A branch names a service that was not registered.
+    #[error("branch {branch}: unknown service {service:?}")]
+    UnknownBranchService {
+        /// Index of the branch among the transaction's branches.
+        branch: usize,
+        /// The name given.
+        service: String,
+    },
+    /// More branches in one transaction than `Builder::max_branches` allows.
+    #[error("transaction has {branches} branches, the limit is {limit}")]
+    TooManyBranches {
+        /// Branches given (payload branches plus one per ledger service).
+        branches: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A branch's payload exceeds `Builder::max_payload_bytes`.
+    #[error("branch {branch}: payload of {bytes} bytes, the limit is {limit}")]
+    PayloadTooLarge {
+        /// Index of the branch among the transaction's branches.
+        branch: usize,
+        /// Its size.
+        bytes: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A payload could not be built (`Branch::json` of a value serde refuses).
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// A branch's lock key is empty, too long, or one of too many.
+    #[error("branch {branch}: invalid lock key: {why}")]
+    InvalidLockKey {
+        /// Index of the branch among the transaction's branches.
+        branch: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// A caller-chosen id is older than the idempotency horizon: its outcome
+    /// may no longer be remembered, so it is refused rather than run twice.
+    #[error("transaction id {tx} is older than the idempotency horizon ({horizon_s} s); use a fresh id")]
+    TxIdExpired {
+        /// The id.
+        tx: TxId,
+        /// The horizon, in seconds.
+        horizon_s: u64,
+    },
+    /// A caller-chosen id carries a timestamp further in the future than the
+    /// allowed clock skew.
+    #[error("transaction id {tx} is dated in the future (more than {skew_s} s ahead of this clock)")]
+    TxIdInFuture {
+        /// The id.
+        tx: TxId,
+        /// The allowed skew, in seconds.
+        skew_s: u64,
+    },
     /// A leg names an account its service does not have.
     #[error("leg {leg}: service {service:?} has no account {account:?}")]
     UnknownAccount {
@@ -192,6 +247,13 @@ impl Error {
             Error::NonPositiveAmount { .. } => "non_positive_amount",
             Error::AmountOverflow { .. } => "amount_overflow",
             Error::UnknownService { .. } => "unknown_service",
+            Error::UnknownBranchService { .. } => "unknown_service",
+            Error::TooManyBranches { .. } => "too_many_branches",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::InvalidPayload(_) => "invalid_payload",
+            Error::InvalidLockKey { .. } => "invalid_lock_key",
+            Error::TxIdExpired { .. } => "tx_id_expired",
+            Error::TxIdInFuture { .. } => "tx_id_in_future",
             Error::UnknownAccount { .. } => "unknown_account",
             Error::SameAccount { .. } => "same_account",
             Error::InvalidName { .. } => "invalid_name",

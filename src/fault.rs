@@ -12,8 +12,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
-use crate::txn::TxId;
+use crate::participant::{BalanceSummary, BranchId, Directory, Failure, Participant, ParticipantKind, Refusal, Work};
 
 /// Fault rates for one phase, each a probability in `[0, 1]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -154,7 +153,7 @@ impl<P: Participant> Faulty<P> {
         FaultCounter(self.counts.clone())
     }
 
-    fn draw(&mut self, rates: FaultRates, what: &str, tx: TxId) -> Fault {
+    fn draw(&mut self, rates: FaultRates, what: &str, tx: BranchId) -> Fault {
         // Relaxed: statistics.
         if rates.stall > 0.0 && self.rng.random_bool(rates.stall.clamp(0.0, 1.0)) {
             self.counts.stalls.fetch_add(1, Ordering::Relaxed);
@@ -173,29 +172,43 @@ impl<P: Participant> Faulty<P> {
 }
 
 impl<P: Participant> Participant for Faulty<P> {
-    fn prepare(&mut self, tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
-        match self.draw(self.plan.prepare, "prepare", tx) {
-            Fault::Refuse => Err(Refusal::Other { code: "injected".into(), message: "injected refusal".into() }),
-            Fault::None => self.inner.prepare(tx, ops),
+    type Prepared = P::Prepared;
+
+    fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> Result<P::Prepared, Refusal> {
+        match self.draw(self.plan.prepare, "prepare", branch) {
+            Fault::Refuse => Err(Refusal::new("injected", "injected refusal")),
+            Fault::None => self.inner.prepare(branch, work),
         }
     }
 
-    fn commit(&mut self, tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
-        match self.draw(self.plan.commit, "commit", tx) {
+    fn commit(&mut self, branch: BranchId, prepared: &P::Prepared) -> Result<(), Failure> {
+        match self.draw(self.plan.commit, "commit", branch) {
             Fault::Refuse => Err(Failure::new("injected commit failure")),
-            Fault::None => self.inner.commit(tx, prepared),
+            Fault::None => self.inner.commit(branch, prepared),
         }
     }
 
-    fn rollback(&mut self, tx: TxId) -> Result<(), Failure> {
-        match self.draw(self.plan.rollback, "rollback", tx) {
+    fn rollback(&mut self, branch: BranchId, prepared: Option<&P::Prepared>) -> Result<(), Failure> {
+        match self.draw(self.plan.rollback, "rollback", branch) {
             Fault::Refuse => Err(Failure::new("injected rollback failure")),
-            Fault::None => self.inner.rollback(tx),
+            Fault::None => self.inner.rollback(branch, prepared),
         }
     }
 
-    fn recover(&mut self) -> Vec<(TxId, Prepared)> {
+    fn kind(&self) -> ParticipantKind {
+        self.inner.kind()
+    }
+
+    fn recover(&mut self) -> Vec<(BranchId, P::Prepared)> {
         self.inner.recover()
+    }
+
+    fn encode_prepared(&self, prepared: &P::Prepared) -> Option<Vec<u8>> {
+        self.inner.encode_prepared(prepared)
+    }
+
+    fn decode_prepared(&self, branch: BranchId, bytes: &[u8]) -> Option<P::Prepared> {
+        self.inner.decode_prepared(branch, bytes)
     }
 
     fn directory(&self) -> Option<Arc<dyn Directory>> {

@@ -15,10 +15,8 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
+use crate::participant::{BalanceSummary, BranchId, Directory, Failure, Participant, ParticipantKind, Refusal, Work};
 use crate::sync::{AtomicI64, Ordering};
-use crate::txn::TxId;
-
 /// Longest account id accepted, in bytes.
 pub const MAX_ACCOUNT_ID_BYTES: usize = 255;
 
@@ -281,11 +279,23 @@ impl Directory for LedgerCore {
     }
 }
 
-/// What the ledger remembers between prepare and commit: net change per key.
-type Changes = SmallVec<[(u64, i64); 4]>;
+/// What the ledger keeps between prepare and commit: the net change per
+/// account (opaque; wrappers of a ledger pass it through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHold(SmallVec<[(u64, i64); 4]>);
 
 impl Participant for Ledger {
-    fn prepare(&mut self, _tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
+    type Prepared = LedgerHold;
+
+    /// Its state is rebuilt from the coordinator's log.
+    fn kind(&self) -> ParticipantKind {
+        ParticipantKind::Volatile
+    }
+
+    fn prepare(&mut self, _branch: BranchId, work: Work<'_>) -> Result<LedgerHold, Refusal> {
+        let Work::Transfers(ops) = work else {
+            return Err(Refusal::new("payload_unsupported", "a ledger takes transfer legs, not payloads"));
+        };
         // Net change per account, keeping a name for the refusal message.
         let mut pending: SmallVec<[(u64, i64, &str); 4]> = SmallVec::new();
         for op in ops {
@@ -314,14 +324,11 @@ impl Participant for Ledger {
                 Some(_) => {}
             }
         }
-        Ok(Prepared::new(pending.iter().map(|&(k, d, _)| (k, d)).collect::<Changes>()))
+        Ok(LedgerHold(pending.iter().map(|&(k, d, _)| (k, d)).collect()))
     }
 
-    fn commit(&mut self, _tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
-        let changes = prepared
-            .downcast_ref::<Changes>()
-            .ok_or_else(|| Failure::new("ledger: prepared value of another participant"))?;
-        for &(key, delta) in changes {
+    fn commit(&mut self, _branch: BranchId, prepared: &LedgerHold) -> Result<(), Failure> {
+        for &(key, delta) in &prepared.0 {
             // Relaxed: the coordinator holds this account's lock; the lock
             // release publishes the new balance to the next transaction.
             self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
@@ -329,7 +336,7 @@ impl Participant for Ledger {
         Ok(())
     }
 
-    fn rollback(&mut self, _tx: TxId) -> Result<(), Failure> {
+    fn rollback(&mut self, _branch: BranchId, _prepared: Option<&LedgerHold>) -> Result<(), Failure> {
         // Prepare changes nothing; there is nothing to undo.
         Ok(())
     }
@@ -359,8 +366,15 @@ impl Participant for Ledger {
 mod tests {
     use super::*;
 
+    use crate::participant::Operation;
+    use crate::txn::TxId;
+
     fn op(account: &str, delta: i64) -> Operation<'_> {
         Operation { account, key: None, delta }
+    }
+
+    fn ops<'a>(ops: &'a [Operation<'a>]) -> Work<'a> {
+        Work::Transfers(ops)
     }
 
     #[test]
@@ -368,10 +382,10 @@ mod tests {
         let mut l = Ledger::new();
         l.create_account("a", 10).unwrap();
         l.create_account("b", 0).unwrap();
-        let tx = TxId::from_u128(1);
-        let refused = l.prepare(tx, &[op("a", -11), op("b", 11)]).unwrap_err();
+        let tx = BranchId { tx: TxId::from_u128(1), index: 0 };
+        let refused = l.prepare(tx, ops(&[op("a", -11), op("b", 11)])).unwrap_err();
         assert_eq!(refused, Refusal::InsufficientFunds { account: "a".into() });
-        let p = l.prepare(tx, &[op("a", -4), op("b", 4), op("a", -6), op("b", 6)]).unwrap();
+        let p = l.prepare(tx, ops(&[op("a", -4), op("b", 4), op("a", -6), op("b", 6)])).unwrap();
         assert_eq!(l.balance("a"), Some(10), "prepare must not change balances");
         l.commit(tx, &p).unwrap();
         assert_eq!((l.balance("a"), l.balance("b")), (Some(0), Some(10)));
@@ -382,9 +396,10 @@ mod tests {
     fn unknown_and_overflow_are_refused() {
         let mut l = Ledger::new();
         l.create_account("a", i64::MAX).unwrap();
-        let tx = TxId::from_u128(2);
-        assert!(matches!(l.prepare(tx, &[op("zz", 1)]), Err(Refusal::UnknownAccount { .. })));
-        assert!(matches!(l.prepare(tx, &[op("a", 1)]), Err(Refusal::Overflow { .. })));
+        let tx = BranchId { tx: TxId::from_u128(2), index: 0 };
+        assert!(matches!(l.prepare(tx, ops(&[op("zz", 1)])), Err(Refusal::UnknownAccount { .. })));
+        assert!(matches!(l.prepare(tx, ops(&[op("a", 1)])), Err(Refusal::Overflow { .. })));
+        assert!(matches!(l.prepare(tx, Work::Payload(b"x")), Err(Refusal::Other { .. })));
     }
 
     #[test]

@@ -59,27 +59,32 @@ pub use closures::{
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
 };
 pub use coordinator::{
-    Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_SERVICE_NAME_BYTES, RetryPolicy,
+    Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_PAYLOAD_BYTES, MAX_SERVICE_NAME_BYTES,
+    RetryPolicy,
 };
 pub use durable::{
     DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
-pub use ledger::{Ledger, MAX_ACCOUNT_ID_BYTES};
+pub use ledger::{Ledger, LedgerHold, MAX_ACCOUNT_ID_BYTES};
 pub use metrics::render_prometheus;
 pub use metrics::{LatencySummary, MetricsSnapshot};
 pub use operator::{
     CallError, MAX_REASON_BYTES, OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind,
     TxState, UnfinishedTx,
 };
-pub use participant::{BalanceSummary, Directory, Failure, Operation, Participant, Prepared, Refusal};
+pub use participant::{
+    BalanceSummary, BranchId, Directory, Failure, Operation, Participant, ParticipantKind, Refusal, Work,
+};
 pub use saga::{
     Backoff, Clock, DEFAULT_STEP_TIMEOUT, IdempotencyKey, MAX_INPUT_BYTES, ManualClock, MemoryLog, SagaBuilder,
     SagaDefinition, SagaError, SagaExecutor, SagaExecutorBuilder, SagaInfo, SagaMetrics, SagaState, Step, StepContext,
     StepError, SystemClock,
 };
-pub use txn::{AbortReason, AccountRef, Outcome, ParseTxIdError, Transfer, TxId};
+pub use txn::{
+    AbortReason, AccountRef, Branch, MAX_ID_CLOCK_SKEW, Outcome, ParseTxIdError, Transaction, Transfer, TxId,
+};
 
 /// Testing aids (fault-injecting storage for crash simulations). Not API.
 #[doc(hidden)]
@@ -136,7 +141,7 @@ pub mod __loom {
     pub struct Barrier(engine_barrier::Barrier<u32>);
 
     fn key(tx: u128) -> engine_barrier::TxKey {
-        engine_barrier::TxKey { tx: crate::txn::TxId::from_u128(tx), attempt: 1 }
+        engine_barrier::TxKey { tx: crate::txn::TxId::from_u128(tx), attempt: 1, branch: 0 }
     }
 
     impl Barrier {
@@ -200,7 +205,7 @@ pub mod __loom {
     pub struct Outstanding(crate::coordinator::outstanding::Outstanding);
 
     fn stall_key(tx: u128) -> engine_barrier::TxKey {
-        engine_barrier::TxKey { tx: crate::TxId::from_u128(tx), attempt: 1 }
+        engine_barrier::TxKey { tx: crate::TxId::from_u128(tx), attempt: 1, branch: 0 }
     }
 
     impl Outstanding {
@@ -217,7 +222,7 @@ pub mod __loom {
         /// `retry`, `resolved` or `closing`.
         pub fn wait(&self, tx: u128, service: u16) -> &'static str {
             let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-            match self.0.wait(crate::TxId::from_u128(tx), service, far) {
+            match self.0.wait(stall_key(tx), service, far) {
                 crate::coordinator::outstanding::Wake::Retry => "retry",
                 crate::coordinator::outstanding::Wake::Resolved => "resolved",
                 crate::coordinator::outstanding::Wake::Closing => "closing",
@@ -225,7 +230,7 @@ pub mod __loom {
         }
         /// `parked`, `full` or `resolved`.
         pub fn park(&self, tx: u128, service: u16) -> &'static str {
-            match self.0.park(crate::TxId::from_u128(tx), service) {
+            match self.0.park(stall_key(tx), service) {
                 crate::coordinator::outstanding::Park::Parked => "parked",
                 crate::coordinator::outstanding::Park::Full => "full",
                 crate::coordinator::outstanding::Park::Resolved => "resolved",
@@ -244,16 +249,19 @@ pub mod __loom {
             self.0.close()
         }
         pub fn cleared(&self, tx: u128, service: u16) {
-            self.0.cleared(crate::TxId::from_u128(tx), service)
+            self.0.cleared(stall_key(tx), service)
         }
         pub fn tracked(&self) -> usize {
             self.0.stalls().len()
         }
-        pub fn expect_acks(&self, tx: u128, services: &[&str]) {
-            self.0.expect_acks(crate::TxId::from_u128(tx), services.iter().map(|s| s.to_string()).collect())
+        /// A commit owed by services numbered 0.. (branch 0 of each).
+        pub fn expect_acks(&self, tx: u128, services: u16) {
+            use crate::coordinator::outstanding::{Owed, OwedBranch};
+            let branches = (0..services).map(|service| OwedBranch { service, branch: 0, prepared: None }).collect();
+            self.0.expect(crate::TxId::from_u128(tx), Owed { step: crate::coordinator::worker::Step::Commit, branches })
         }
-        pub fn acknowledged(&self, tx: u128, service: &str) {
-            self.0.acknowledged(crate::TxId::from_u128(tx), service)
+        pub fn acknowledged(&self, tx: u128, service: u16) {
+            self.0.acknowledged(stall_key(tx), service, crate::coordinator::worker::Step::Commit)
         }
         pub fn unresolved(&self) -> usize {
             self.0.unresolved_count()

@@ -74,9 +74,14 @@ impl TxState {
 pub struct ParticipantState {
     /// The service (a saga: the step).
     pub name: String,
+    /// The branch's index in its transaction (2PC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<u16>,
     /// `committing`, `rolling-back`, `parked-commit`, `parked-rollback`,
     /// `resolving` (an operator resolved it; its worker settles it next),
-    /// `awaiting-ack` (commit delivered, not acknowledged yet); for a saga
+    /// `awaiting-ack` (commit delivered, not acknowledged yet),
+    /// `awaiting-rollback` (rollback of an external branch not acknowledged
+    /// yet); for a saga
     /// the step's state (`running`, `completed`, `compensating`, …).
     pub phase: String,
     /// Failed calls so far.

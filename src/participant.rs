@@ -1,9 +1,48 @@
 //! The contract between the coordinator and a service.
 
-use std::any::Any;
 use std::fmt;
 
 use crate::txn::TxId;
+
+/// One branch of one transaction: the transaction and the branch's index in
+/// it (its position among the transaction's branches, stable across
+/// resubmissions of the same id with the same content).
+///
+/// ```
+/// use dtc::{BranchId, TxId};
+/// let b = BranchId { tx: TxId::from_u128(42), index: 3 };
+/// assert_eq!(b.to_string(), "0000000000000000000000000000002a/3");
+/// assert_eq!(b.to_string().parse::<BranchId>().unwrap(), b);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BranchId {
+    /// The transaction.
+    pub tx: TxId,
+    /// The branch's index in the transaction.
+    pub index: u16,
+}
+
+impl fmt::Display for BranchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tx, self.index)
+    }
+}
+
+impl fmt::Debug for BranchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BranchId({self})")
+    }
+}
+
+impl std::str::FromStr for BranchId {
+    type Err = crate::txn::ParseTxIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || crate::txn::ParseTxIdError(s.to_string());
+        let (tx, index) = s.split_once('/').ok_or_else(bad)?;
+        let index = index.parse::<u16>().map_err(|_| bad())?;
+        Ok(BranchId { tx: tx.parse()?, index })
+    }
+}
 
 /// One change a transaction asks of one service: add `delta` (negative for a
 /// debit) to `account`.
@@ -18,33 +57,38 @@ pub struct Operation<'a> {
     pub delta: i64,
 }
 
-/// What a participant keeps between its yes vote and the decision. The
-/// coordinator stores it and hands it back to [`Participant::commit`].
-pub struct Prepared(Box<dyn Any + Send>);
-
-impl Prepared {
-    /// Wraps any value.
-    pub fn new<T: Any + Send>(value: T) -> Self {
-        Self(Box::new(value))
-    }
-    /// Nothing to remember.
-    pub fn empty() -> Self {
-        Self::new(())
-    }
-    /// The value, if it has type `T`.
-    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
-        self.0.downcast_ref()
-    }
+/// What one branch asks of its participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Work<'a> {
+    /// The transaction's transfer legs on this service, merged per account.
+    Transfers(&'a [Operation<'a>]),
+    /// The branch's own request: opaque bytes the caller gave
+    /// ([`Branch::new`](crate::Branch::new)), JSON for
+    /// [`Branch::json`](crate::Branch::json).
+    Payload(&'a [u8]),
 }
 
-impl fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Prepared(..)")
+impl<'a> Work<'a> {
+    /// The transfer operations, or none for a payload branch.
+    pub fn operations(&self) -> &'a [Operation<'a>] {
+        match self {
+            Work::Transfers(ops) => ops,
+            Work::Payload(_) => &[],
+        }
+    }
+
+    /// The payload, or none for a transfer branch.
+    pub fn payload(&self) -> &'a [u8] {
+        match self {
+            Work::Transfers(_) => &[],
+            Work::Payload(bytes) => bytes,
+        }
     }
 }
 
 /// A participant's "no" vote. A participant that refuses must hold nothing
-/// for the transaction afterwards: it will not be asked to roll back.
+/// for the branch afterwards: it will not be asked to roll back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -70,6 +114,13 @@ pub enum Refusal {
         /// Human explanation.
         message: String,
     },
+}
+
+impl Refusal {
+    /// A refusal for the participant's own reason.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Refusal::Other { code: code.into(), message: message.into() }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -130,59 +181,143 @@ pub trait Directory: Send + Sync {
     fn lookup(&self, account: &str) -> Option<u64>;
 }
 
+/// Where a participant keeps its state, which decides what the coordinator
+/// must make durable before it talks to it (see [`Participant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ParticipantKind {
+    /// State in this process's memory only: a crash loses it with the
+    /// coordinator's own memory. May be told to commit before the decision
+    /// is durable (the outcome is still returned only once it is).
+    Volatile,
+    /// Keeps its prepared branches in its own durable storage and lists them
+    /// in [`Participant::recover`] after a restart. Told to commit only once
+    /// the commit decision is durable. The default: the safe choice.
+    #[default]
+    Durable,
+    /// Keeps durable state that it cannot list (a remote service, closures
+    /// with side effects elsewhere). The coordinator makes the branch
+    /// durable in its log *before* the prepare is sent, so that after a
+    /// crash it can roll back every branch that may have prepared without a
+    /// decision, and it records [`Participant::encode_prepared`] in the
+    /// commit decision so that it can commit again without the participant.
+    /// Told to commit only once the decision is durable.
+    External,
+}
+
 /// A service taking part in transactions.
 ///
 /// The coordinator calls a participant from one thread at a time (its
-/// service's worker), so an implementation needs no locking of its own.
-/// The coordinator also makes every phase idempotent and ordered for it: a
-/// duplicate prepare, commit or rollback is answered from the coordinator's
-/// own record and never reaches the participant twice, and a rollback that
-/// arrives before its prepare makes that prepare refused without a call.
+/// service's worker, or a caller's thread while the service is idle), so an
+/// implementation needs no locking of its own. Within one coordinator
+/// process the coordinator makes every phase idempotent and ordered: a
+/// duplicate prepare, commit or rollback is answered from its own record and
+/// never reaches the participant twice, and a rollback that arrives before
+/// its prepare makes that prepare refused without a call. Isolation is the
+/// coordinator's job too: it holds a lock on every account (and every lock
+/// key a branch declares) from before prepare until the decision is applied.
 ///
-/// Isolation is the coordinator's job too: it holds a lock on every account a
-/// transaction touches from before prepare until the decision is applied.
+/// # Durability contract
+///
+/// What the coordinator promises depends on [`kind`](Self::kind):
+///
+/// * Every kind: the outcome is returned to the caller only once the
+///   decision is durable in the coordinator's log (with
+///   [`Durability::Sync`](crate::Durability::Sync)); a commit or rollback
+///   that fails is retried (see [`Failure`]), and is delivered again after a
+///   coordinator restart if it was not acknowledged.
+/// * [`ParticipantKind::Durable`] and [`ParticipantKind::External`]: `commit`
+///   is called only after the commit decision is durable. So when `prepare`
+///   returns `Ok`, the branch's prepared state must be durable in the
+///   participant's storage (a crash of either side must not lose it), and
+///   until `commit` or `rollback` returns `Ok` it must survive restarts.
+///   When `commit` returns `Ok` its effect must be durable; when `rollback`
+///   returns `Ok` the prepared state must be durably gone.
+/// * [`ParticipantKind::Durable`]: after a restart, [`recover`](Self::recover)
+///   must list every branch prepared and not yet committed or rolled back,
+///   with the value prepare returned. The coordinator commits each one whose
+///   commit decision it recorded and rolls back the rest (presumed abort); a
+///   decided branch that is no longer listed counts as committed.
+/// * [`ParticipantKind::External`]: the coordinator logs the branch before
+///   sending its prepare, and after a restart rolls back every logged branch
+///   without a commit decision (`rollback(branch, None)`, also for a branch
+///   whose prepare never arrived: answer `Ok` and remember it so a late
+///   prepare is refused) and commits every decided, unacknowledged one with
+///   the value [`decode_prepared`](Self::decode_prepared) rebuilds from what
+///   [`encode_prepared`](Self::encode_prepared) gave at prepare time.
+///   Calls may therefore repeat across restarts: commit and rollback must be
+///   idempotent in the participant's own storage.
 ///
 /// ```
-/// use dtc::{Failure, Operation, Participant, Prepared, Refusal, TxId};
+/// use dtc::{BranchId, Failure, Participant, ParticipantKind, Refusal, Work};
 ///
-/// /// Counts reserved units of stock.
+/// /// Counts reserved units of stock, in memory.
 /// struct Stock { left: i64 }
 ///
 /// impl Participant for Stock {
-///     fn prepare(&mut self, _tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
-///         let change: i64 = ops.iter().map(|op| op.delta).sum();
-///         if self.left + change < 0 {
-///             return Err(Refusal::Other { code: "out_of_stock".into(), message: "sold out".into() });
-///         }
-///         Ok(Prepared::new(change))
+///     type Prepared = i64;
+///     fn kind(&self) -> ParticipantKind {
+///         ParticipantKind::Volatile
 ///     }
-///     fn commit(&mut self, _tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
-///         self.left += prepared.downcast_ref::<i64>().copied().unwrap_or(0);
+///     fn prepare(&mut self, _branch: BranchId, work: Work<'_>) -> Result<i64, Refusal> {
+///         let change: i64 = work.operations().iter().map(|op| op.delta).sum();
+///         if self.left + change < 0 {
+///             return Err(Refusal::new("out_of_stock", "sold out"));
+///         }
+///         Ok(change)
+///     }
+///     fn commit(&mut self, _branch: BranchId, change: &i64) -> Result<(), Failure> {
+///         self.left += change;
 ///         Ok(())
 ///     }
-///     fn rollback(&mut self, _tx: TxId) -> Result<(), Failure> {
+///     fn rollback(&mut self, _branch: BranchId, _change: Option<&i64>) -> Result<(), Failure> {
 ///         Ok(())
 ///     }
 /// }
 /// ```
 pub trait Participant: Send + 'static {
-    /// Vote: check that `ops` can be applied and keep what commit will need.
+    /// What prepare keeps for commit (and rollback).
+    type Prepared: Send + 'static;
+
+    /// Vote: check that `work` can be done and keep what commit will need.
     /// Must not make the change visible yet.
-    fn prepare(&mut self, tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal>;
+    fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> Result<Self::Prepared, Refusal>;
 
-    /// Apply what was prepared. Called at most once successfully per
-    /// transaction; called again after a failure.
-    fn commit(&mut self, tx: TxId, prepared: &Prepared) -> Result<(), Failure>;
+    /// Apply what was prepared. Called at most once successfully per branch
+    /// within one process; called again after a failure.
+    fn commit(&mut self, branch: BranchId, prepared: &Self::Prepared) -> Result<(), Failure>;
 
-    /// Drop what was prepared. Called again after a failure.
-    fn rollback(&mut self, tx: TxId) -> Result<(), Failure>;
+    /// Drop what was prepared (`None`: prepare panicked, or the branch is
+    /// rolled back after a restart without its prepared value). Called again
+    /// after a failure.
+    fn rollback(&mut self, branch: BranchId, prepared: Option<&Self::Prepared>) -> Result<(), Failure>;
 
-    /// Transactions this participant holds prepared from before a restart
-    /// (participants with their own durable storage). The coordinator
-    /// resolves each from its log: commit if a commit decision is recorded,
-    /// rollback otherwise (presumed abort).
-    fn recover(&mut self) -> Vec<(TxId, Prepared)> {
+    /// Where this participant keeps its state (default
+    /// [`ParticipantKind::Durable`]).
+    fn kind(&self) -> ParticipantKind {
+        ParticipantKind::Durable
+    }
+
+    /// Branches this participant holds prepared from before a restart
+    /// ([`ParticipantKind::Durable`]; see the contract above).
+    fn recover(&mut self) -> Vec<(BranchId, Self::Prepared)> {
         Vec::new()
+    }
+
+    /// Bytes the coordinator records with its commit decision so that it can
+    /// commit this branch after a crash without asking the participant
+    /// ([`ParticipantKind::External`]). `None`: nothing needed
+    /// ([`decode_prepared`](Self::decode_prepared) gets empty bytes).
+    fn encode_prepared(&self, _prepared: &Self::Prepared) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Rebuilds a prepared value from what
+    /// [`encode_prepared`](Self::encode_prepared) gave, to commit after a
+    /// crash. `None` if it cannot: the commit is then parked for an
+    /// operator rather than guessed.
+    fn decode_prepared(&self, _branch: BranchId, _bytes: &[u8]) -> Option<Self::Prepared> {
+        None
     }
 
     /// The participant's account directory, if it has one.
@@ -196,7 +331,8 @@ pub trait Participant: Send + 'static {
     }
 
     /// The built-in ledger behind this participant, if any (wrappers forward
-    /// it). The coordinator logs and snapshots ledger state itself.
+    /// it). The coordinator logs and snapshots ledger state itself, so its
+    /// state is rebuilt from the coordinator's log after a crash.
     fn ledger(&self) -> Option<crate::Ledger> {
         None
     }
@@ -216,17 +352,27 @@ pub trait Participant: Send + 'static {
 }
 
 impl<P: Participant + ?Sized> Participant for Box<P> {
-    fn prepare(&mut self, tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
-        (**self).prepare(tx, ops)
+    type Prepared = P::Prepared;
+    fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> Result<Self::Prepared, Refusal> {
+        (**self).prepare(branch, work)
     }
-    fn commit(&mut self, tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
-        (**self).commit(tx, prepared)
+    fn commit(&mut self, branch: BranchId, prepared: &Self::Prepared) -> Result<(), Failure> {
+        (**self).commit(branch, prepared)
     }
-    fn rollback(&mut self, tx: TxId) -> Result<(), Failure> {
-        (**self).rollback(tx)
+    fn rollback(&mut self, branch: BranchId, prepared: Option<&Self::Prepared>) -> Result<(), Failure> {
+        (**self).rollback(branch, prepared)
     }
-    fn recover(&mut self) -> Vec<(TxId, Prepared)> {
+    fn kind(&self) -> ParticipantKind {
+        (**self).kind()
+    }
+    fn recover(&mut self) -> Vec<(BranchId, Self::Prepared)> {
         (**self).recover()
+    }
+    fn encode_prepared(&self, prepared: &Self::Prepared) -> Option<Vec<u8>> {
+        (**self).encode_prepared(prepared)
+    }
+    fn decode_prepared(&self, branch: BranchId, bytes: &[u8]) -> Option<Self::Prepared> {
+        (**self).decode_prepared(branch, bytes)
     }
     fn directory(&self) -> Option<std::sync::Arc<dyn Directory>> {
         (**self).directory()
@@ -242,5 +388,81 @@ impl<P: Participant + ?Sized> Participant for Box<P> {
     }
     fn is_nonblocking(&self) -> bool {
         (**self).is_nonblocking()
+    }
+}
+
+/// A prepared value with its type erased, held by the engine between a
+/// branch's prepare and its decision. Only the [`Participant`] that made it
+/// ever sees it again, through [`Typed`], which restores the type.
+pub(crate) type Kept = Box<dyn std::any::Any + Send>;
+
+/// The engine's view of a participant: its calls with the prepared value's
+/// type erased, so that services of different participant types live in
+/// one table.
+pub(crate) trait Erased: Send {
+    fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> Result<Kept, Refusal>;
+    fn commit(&mut self, branch: BranchId, kept: &Kept) -> Result<(), Failure>;
+    fn rollback(&mut self, branch: BranchId, kept: Option<&Kept>) -> Result<(), Failure>;
+    fn recover(&mut self) -> Vec<(BranchId, Kept)>;
+    fn encode(&self, kept: &Kept) -> Option<Vec<u8>>;
+    fn decode(&self, branch: BranchId, bytes: &[u8]) -> Option<Kept>;
+    fn kind(&self) -> ParticipantKind;
+    fn directory(&self) -> Option<std::sync::Arc<dyn Directory>>;
+    fn balances(&mut self) -> Option<BalanceSummary>;
+    fn ledger(&self) -> Option<crate::Ledger>;
+    fn is_builtin_ledger(&self) -> bool;
+    fn is_nonblocking(&self) -> bool;
+}
+
+/// Restores the type of what a participant prepared.
+pub(crate) struct Typed<P>(pub P);
+
+/// A kept value that is not of the participant's type: only an engine bug
+/// could hand one over, and it must not panic the engine.
+fn foreign() -> Failure {
+    Failure::with_code("engine_bug", "prepared value of another participant (report this)")
+}
+
+impl<P: Participant> Erased for Typed<P> {
+    fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> Result<Kept, Refusal> {
+        self.0.prepare(branch, work).map(|p| Box::new(p) as Kept)
+    }
+    fn commit(&mut self, branch: BranchId, kept: &Kept) -> Result<(), Failure> {
+        let prepared = kept.downcast_ref::<P::Prepared>().ok_or_else(foreign)?;
+        self.0.commit(branch, prepared)
+    }
+    fn rollback(&mut self, branch: BranchId, kept: Option<&Kept>) -> Result<(), Failure> {
+        let prepared = match kept {
+            Some(kept) => Some(kept.downcast_ref::<P::Prepared>().ok_or_else(foreign)?),
+            None => None,
+        };
+        self.0.rollback(branch, prepared)
+    }
+    fn recover(&mut self) -> Vec<(BranchId, Kept)> {
+        self.0.recover().into_iter().map(|(b, p)| (b, Box::new(p) as Kept)).collect()
+    }
+    fn encode(&self, kept: &Kept) -> Option<Vec<u8>> {
+        kept.downcast_ref::<P::Prepared>().and_then(|p| self.0.encode_prepared(p))
+    }
+    fn decode(&self, branch: BranchId, bytes: &[u8]) -> Option<Kept> {
+        self.0.decode_prepared(branch, bytes).map(|p| Box::new(p) as Kept)
+    }
+    fn kind(&self) -> ParticipantKind {
+        self.0.kind()
+    }
+    fn directory(&self) -> Option<std::sync::Arc<dyn Directory>> {
+        self.0.directory()
+    }
+    fn balances(&mut self) -> Option<BalanceSummary> {
+        self.0.balances()
+    }
+    fn ledger(&self) -> Option<crate::Ledger> {
+        self.0.ledger()
+    }
+    fn is_builtin_ledger(&self) -> bool {
+        self.0.is_builtin_ledger()
+    }
+    fn is_nonblocking(&self) -> bool {
+        self.0.is_nonblocking()
     }
 }

@@ -97,7 +97,10 @@ impl TxIdGen {
         // location, and no other memory is published through it.
         let mut prev = self.last_ns.load(Ordering::Relaxed);
         loop {
-            let next = now.max(prev + 1);
+            // `observe` only takes ids that passed `check_issued` (never far
+            // in the future), so this cannot reach the end of time.
+            debug_assert!(prev < u64::MAX, "id clock exhausted");
+            let next = now.max(prev.saturating_add(1));
             match self.last_ns.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return TxId(((next as u128) << 64) | self.salt as u128),
                 Err(actual) => prev = actual,
@@ -111,6 +114,11 @@ impl TxIdGen {
         self.last_ns.fetch_max(seen.timestamp_ns(), Ordering::Relaxed);
     }
 }
+
+/// How far ahead of this machine's clock a caller's id may be (clock skew
+/// between machines): an id further in the future is refused, since it would
+/// drag the id clock forward and outlive every horizon.
+pub const MAX_ID_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
@@ -157,6 +165,122 @@ impl<'a> Transfer<'a> {
             to: AccountRef { service: to_service, account: to_account },
             amount,
         }
+    }
+}
+
+/// A branch that carries its own request to one service: opaque bytes (a
+/// serde-friendly JSON helper is [`Branch::json`]) and, optionally, lock
+/// keys the coordinator holds from before its prepare until its decision is
+/// applied, with the same ordered striped locks it uses for accounts (so a
+/// participant that cannot isolate itself still gets serializable,
+/// deadlock-free execution).
+///
+/// ```
+/// use dtc::Branch;
+/// let seat = Branch::new("flights", &b"seat 12A on LH123"[..]).lock("LH123/12A");
+/// assert_eq!(seat.service(), "flights");
+/// assert_eq!(seat.payload(), b"seat 12A on LH123");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Branch<'a> {
+    service: &'a str,
+    payload: std::borrow::Cow<'a, [u8]>,
+    locks: Vec<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> Branch<'a> {
+    /// A branch asking `service` to do what `payload` says (bounded by
+    /// [`Builder::max_payload_bytes`](crate::Builder::max_payload_bytes)).
+    pub fn new(service: &'a str, payload: impl Into<std::borrow::Cow<'a, [u8]>>) -> Self {
+        Self { service, payload: payload.into(), locks: Vec::new() }
+    }
+
+    /// A branch whose payload is `request` as JSON.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// struct Booking<'a> { room: &'a str, nights: u32 }
+    /// let b = dtc::Branch::json("hotel", &Booking { room: "204", nights: 2 }).unwrap();
+    /// assert_eq!(b.payload(), br#"{"room":"204","nights":2}"#);
+    /// ```
+    pub fn json<T: serde::Serialize + ?Sized>(service: &'a str, request: &T) -> crate::Result<Self> {
+        let bytes = serde_json::to_vec(request).map_err(|e| crate::Error::InvalidPayload(e.to_string()))?;
+        Ok(Self::new(service, bytes))
+    }
+
+    /// Adds a lock key (1 to 255 bytes); keys are scoped to the service.
+    pub fn lock(mut self, key: impl Into<std::borrow::Cow<'a, str>>) -> Self {
+        self.locks.push(key.into());
+        self
+    }
+
+    /// The service this branch goes to.
+    pub fn service(&self) -> &'a str {
+        self.service
+    }
+
+    /// The request bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The lock keys.
+    pub fn locks(&self) -> impl Iterator<Item = &str> {
+        self.locks.iter().map(|k| &**k)
+    }
+}
+
+/// A transaction: transfer legs between accounts of ledger services, and
+/// branches carrying their own requests to any participant, all committed
+/// or all rolled back together.
+///
+/// ```
+/// use dtc::{Branch, Transaction, Transfer};
+/// let tx = Transaction::new()
+///     .transfer(Transfer::new("bank", "alice", "bank", "shop", 120))
+///     .branch(Branch::new("stock", &b"reserve sku-7"[..]).lock("sku-7"));
+/// assert_eq!(tx.transfers().len(), 1);
+/// assert_eq!(tx.branches().len(), 1);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Transaction<'a> {
+    transfers: Vec<Transfer<'a>>,
+    branches: Vec<Branch<'a>>,
+}
+
+impl<'a> Transaction<'a> {
+    /// An empty transaction (running it as such is refused with
+    /// [`Error::EmptyTransaction`](crate::Error::EmptyTransaction)).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a transfer leg.
+    pub fn transfer(mut self, leg: Transfer<'a>) -> Self {
+        self.transfers.push(leg);
+        self
+    }
+
+    /// Adds transfer legs.
+    pub fn transfers_from(mut self, legs: &[Transfer<'a>]) -> Self {
+        self.transfers.extend_from_slice(legs);
+        self
+    }
+
+    /// Adds a branch.
+    pub fn branch(mut self, branch: Branch<'a>) -> Self {
+        self.branches.push(branch);
+        self
+    }
+
+    /// The transfer legs.
+    pub fn transfers(&self) -> &[Transfer<'a>] {
+        &self.transfers
+    }
+
+    /// The payload branches, in the order given.
+    pub fn branches(&self) -> &[Branch<'a>] {
+        &self.branches
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Bank, random_legs, seed};
 use dtc::testing::MemStorage;
-use dtc::{Durability, Error, FaultPlan, Faulty, Outcome, Participant};
+use dtc::{Durability, Error, FaultPlan, Faulty, Outcome};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -25,7 +25,7 @@ fn kinds(outcomes: &[Result<Outcome, Error>]) -> Vec<String> {
 fn compare(wrap: bool, seed: u64) {
     let batched = Bank::new(4, 40, 20);
     let single = Bank::new(4, 40, 20);
-    let wrapper = |_: usize, ledger: dtc::Ledger| -> Box<dyn Participant> {
+    let wrapper = |_: usize, ledger: dtc::Ledger| -> common::Boxed {
         if wrap { Box::new(Faulty::new(ledger, FaultPlan::new(1))) } else { Box::new(ledger) }
     };
     let a = batched.builder_with(wrapper).open().unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Bank, Model, Probe, ProbeControl, random_legs, seed, wait_until};
-use dtc::{AbortReason, Coordinator, Error, Outcome, Participant};
+use dtc::{AbortReason, Coordinator, Error, Outcome};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -19,7 +19,7 @@ const BALANCE: i64 = 1_000;
 /// delivery paths see duplicates.
 fn mixed_bank(control: &Arc<ProbeControl>) -> (Bank, dtc::Builder) {
     let bank = Bank::new(3, ACCOUNTS, BALANCE);
-    let builder = bank.builder_with(|s, ledger| -> Box<dyn Participant> {
+    let builder = bank.builder_with(|s, ledger| -> common::Boxed {
         if s == 2 { Box::new(Probe::new(ledger, control)) } else { Box::new(ledger) }
     });
     (bank, builder)
@@ -207,7 +207,7 @@ fn same_id_same_legs_returns_the_recorded_outcome() {
             let again = dtc.execute_as(tx, &legs);
             assert!(matches!(&again, Ok(o) if *o == expected), "{legs:?}: resubmitted: {again:?}");
         }
-        assert_eq!(dtc.outcome_of(tx), Some(expected.clone()), "{legs:?}");
+        assert_eq!(dtc.outcome_of(tx).expect("outcome_of"), Some(expected.clone()), "{legs:?}");
         bank.check_audit(&dtc, "after resubmissions");
         assert_eq!(bank.balances(), balances, "{legs:?}: resubmission changed balances");
         assert_eq!(dtc.metrics().committed, metrics.committed, "{legs:?}: resubmission ran again");
@@ -244,7 +244,7 @@ fn same_id_other_legs_is_refused() {
     }
     assert_eq!(bank.balances(), balances);
     assert_eq!(dtc.metrics().committed, metrics.committed);
-    assert_eq!(dtc.outcome_of(tx), Some(Outcome::Committed));
+    assert_eq!(dtc.outcome_of(tx).expect("outcome_of"), Some(Outcome::Committed));
 }
 
 /// Resubmitting an id while it runs gives `TxInProgress`; once finished, its outcome.
@@ -253,7 +253,7 @@ fn same_id_while_running_is_in_progress() {
     let bank = Bank::new(2, 4, 100);
     let control = ProbeControl::new();
     let dtc = bank
-        .builder_with(|s, ledger| -> Box<dyn Participant> {
+        .builder_with(|s, ledger| -> common::Boxed {
             if s == 1 { Box::new(Probe::new(ledger, &control)) } else { Box::new(ledger) }
         })
         .open()
@@ -288,7 +288,7 @@ fn forgetful_bank() -> (Bank, Coordinator) {
 /// Pushes `tx` out of the recent-id table with fresh committed transactions.
 fn forget(dtc: &Coordinator, bank: &Bank, tx: dtc::TxId) {
     let mut n = 0;
-    while dtc.outcome_of(tx).is_some() {
+    while dtc.outcome_of(tx).expect("outcome_of").is_some() {
         n += 1;
         assert!(n < 10_000, "{tx} never left the recent-id table");
         // acct-6 → acct-7 and back: net zero, always funded.
@@ -349,7 +349,7 @@ fn redelivered_panicking_prepare_applies_nothing() {
     let bank = Bank::new(2, 4, 1_000);
     let control = ProbeControl::new();
     let dtc = bank
-        .builder_with(|s, ledger| -> Box<dyn Participant> {
+        .builder_with(|s, ledger| -> common::Boxed {
             if s == 0 { Box::new(Probe::new(ledger, &control).nonblocking()) } else { Box::new(ledger) }
         })
         .redeliver_for_testing(seed, 5)

@@ -158,7 +158,7 @@ fn resolve_commit_settles_a_parked_commit_without_calling_it_again() {
     // The decision and the operator's reason survive a restart.
     let dtc = open(tmp.path(), Flaky(Switches::failing("x", 0, 0)), fast(3));
     assert!(dtc.unfinished().is_empty());
-    assert_eq!(dtc.outcome_of(tx), Some(Outcome::Committed));
+    assert_eq!(dtc.outcome_of(tx).expect("outcome_of"), Some(Outcome::Committed));
     dtc.checkpoint().unwrap();
     dtc.shutdown().unwrap();
     drop(dtc);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Bank, Probe, ProbeControl, seed, wait_until};
-use dtc::{AbortReason, Coordinator, FaultPlan, Outcome, Participant, RetryPolicy};
+use dtc::{AbortReason, Coordinator, FaultPlan, Outcome, RetryPolicy};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -23,7 +23,7 @@ fn probed(nonblocking: bool) -> (Bank, Arc<ProbeControl>, Coordinator) {
     let bank = Bank::new(2, 4, 100);
     let control = ProbeControl::new();
     let dtc = bank
-        .builder_with(|s, ledger| -> Box<dyn Participant> {
+        .builder_with(|s, ledger| -> common::Boxed {
             match s {
                 0 if nonblocking => Box::new(Probe::new(ledger, &control).nonblocking()),
                 0 => Box::new(Probe::new(ledger, &control)),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Bank, random_legs, seed, wait_until, with_watchdog};
-use dtc::{Coordinator, Error, FaultPlan, FaultRates, Faulty, Outcome, Participant};
+use dtc::{Coordinator, Error, FaultPlan, FaultRates, Faulty, Outcome};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -129,7 +129,7 @@ fn dropping_the_last_handle_drains() {
         ..FaultPlan::new(3)
     };
     let dtc = bank
-        .builder_with(|s, ledger| -> Box<dyn Participant> {
+        .builder_with(|s, ledger| -> common::Boxed {
             if s == 0 { Box::new(Faulty::new(ledger, plan)) } else { Box::new(ledger) }
         })
         .call_timeout(Duration::from_millis(30))

@@ -329,15 +329,15 @@ impl Sim {
         self.open();
         let dtc = self.dtc.clone().expect("open");
         for (tx, _, decision) in &self.acked {
-            let found = dtc.outcome_of(*tx).map(|o| decided(&o));
+            let found = dtc.outcome_of(*tx).expect("outcome_of").map(|o| decided(&o));
             assert_eq!(found.as_ref(), Some(decision), "epoch {}: acknowledged {tx} not recovered as such", self.epoch);
         }
         for tx in &self.presumed_aborted {
-            let found = dtc.outcome_of(*tx);
+            let found = dtc.outcome_of(*tx).expect("outcome_of");
             assert!(!matches!(found, Some(Outcome::Committed | Outcome::CommitPending)), "{tx} committed later");
         }
         for (tx, legs) in std::mem::take(&mut self.unknown) {
-            match dtc.outcome_of(tx) {
+            match dtc.outcome_of(tx).expect("outcome_of") {
                 Some(outcome) => {
                     let decision = decided(&outcome);
                     if decision == Decided::Commit {

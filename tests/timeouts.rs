@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Bank, Probe, ProbeControl, wait_until};
-use dtc::{AbortReason, Coordinator, FaultPlan, FaultRates, Faulty, Outcome, Participant};
+use dtc::{AbortReason, Coordinator, FaultPlan, FaultRates, Faulty, Outcome};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -24,7 +24,7 @@ fn probed(call_timeout: Duration, tx_timeout: Duration) -> (Bank, Arc<ProbeContr
     let bank = Bank::new(2, 4, 100);
     let control = ProbeControl::new();
     let dtc = bank
-        .builder_with(|s, ledger| -> Box<dyn Participant> {
+        .builder_with(|s, ledger| -> common::Boxed {
             if s == 0 { Box::new(Probe::new(ledger, &control)) } else { Box::new(ledger) }
         })
         .call_timeout(call_timeout)
@@ -118,7 +118,7 @@ fn shutdown_drains_a_pending_commit() {
         };
         let mut counter = None;
         let dtc = bank
-            .builder_with(|s, ledger| -> Box<dyn Participant> {
+            .builder_with(|s, ledger| -> common::Boxed {
                 if s == 0 {
                     let faulty = Faulty::new(ledger, plan);
                     counter = Some(faulty.counter());
@@ -140,14 +140,19 @@ fn shutdown_drains_a_pending_commit() {
 /// A lock wait past `transaction_timeout` aborts with `LockTimeout` and changes nothing.
 #[test]
 fn lock_held_past_the_deadline_is_lock_timeout() {
-    // The lock is held by a transaction stalled in commit: a prepare stall cannot outlast a later transaction's
-    // deadline, because the holder's vote wait is capped by its own, earlier, deadline.
+    // The lock is held by a batch waiting for a commit stalled in its participant: a batch collects its
+    // acknowledgements under its locks (single transactions release theirs once every commit is queued, FIFO
+    // making it visible to the next one), and a prepare stall cannot outlast a later transaction's deadline,
+    // because the holder's vote wait is capped by its own, earlier, deadline.
     let (bank, control, dtc) = probed(Duration::from_secs(30), Duration::from_millis(300));
     let hold = control.hold_commit();
     let holder = {
         let (dtc, accounts) = (dtc.clone(), bank.accounts.clone());
         // svc-1/acct-1 → svc-0/acct-0, stalls in svc-0's commit holding both locks.
-        std::thread::spawn(move || dtc.execute(&[dtc::Transfer::new("svc-1", &accounts[1], "svc-0", &accounts[0], 40)]))
+        std::thread::spawn(move || {
+            let legs = [dtc::Transfer::new("svc-1", &accounts[1], "svc-0", &accounts[0], 40)];
+            dtc.execute_batch(&[&legs[..]]).map(|mut outcomes| outcomes.remove(0))
+        })
     };
     wait_until("the holder's commit to stall", WAIT, || control.held() == 1);
     let waiter = [bank.leg(1, 3, 10)]; // svc-1 only, shares acct-1's lock
@@ -156,7 +161,7 @@ fn lock_held_past_the_deadline_is_lock_timeout() {
     let m = dtc.metrics();
     assert!(m.aborted.contains(&("lock_timeout", 1)), "{m:?}");
     hold.release();
-    assert_eq!(holder.join().unwrap().unwrap(), Outcome::Committed);
+    assert_eq!(holder.join().unwrap().unwrap().unwrap(), Outcome::Committed);
     assert_eq!(dtc.execute(&waiter).unwrap(), Outcome::Committed);
     bank.check_audit(&dtc, "end");
     assert_eq!(bank.balances(), [140, 50, 100, 110]);

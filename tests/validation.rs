@@ -32,7 +32,7 @@ fn refused(bank: &Bank, dtc: &Coordinator, legs: &[Transfer<'_>]) -> Error {
     };
     assert_eq!(bank.balances(), balances, "{legs:?}: {error} changed balances");
     assert_eq!(dtc.metrics(), metrics, "{legs:?}: {error} changed metrics");
-    assert_eq!(dtc.outcome_of(tx), None, "{legs:?}: {error} recorded an outcome");
+    assert_eq!(dtc.outcome_of(tx).expect("outcome_of"), None, "{legs:?}: {error} recorded an outcome");
     // The id was not consumed by the refused attempt.
     assert_eq!(dtc.execute_as(tx, &[bank.leg(0, 1, 1)]).unwrap(), Outcome::Committed, "{legs:?}");
     assert_eq!(dtc.execute(&[bank.leg(1, 0, 1)]).unwrap(), Outcome::Committed, "{legs:?}");

@@ -175,7 +175,7 @@ fn reseal_record(segment: &mut [u8], record: RecordAt) {
 fn edit_first_balance(checkpoint: &Path, edit: impl FnOnce(i64) -> i64) {
     let mut bytes = std::fs::read(checkpoint).unwrap();
     let snapshot = CHECKPOINT_HEADER_BYTES;
-    assert_eq!(&bytes[snapshot..snapshot + 8], b"DTCCKPT1");
+    assert_eq!(&bytes[snapshot..snapshot + 8], b"DTCCKPT2");
     // magic (8), high water (16), ledger count (8), service name, account count (8).
     let mut at = snapshot + 8 + 16 + 8;
     at += 2 + usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));

@@ -21,21 +21,24 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use hashbrown::HashMap;
 
+use crate::participant::BranchId;
 use crate::txn::TxId;
 
-/// One execution of a transaction. An id the recent-id table has forgotten
-/// may be run again; its new execution must not be answered from the old
-/// one's record, so the barrier keys on (id, execution number).
+/// One branch of one execution of a transaction. An id whose run failed
+/// before any decision may be run again; its new execution must not be
+/// answered from the old one's record, so the barrier keys on (id, execution
+/// number, branch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct TxKey {
     pub tx: TxId,
     pub attempt: u64,
+    pub branch: u16,
 }
 
-impl From<TxId> for TxKey {
-    /// Execution 0: transactions recovered from a participant after a restart.
-    fn from(tx: TxId) -> Self {
-        TxKey { tx, attempt: 0 }
+impl TxKey {
+    /// Execution 0: branches recovered after a restart.
+    pub(crate) fn recovered(branch: BranchId) -> Self {
+        TxKey { tx: branch.tx, attempt: 0, branch: branch.index }
     }
 }
 
@@ -91,6 +94,9 @@ impl Hasher for KeyHasher {
     fn write_u128(&mut self, n: u128) {
         self.write_u64(n as u64);
         self.write_u64((n >> 64) as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
     }
     fn finish(&self) -> u64 {
         self.0
@@ -190,7 +196,7 @@ impl<P> Barrier<P> {
 mod tests {
     use super::*;
 
-    const T: TxKey = TxKey { tx: TxId::from_u128(9), attempt: 1 };
+    const T: TxKey = TxKey { tx: TxId::from_u128(9), attempt: 1, branch: 0 };
 
     #[test]
     fn duplicates_are_answered_from_the_record() {
@@ -230,14 +236,14 @@ mod tests {
     #[test]
     fn finished_entries_are_bounded_live_ones_kept() {
         let mut b = Barrier::<u8>::new(4);
-        b.prepared_ok(TxKey::from(TxId::from_u128(1000)), Some(0));
+        b.prepared_ok(TxKey::recovered(BranchId { tx: TxId::from_u128(1000), index: 0 }), Some(0));
         for i in 0..100 {
-            let t = TxKey::from(TxId::from_u128(i));
+            let t = TxKey::recovered(BranchId { tx: TxId::from_u128(i), index: 0 });
             b.prepared_ok(t, Some(0));
             b.committed(t);
         }
         assert!(b.entries.len() <= 5 + 4, "{}", b.entries.len());
-        assert!(b.prepared(TxKey::from(TxId::from_u128(1000))).is_some());
+        assert!(b.prepared(TxKey::recovered(BranchId { tx: TxId::from_u128(1000), index: 0 })).is_some());
         assert_eq!(b.live(), 1);
     }
 }

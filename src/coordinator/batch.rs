@@ -71,10 +71,11 @@ impl Inner {
                 plan::build(
                     self.ids.next(),
                     legs,
+                    &[],
                     &self.services,
                     |n| self.find(n),
                     &self.locks,
-                    self.config.max_legs,
+                    &self.limits(),
                     false,
                 )
                 .map(Arc::new)
@@ -115,8 +116,11 @@ impl Inner {
             }
             let outcome = plan.and_then(|plan| {
                 let result = self.through_participants(&plan, deadline, false, Some(&mut records));
-                result.map(|(outcome, lsn)| {
-                    last_lsn = last_lsn.max(lsn);
+                result.map(|decided| {
+                    last_lsn = last_lsn.max(decided.lsn);
+                    // Under the batch's locks: its later transactions wait
+                    // for nothing else anyway.
+                    let outcome = self.acknowledged(&plan, decided);
                     self.count(&outcome);
                     outcome
                 })
@@ -150,8 +154,15 @@ impl Inner {
         if self.config.redeliver.is_some() {
             return None;
         }
-        let mut services: SmallVec<[usize; 8]> =
-            plans.flat_map(|p| (0..p.groups.len()).map(|g| usize::from(p.service_of(g)))).collect();
+        let mut services: SmallVec<[usize; 8]> = SmallVec::new();
+        for plan in plans {
+            for branch in 0..plan.branches.len() {
+                if !plan.is_transfer(branch) {
+                    return None; // a payload goes to its participant
+                }
+                services.push(usize::from(plan.service_of(branch)));
+            }
+        }
         services.sort_unstable();
         services.dedup();
         if services.iter().any(|&s| !self.handles[s].builtin_ledger || self.ledgers[s].is_none()) {
@@ -162,10 +173,10 @@ impl Inner {
 
     /// One transaction of a direct batch: check every change, then apply all.
     pub(super) fn apply_direct(&self, plan: &plan::Plan, records: &mut Vec<Encoded>) -> Outcome {
-        for group in 0..plan.groups.len() {
-            let service = usize::from(plan.service_of(group));
+        for branch in 0..plan.branches.len() {
+            let service = usize::from(plan.service_of(branch));
             let Some(ledger) = &self.ledgers[service] else { continue };
-            for op in plan.group_ops(group) {
+            for op in plan.branch_ops(branch) {
                 let checked = match op.key {
                     Some(key) => ledger.check(key, op.delta),
                     None => Err(false),
@@ -184,10 +195,10 @@ impl Inner {
                 }
             }
         }
-        for group in 0..plan.groups.len() {
-            let service = usize::from(plan.service_of(group));
+        for branch in 0..plan.branches.len() {
+            let service = usize::from(plan.service_of(branch));
             if let Some(ledger) = &self.ledgers[service] {
-                for op in plan.group_ops(group) {
+                for op in plan.branch_ops(branch) {
                     if let Some(key) = op.key {
                         ledger.apply(key, op.delta);
                     }

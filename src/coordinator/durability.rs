@@ -6,36 +6,38 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
+use hashbrown::HashSet;
+
+use super::barrier::TxKey;
+use super::outstanding::{Owed, OwedBranch};
 use super::plan::Plan;
 use super::worker::{Request, Step, Submitted};
 use super::{Inner, replies};
 use smallvec::SmallVec;
 
 use crate::durable::{
-    Checkpoint, Encoded, Entry, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit, unresolved_commits,
+    BranchRecord, Checkpoint, Encoded, Entry, Open, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit,
+    open_transactions,
 };
 use crate::durable::{codec, control};
 use crate::error::{Error, Result};
+use crate::participant::{BranchId, ParticipantKind};
 use crate::sync::Ordering;
 use crate::txn::{Outcome, TxId};
+use crate::wal::Lsn;
 
 impl Inner {
-    /// The commit record of `plan`: every ledger change, and the external
-    /// services that must acknowledge.
+    /// The commit record of a plan whose branches are all ledgers: every
+    /// ledger change (the direct path; see `two_phase` for the others).
     pub(super) fn commit_entry(&self, plan: &Plan) -> Encoded {
         let mut changes: SmallVec<[(&str, &str, i64); 8]> = SmallVec::new();
-        let mut external: SmallVec<[&str; 4]> = SmallVec::new();
-        for group in 0..plan.groups.len() {
-            let service = usize::from(plan.service_of(group));
+        for branch in 0..plan.branches.len() {
+            let service = usize::from(plan.service_of(branch));
+            debug_assert!(self.ledgers[service].is_some(), "the direct path takes ledgers only");
             let name: &str = &self.services[service].name;
-            if self.ledgers[service].is_some() {
-                changes.extend(plan.changes(group).map(|(account, delta)| (name, account, delta)));
-            } else {
-                external.push(name);
-            }
+            changes.extend(plan.changes(branch).map(|(account, delta)| (name, account, delta)));
         }
-        let bytes = encode_commit(plan.tx, plan.fingerprint, changes.into_iter(), &external);
-        Encoded { kind: codec::KIND_COMMIT, bytes }
+        Encoded { kind: codec::KIND_COMMIT, bytes: encode_commit(plan.tx, plan.fingerprint, changes.into_iter()) }
     }
 
     fn ledger_index(&self, service: &str) -> Result<usize> {
@@ -45,10 +47,11 @@ impl Inner {
     }
 
     /// Rebuilds state from the last checkpoint and the records after it, and
-    /// resolves external participants' in-doubt transactions (presumed abort).
+    /// finishes every transaction whose non-ledger branches may not have
+    /// applied its outcome (presumed abort for the undecided).
     pub(super) fn restore(&self, replayed: Replayed) -> Result<RecoveryReport> {
         let Replayed { checkpoint, entries, mut report } = replayed;
-        let mut committed = unresolved_commits(checkpoint.as_ref(), entries.iter().map(|(_, e)| e));
+        let open = open_transactions(checkpoint.as_ref(), entries.iter().map(|(_, e)| e));
         if let Some(c) = checkpoint {
             self.ids.observe(TxId::from_u128(c.high_water));
             for (service, accounts) in &c.ledgers {
@@ -59,7 +62,7 @@ impl Inner {
             }
             for m in c.recent {
                 let outcome = m.aborted.map_or(Outcome::Committed, Outcome::Aborted);
-                self.recent.finish(m.tx, m.fingerprint, outcome);
+                self.recent.finish(m.tx, m.fingerprint, outcome, None);
             }
             for record in c.operator {
                 self.remember_operator(record);
@@ -73,11 +76,12 @@ impl Inner {
                         let ledger = self.ledgers[self.ledger_index(&change.service)?].as_ref().expect("checked");
                         ledger.adjust(&change.account, change.delta)?;
                     }
-                    self.recent.finish(tx, fingerprint, Outcome::Committed);
+                    self.recent.finish(tx, fingerprint, Outcome::Committed, None);
                 }
+                Entry::Begin { tx, .. } => self.ids.observe(tx),
                 Entry::Abort { tx, fingerprint, reason } => {
                     self.ids.observe(tx);
-                    self.recent.finish(tx, fingerprint, Outcome::Aborted(reason));
+                    self.recent.finish(tx, fingerprint, Outcome::Aborted(reason), None);
                 }
                 Entry::Done { .. } => {}
                 Entry::Account { service, account, balance } => {
@@ -90,47 +94,104 @@ impl Inner {
                 }
             }
         }
-        // External participants: commit what the log decided, roll back the
-        // rest (presumed abort). Every transaction a participant still holds
-        // prepared is resolved, however old.
-        let mut in_doubt: Vec<(usize, TxId, Step)> = Vec::new();
-        let mut holders: HashMap<TxId, Vec<String>> = HashMap::new();
-        for (i, handle) in self.handles.iter().enumerate() {
-            for tx in handle.recover_in_doubt() {
-                let commit = committed.contains_key(&tx) || matches!(self.recent.get(tx), Some(o) if o.is_committed());
-                in_doubt.push((i, tx, if commit { Step::Commit } else { Step::Rollback }));
-                holders.entry(tx).or_default().push(handle.name.to_string());
+        let mut deliver: Vec<(u16, BranchId, Step)> = Vec::new();
+        // Participants with their own storage list what they hold prepared:
+        // commit what the log decided, roll back the rest (presumed abort),
+        // however old.
+        let mut held: HashSet<(TxId, u16, u16)> = HashSet::new();
+        for handle in &self.handles {
+            for branch in handle.recover_in_doubt() {
+                let committed = open.get(&branch.tx).is_some_and(Open::is_commit)
+                    || matches!(self.recent.get(branch.tx), Some((o, _)) if o.is_committed());
+                deliver.push((handle.index, branch, if committed { Step::Commit } else { Step::Rollback }));
+                held.insert((branch.tx, handle.index, branch.index));
             }
         }
-        // A decided commit that a participant no longer holds prepared was
-        // applied there before the crash (it voted yes, and `recover` lists
-        // every prepared, unfinished transaction): only the holders are
-        // still owed an acknowledgement.
+        // Transactions the log shows open: who still owes an acknowledgement.
+        let mut owed_table: HashMap<TxId, Owed> = HashMap::new();
         let mut done = Vec::new();
-        committed.retain(|tx, external| {
-            let held = holders.get(tx);
-            external.retain(|s| held.is_some_and(|h| h.contains(s)));
-            if external.is_empty() {
-                done.push(*tx);
+        for (tx, o) in &open {
+            let step = if o.is_commit() { Step::Commit } else { Step::Rollback };
+            let mut branches = Vec::new();
+            for b in &o.branches {
+                let Some(service) = self.find(&b.service) else {
+                    return Err(Error::Config(format!(
+                        "the log holds unfinished transaction {tx} with a branch on service {:?}, which is not \
+                         registered: register it so the transaction can finish",
+                        b.service
+                    )));
+                };
+                let handle = &self.handles[usize::from(service)];
+                let branch = BranchId { tx: *tx, index: b.index };
+                let owes = match handle.kind {
+                    // Its state died with the process, or is rebuilt from the log.
+                    _ if handle.early_commit => false,
+                    // A decided branch it no longer lists was applied before
+                    // the crash (it voted yes, and `recover` lists every
+                    // prepared, unfinished branch).
+                    ParticipantKind::Durable => held.contains(&(*tx, service, b.index)),
+                    _ if step == Step::Rollback => {
+                        handle.restore_unknown(branch);
+                        deliver.push((service, branch, Step::Rollback));
+                        true
+                    }
+                    _ => {
+                        if handle.restore_prepared(branch, b.prepared.as_deref().unwrap_or_default()) {
+                            deliver.push((service, branch, Step::Commit));
+                        } else {
+                            self.park_unrestorable(branch, service);
+                        }
+                        true
+                    }
+                };
+                if owes {
+                    branches.push(OwedBranch {
+                        service,
+                        branch: b.index,
+                        prepared: b.prepared.as_deref().map(Into::into),
+                    });
+                }
             }
-            !external.is_empty()
-        });
-        self.outstanding.restore_unresolved(committed);
+            if branches.is_empty() {
+                done.push(*tx);
+            } else {
+                owed_table.insert(*tx, Owed { step, branches });
+            }
+        }
+        self.outstanding.restore_unresolved(owed_table);
         if let (Some(journal), false) = (&self.journal, done.is_empty()) {
             let records: Vec<Encoded> = done.iter().map(|&tx| Entry::Done { tx }.encoded()).collect();
             journal.append_batch(&records)?;
         }
         let (reply, _replies) = replies();
-        for (i, tx, step) in in_doubt {
-            let handle = &self.handles[i];
-            tracing::info!(%tx, service = %handle.name, ?step, "resolving in-doubt transaction");
-            let plan = Arc::new(Plan::bare(tx, handle.index));
-            if !matches!(handle.submit(&plan, 0, step, &reply, None), Submitted::Inline(_) | Submitted::Queued) {
+        for (service, branch, step) in deliver {
+            let handle = &self.handles[usize::from(service)];
+            tracing::info!(%branch, service = %handle.name, ?step, "resolving in-doubt branch");
+            let plan = Arc::new(Plan::bare(TxKey::recovered(branch), service));
+            // The decision was read back from the log, which is durable.
+            let after = (step == Step::Commit).then_some(Lsn(0));
+            if !matches!(handle.submit(&plan, 0, step, &reply, None, after), Submitted::Inline(_) | Submitted::Queued) {
                 return Err(Error::ServiceUnavailable { service: handle.name.to_string() });
             }
             report.in_doubt_resolved += 1;
         }
         Ok(report)
+    }
+
+    /// A decided commit to an external participant that cannot rebuild its
+    /// prepared value: parked for an operator rather than guessed.
+    fn park_unrestorable(&self, branch: BranchId, service: u16) {
+        let key = TxKey::recovered(branch);
+        let error = crate::operator::CallError {
+            code: "unrestorable".into(),
+            message: "after a restart the participant could not rebuild its prepared value from the commit record"
+                .into(),
+        };
+        tracing::error!(%branch, service = %self.name(service), "commit parked: prepared value not restorable");
+        self.outstanding.failed(key, service, Step::Commit, error, 1);
+        if self.outstanding.park(key, service) == super::outstanding::Park::Parked {
+            self.metrics.parked.add(1);
+        }
     }
 
     /// Takes a consistent cut of the ledgers, the recent ids and the
@@ -169,8 +230,24 @@ impl Inner {
                 },
             })
             .collect();
-        checkpoint.unresolved =
-            self.outstanding.unresolved().into_iter().map(|(tx, external)| Unresolved { tx, external }).collect();
+        checkpoint.unresolved = self
+            .outstanding
+            .unresolved()
+            .into_iter()
+            .map(|(tx, owed)| Unresolved {
+                tx,
+                commit: owed.step == Step::Commit,
+                branches: owed
+                    .branches
+                    .iter()
+                    .map(|b| BranchRecord {
+                        service: self.name(b.service),
+                        index: b.branch,
+                        prepared: b.prepared.as_deref().map(<[u8]>::to_vec),
+                    })
+                    .collect(),
+            })
+            .collect();
         checkpoint.operator = self.operator_history();
         drop(locks);
         let started = Instant::now();

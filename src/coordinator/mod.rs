@@ -21,18 +21,21 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use crate::durable::{Encoded, Entry, Journal, JournalConfig, RecoveryReport};
+use crate::durable::{
+    Encoded, Entry, Journal, JournalConfig, RecoveryReport, codec, encode_begin, encode_commit, encode_decision,
+};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, MetricsSnapshot, Stage};
-use crate::participant::{BalanceSummary, Participant, Refusal};
+use crate::participant::{BalanceSummary, Erased, Participant, ParticipantKind, Refusal, Typed};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
-use crate::txn::{AbortReason, Outcome, Transfer, TxId, TxIdGen};
+use crate::txn::{AbortReason, Branch, MAX_ID_CLOCK_SKEW, Outcome, Transaction, Transfer, TxId, TxIdGen, unix_nanos};
 use crate::wal::Lsn;
 
 use locks::StripedLocks;
 use outstanding::Outstanding;
-use plan::{Plan, ServiceInfo};
+use outstanding::{Owed, OwedBranch};
+use plan::{Limits, Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
 use worker::{Answer, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
@@ -42,6 +45,9 @@ pub use worker::RetryPolicy;
 
 /// Longest service name accepted, in bytes.
 pub const MAX_SERVICE_NAME_BYTES: usize = 64;
+
+/// The largest [`Builder::max_payload_bytes`] accepted.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// Whether outcomes are made durable before they are returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +65,8 @@ pub(crate) struct Config {
     pub call_timeout: Duration,
     pub tx_timeout: Duration,
     pub max_legs: usize,
+    pub max_branches: usize,
+    pub max_payload_bytes: usize,
     pub lock_stripes: usize,
     pub queue_capacity: usize,
     pub recent_ids: usize,
@@ -83,6 +91,8 @@ impl Default for Config {
             call_timeout: Duration::from_secs(5),
             tx_timeout: Duration::from_secs(30),
             max_legs: 64,
+            max_branches: 64,
+            max_payload_bytes: 64 << 10,
             lock_stripes: 4096,
             queue_capacity: 1024,
             recent_ids: 65_536,
@@ -101,14 +111,29 @@ impl Default for Config {
 
 /// Configures and opens a [`Coordinator`].
 pub struct Builder {
-    services: Vec<(String, Box<dyn Participant>)>,
+    services: Vec<(String, Box<dyn Erased>)>,
     config: Config,
 }
 
 impl Builder {
     /// Registers a service under `name`.
     pub fn service(mut self, name: impl Into<String>, participant: impl Participant) -> Self {
-        self.services.push((name.into(), Box::new(participant)));
+        self.services.push((name.into(), Box::new(Typed(participant))));
+        self
+    }
+
+    /// Most branches one transaction may have: payload branches plus one
+    /// per service its transfer legs touch (default 64).
+    pub fn max_branches(mut self, branches: usize) -> Self {
+        self.config.max_branches = branches;
+        self
+    }
+
+    /// Largest payload one branch may carry, in bytes (default 64 KiB, at
+    /// most 1 MiB). Larger ones are refused with
+    /// [`Error::PayloadTooLarge`] before anything runs.
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_payload_bytes = bytes;
         self
     }
 
@@ -246,8 +271,11 @@ impl Builder {
         if config.call_timeout.is_zero() || config.tx_timeout.is_zero() {
             return Err(Error::Config("timeouts must be positive".into()));
         }
-        if config.max_legs == 0 || config.queue_capacity == 0 || config.max_parked == 0 {
-            return Err(Error::Config("max_legs, queue_capacity and max_parked must be positive".into()));
+        if config.max_legs == 0 || config.queue_capacity == 0 || config.max_parked == 0 || config.max_branches == 0 {
+            return Err(Error::Config("max_legs, max_branches, queue_capacity and max_parked must be positive".into()));
+        }
+        if config.max_payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(Error::Config(format!("max_payload_bytes must be at most {MAX_PAYLOAD_BYTES}")));
         }
         for (service, policy) in
             std::iter::once(&config.retry).map(|p| ("", p)).chain(config.retry_for.iter().map(|(s, p)| (s.as_str(), p)))
@@ -303,6 +331,7 @@ impl Builder {
                 i as u16,
                 name.clone(),
                 participant,
+                journal.clone(),
                 config.barrier_capacity,
                 sender,
                 metrics.clone(),
@@ -479,25 +508,78 @@ impl Coordinator {
         self.inner.ids.next()
     }
 
-    /// Runs one transaction of one or more legs, all or nothing.
+    /// Runs one transaction of one or more transfer legs, all or nothing.
     ///
     /// Returns the outcome, or an error if the input is invalid (checked
     /// before any side effect) or the engine cannot run it.
     pub fn execute(&self, legs: &[Transfer<'_>]) -> Result<Outcome> {
-        self.inner.run(self.inner.ids.next(), legs, false)
+        self.inner.run(self.inner.ids.next(), legs, &[], false)
     }
 
     /// Like [`execute`](Self::execute) under a caller-chosen id. Resubmitting
     /// a finished id returns its recorded outcome without running it again;
     /// resubmitting it with other legs is refused with [`Error::TxIdReused`].
     pub fn execute_as(&self, tx: TxId, legs: &[Transfer<'_>]) -> Result<Outcome> {
-        self.inner.ids.observe(tx);
-        self.inner.run(tx, legs, true)
+        self.inner.check_issued(tx)?;
+        self.inner.run(tx, legs, &[], true)
     }
 
-    /// The recorded outcome of a recent id run through [`execute_as`](Self::execute_as).
-    pub fn outcome_of(&self, tx: TxId) -> Option<Outcome> {
-        self.inner.recent.get(tx)
+    /// Runs a [`Transaction`]: its transfer legs and its payload branches,
+    /// all committed or all rolled back.
+    ///
+    /// ```
+    /// use dtc::{BranchId, Branch, Coordinator, Failure, Outcome, Participant, ParticipantKind, Refusal, Transaction, Work};
+    ///
+    /// /// Books seats, in memory.
+    /// #[derive(Default)]
+    /// struct Seats { booked: Vec<String> }
+    /// impl Participant for Seats {
+    ///     type Prepared = String;
+    ///     fn kind(&self) -> ParticipantKind { ParticipantKind::Volatile }
+    ///     fn prepare(&mut self, _b: BranchId, work: Work<'_>) -> Result<String, Refusal> {
+    ///         let seat = String::from_utf8_lossy(work.payload()).into_owned();
+    ///         if self.booked.contains(&seat) {
+    ///             return Err(Refusal::new("taken", format!("seat {seat} is taken")));
+    ///         }
+    ///         Ok(seat)
+    ///     }
+    ///     fn commit(&mut self, _b: BranchId, seat: &String) -> Result<(), Failure> {
+    ///         self.booked.push(seat.clone());
+    ///         Ok(())
+    ///     }
+    ///     fn rollback(&mut self, _b: BranchId, _seat: Option<&String>) -> Result<(), Failure> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let dtc = Coordinator::builder().service("flights", Seats::default()).open().unwrap();
+    /// let book = |seat: &'static str| Transaction::new().branch(Branch::new("flights", seat.as_bytes()).lock(seat));
+    /// assert_eq!(dtc.run(&book("12A")).unwrap(), Outcome::Committed);
+    /// assert!(matches!(dtc.run(&book("12A")).unwrap(), Outcome::Aborted(_)));
+    /// ```
+    pub fn run(&self, transaction: &Transaction<'_>) -> Result<Outcome> {
+        self.inner.run(self.inner.ids.next(), transaction.transfers(), transaction.branches(), false)
+    }
+
+    /// Like [`run`](Self::run) under a caller-chosen id: a resubmission of a
+    /// finished id returns its recorded outcome, one with other content is
+    /// [`Error::TxIdReused`].
+    pub fn run_as(&self, tx: TxId, transaction: &Transaction<'_>) -> Result<Outcome> {
+        self.inner.check_issued(tx)?;
+        self.inner.run(tx, transaction.transfers(), transaction.branches(), true)
+    }
+
+    /// The recorded outcome of a recent id run through
+    /// [`execute_as`](Self::execute_as) or [`run_as`](Self::run_as): only
+    /// once it is durable (this waits for the log if need be).
+    pub fn outcome_of(&self, tx: TxId) -> Result<Option<Outcome>> {
+        match self.inner.recent.get(tx) {
+            Some((outcome, lsn)) => {
+                self.inner.durable(lsn)?;
+                Ok(Some(outcome))
+            }
+            None => Ok(None),
+        }
     }
 
     /// A consistent cut of all balances: the sum equals the total at the
@@ -638,22 +720,48 @@ impl Inner {
         self.services[usize::from(service)].name.to_string()
     }
 
-    fn run(&self, tx: TxId, legs: &[Transfer<'_>], tracked: bool) -> Result<Outcome> {
+    /// The bounds `plan::build` checks, from the configuration.
+    fn limits(&self) -> Limits {
+        Limits {
+            max_legs: self.config.max_legs,
+            max_branches: self.config.max_branches,
+            max_payload_bytes: self.config.max_payload_bytes,
+        }
+    }
+
+    /// A caller's id must not be dated further ahead than the clock skew
+    /// allows: it would drag the id clock forward and outlive every horizon.
+    fn check_issued(&self, tx: TxId) -> Result<()> {
+        let skew_ns = MAX_ID_CLOCK_SKEW.as_nanos() as u64;
+        if tx.timestamp_ns() > unix_nanos().saturating_add(skew_ns) {
+            return Err(Error::TxIdInFuture { tx, skew_s: MAX_ID_CLOCK_SKEW.as_secs() });
+        }
+        self.ids.observe(tx);
+        Ok(())
+    }
+
+    fn run(&self, tx: TxId, legs: &[Transfer<'_>], branches: &[Branch<'_>], tracked: bool) -> Result<Outcome> {
         let started = Instant::now();
         let _in_flight = self.enter()?;
         let plan = Arc::new(plan::build(
             tx,
             legs,
+            branches,
             &self.services,
             |n| self.find(n),
             &self.locks,
-            self.config.max_legs,
+            &self.limits(),
             tracked,
         )?);
         if tracked {
             match self.recent.begin(tx, plan.fingerprint) {
                 Begin::New => {}
-                Begin::Done(outcome) => return Ok(outcome),
+                Begin::Done(outcome, lsn) => {
+                    // Answered only once its record is durable, like the
+                    // first submission.
+                    self.durable(lsn)?;
+                    return Ok(outcome);
+                }
                 Begin::InProgress => return Err(Error::TxInProgress { tx }),
                 Begin::Mismatch => return Err(Error::TxIdReused { tx }),
             }
@@ -692,7 +800,7 @@ impl Inner {
         let Some(locks) = self.locks.acquire(&plan.stripes, deadline) else {
             tracing::warn!(tx = %plan.tx, "lock wait passed the transaction deadline");
             let outcome = Outcome::Aborted(AbortReason::LockTimeout);
-            let lsn = self.decided(plan, &outcome, tracked)?;
+            let lsn = self.decided(plan, &outcome, None, tracked)?;
             self.durable(lsn)?;
             return Ok(outcome);
         };
@@ -707,20 +815,20 @@ impl Inner {
                 (Some(journal), Some(record)) => Some(self.log_or_fail(journal.append(&record))?),
                 _ => None,
             };
-            self.decided(plan, &outcome, tracked).map(|abort_lsn| (outcome, lsn.or(abort_lsn)))
+            self.decided(plan, &outcome, lsn, tracked).map(|lsn| Decided { outcome, lsn, acks: Acks::default() })
         } else {
             self.through_participants(plan, deadline, tracked, None)
         };
         // Every commit/rollback is enqueued or applied by now; per-service
         // FIFO makes it visible to whoever takes these locks next.
         drop(locks);
-        let (outcome, lsn) = result?;
-        self.durable(lsn)?;
-        Ok(outcome)
+        let decided = result?;
+        self.durable(decided.lsn)?;
+        Ok(self.acknowledged(plan, decided))
     }
 
     /// Runs `plan` through its participants under held locks: one phase for
-    /// a single service without a log, two phases otherwise (`deferred`:
+    /// a single branch without a log, two phases otherwise (`deferred`:
     /// a batch's pending commit records, see `two_phase`).
     fn through_participants(
         &self,
@@ -728,31 +836,34 @@ impl Inner {
         deadline: Instant,
         tracked: bool,
         deferred: Option<&mut Vec<Encoded>>,
-    ) -> Result<(Outcome, Option<Lsn>)> {
-        if plan.groups.len() == 1 && self.journal.is_none() {
+    ) -> Result<Decided> {
+        if plan.branches.len() == 1 && self.journal.is_none() {
             let outcome = self.one_phase(plan, deadline)?;
-            let lsn = self.decided(plan, &outcome, tracked)?;
-            Ok((outcome, lsn))
+            let lsn = self.decided(plan, &outcome, None, tracked)?;
+            Ok(Decided { outcome, lsn, acks: Acks::default() })
         } else {
             self.two_phase(plan, deadline, tracked, deferred)
         }
     }
 
-    /// Records a decision: in the recent-id table (tracked ids) and, for an
-    /// abort of a tracked id, in the log. Called before the locks drop, so a
-    /// checkpoint (which takes every lock) never misses it.
-    fn decided(&self, plan: &Plan, outcome: &Outcome, tracked: bool) -> Result<Option<Lsn>> {
+    /// Records a decision whose record (if any) is at `lsn`: for a tracked
+    /// id in the recent-id table, with the position a resubmission must see
+    /// durable before it is answered, and for an abort also in the log.
+    /// Called before the locks drop, so a checkpoint (which takes every lock)
+    /// never misses it. Returns the position the caller must wait for.
+    fn decided(&self, plan: &Plan, outcome: &Outcome, lsn: Option<Lsn>, tracked: bool) -> Result<Option<Lsn>> {
         if !tracked {
-            return Ok(None);
+            return Ok(lsn);
         }
-        self.recent.finish(plan.tx, plan.fingerprint, outcome.clone());
-        match (outcome, &self.journal) {
+        let lsn = match (outcome, &self.journal) {
             (Outcome::Aborted(reason), Some(journal)) => {
                 let entry = Entry::Abort { tx: plan.tx, fingerprint: plan.fingerprint, reason: reason.clone() };
-                self.log_or_fail(journal.append(&entry.encoded())).map(Some)
+                Some(self.log_or_fail(journal.append(&entry.encoded()))?)
             }
-            _ => Ok(None),
-        }
+            _ => lsn,
+        };
+        self.recent.finish(plan.tx, plan.fingerprint, outcome.clone(), lsn);
+        Ok(lsn)
     }
 
     /// Waits for the decision's record to be durable (group commit).
@@ -777,12 +888,13 @@ impl Inner {
     fn submit(
         &self,
         plan: &Arc<Plan>,
-        group: usize,
+        branch: usize,
         step: Step,
         reply: &Sender<Reply>,
         deadline: Option<&PhaseDeadline>,
+        after: Option<Lsn>,
     ) -> Submitted {
-        self.handles[usize::from(plan.service_of(group))].submit(plan, group, step, reply, deadline)
+        self.handles[usize::from(plan.service_of(branch))].submit(plan, branch, step, reply, deadline, after)
     }
 
     fn one_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
@@ -790,7 +902,7 @@ impl Inner {
         let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
         let service = plan.service_of(0);
         let (reply, replies) = replies();
-        let answer = match self.submit(plan, 0, Step::OnePhase, &reply, Some(&vote_deadline)) {
+        let answer = match self.submit(plan, 0, Step::OnePhase, &reply, Some(&vote_deadline), None) {
             Submitted::Inline(answer) => Some(answer),
             Submitted::Queued => wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline.get()),
             Submitted::Full => None,
@@ -835,82 +947,115 @@ impl Inner {
         }
     }
 
+    /// True if some branch of `plan` goes to an external participant.
+    fn has_external(&self, plan: &Plan) -> bool {
+        (0..plan.branches.len())
+            .any(|b| self.handles[usize::from(plan.service_of(b))].kind == ParticipantKind::External)
+    }
+
+    /// The begin record of `plan`: its external branches.
+    fn begin_entry(&self, plan: &Plan) -> Encoded {
+        let branches = (0..plan.branches.len())
+            .filter(|&b| self.handles[usize::from(plan.service_of(b))].kind == ParticipantKind::External)
+            .map(|b| (&*self.services[usize::from(plan.service_of(b))].name, b as u16))
+            .collect::<SmallVec<[_; 4]>>();
+        Encoded { kind: codec::KIND_BEGIN, bytes: encode_begin(plan.tx, branches.into_iter()) }
+    }
+
     fn two_phase(
         &self,
         plan: &Arc<Plan>,
         deadline: Instant,
         tracked: bool,
         mut deferred: Option<&mut Vec<Encoded>>,
-    ) -> Result<(Outcome, Option<Lsn>)> {
+    ) -> Result<Decided> {
         let started = plan.timed.then(Instant::now);
-        let groups = plan.groups.len();
+        let branches = plan.branches.len();
+        if let Some(journal) = &self.journal
+            && self.has_external(plan)
+        {
+            // External participants cannot list what they prepared: their
+            // branches are durable in the log before any prepare is sent,
+            // so recovery can roll back each one (presumed abort). Under the
+            // locks, so a checkpoint never falls between this and the decision.
+            let lsn = self.log_or_fail(journal.append(&self.begin_entry(plan)))?;
+            self.durable(Some(lsn))?;
+        }
         let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
         let (reply, replies) = replies();
-        let mut votes: SmallVec<[Option<Answer>; 4]> = (0..groups).map(|_| None).collect();
+        let mut votes: SmallVec<[Option<Answer>; 4]> = (0..branches).map(|_| None).collect();
         let mut awaiting = 0;
         let mut refused = false;
         let mut unsent = None;
-        for group in 0..groups {
-            match self.submit(plan, group, Step::Prepare, &reply, Some(&vote_deadline)) {
+        for branch in 0..branches {
+            match self.submit(plan, branch, Step::Prepare, &reply, Some(&vote_deadline), None) {
                 Submitted::Inline(answer) => {
-                    refused = !matches!(answer, Answer::Yes);
-                    votes[group] = Some(answer);
+                    refused = !matches!(answer, Answer::Yes(_));
+                    votes[branch] = Some(answer);
                 }
                 Submitted::Queued => awaiting += 1,
-                Submitted::Full => unsent = Some(group),
+                Submitted::Full => unsent = Some(branch),
             }
             if refused || unsent.is_some() {
                 break; // one no is enough: do not ask the rest
             }
         }
         while awaiting > 0 && !refused && unsent.is_none() {
-            let Some((service, answer)) = wait_any(&replies, plan.tx, Step::Prepare, vote_deadline.get()) else {
+            let Some((branch, answer)) = wait_any(&replies, plan.tx, Step::Prepare, vote_deadline.get()) else {
                 break;
             };
-            let Some(group) = plan.groups.iter().position(|g| g.service == service) else { continue };
-            if votes[group].is_some() {
+            let branch = usize::from(branch);
+            if branch >= branches || votes[branch].is_some() {
                 continue; // a duplicate delivery's second answer
             }
             awaiting -= 1;
-            refused = !matches!(answer, Answer::Yes);
-            votes[group] = Some(answer);
+            refused = !matches!(answer, Answer::Yes(_));
+            votes[branch] = Some(answer);
         }
         self.timed(Stage::Prepare, started);
         let mut log_failure = None;
-        if votes.iter().all(|v| matches!(v, Some(Answer::Yes))) {
+        let mut too_large = None;
+        if votes.iter().all(|v| matches!(v, Some(Answer::Yes(_)))) {
             // The commit point: the decision is logged before any participant
             // is told to commit.
-            let ledger_only = (0..groups).all(|g| self.ledgers[usize::from(plan.service_of(g))].is_some());
             let lsn = match (&self.journal, deferred.as_mut()) {
-                (None, _) => None,
-                // A batch of ledger-only transactions appends all its commit
-                // records at once, before its locks drop (see `batch.rs`).
-                (Some(_), Some(batch)) if ledger_only => {
-                    batch.push(self.commit_entry(plan));
-                    None
-                }
-                (Some(journal), batch) => {
-                    // Earlier transactions of the batch may have funded this
-                    // one: their records go first.
-                    let flushed = match batch {
-                        Some(batch) if !batch.is_empty() => {
-                            self.log_or_fail(journal.append_batch(&std::mem::take(*batch))).map(|_| ())
-                        }
-                        _ => Ok(()),
-                    };
-                    match flushed.and_then(|()| self.log_or_fail(journal.append(&self.commit_entry(plan)))) {
-                        Ok(lsn) => Some(lsn),
-                        Err(error) => {
-                            log_failure = Some(error);
-                            None
+                (None, _) => Ok(None),
+                (Some(journal), batch) => match self.commit_record(plan, &votes, journal) {
+                    Err(reason) => Err(reason),
+                    // A batch of ledger-only transactions appends all its
+                    // commit records at once, before its locks drop (see
+                    // `batch.rs`).
+                    Ok(record) if record.kind == codec::KIND_COMMIT && batch.is_some() => {
+                        batch.expect("checked just above").push(record);
+                        Ok(None)
+                    }
+                    Ok(record) => {
+                        // Earlier transactions of the batch may have funded
+                        // this one: their records go first.
+                        let flushed = match batch {
+                            Some(batch) if !batch.is_empty() => {
+                                self.log_or_fail(journal.append_batch(&std::mem::take(*batch))).map(|_| ())
+                            }
+                            _ => Ok(()),
+                        };
+                        match flushed.and_then(|()| self.log_or_fail(journal.append(&record))) {
+                            Ok(lsn) => Ok(Some(lsn)),
+                            Err(error) => {
+                                log_failure = Some(error);
+                                Ok(None)
+                            }
                         }
                     }
-                }
+                },
             };
-            if log_failure.is_none() {
-                let outcome = self.commit_all(plan, &reply, &replies);
-                self.decided(plan, &outcome, tracked)?;
-                return Ok((outcome, lsn));
+            match lsn {
+                Ok(lsn) if log_failure.is_none() => {
+                    let acks = self.commit_all(plan, lsn, &mut votes, reply, replies);
+                    let lsn = self.decided(plan, &Outcome::Committed, lsn, tracked)?;
+                    return Ok(Decided { outcome: Outcome::Committed, lsn, acks });
+                }
+                Ok(_) => {}
+                Err(reason) => too_large = Some(reason),
             }
         }
         // Abort: tell workers that have not started to skip the prepare, and
@@ -918,15 +1063,59 @@ impl Inner {
         // rollbacks are enqueued or applied before our locks drop, so FIFO
         // makes them visible to the next transaction; we need not wait.
         plan.cancel();
-        for group in 0..groups {
-            self.submit(plan, group, Step::Rollback, &reply, None);
+        self.owe_rollbacks(plan);
+        for branch in 0..branches {
+            self.submit(plan, branch, Step::Rollback, &reply, None, None);
         }
         if let Some(error) = log_failure {
             return Err(error);
         }
-        let outcome = self.abort_outcome(plan, votes, unsent)?;
-        let lsn = self.decided(plan, &outcome, tracked)?;
-        Ok((outcome, lsn))
+        let outcome = match too_large {
+            Some(reason) => Outcome::Aborted(reason),
+            None => self.abort_outcome(plan, votes, unsent)?,
+        };
+        let lsn = self.decided(plan, &outcome, None, tracked)?;
+        Ok(Decided { outcome, lsn, acks: Acks::default() })
+    }
+
+    /// The commit record of `plan`: every ledger change, and every other
+    /// branch with what an external participant needs to commit after a
+    /// crash. An abort reason if it cannot be logged (too large).
+    fn commit_record(
+        &self,
+        plan: &Plan,
+        votes: &[Option<Answer>],
+        journal: &Journal,
+    ) -> std::result::Result<Encoded, AbortReason> {
+        let mut changes: SmallVec<[(&str, &str, i64); 8]> = SmallVec::new();
+        let mut others: SmallVec<[codec::NamedBranch<'_>; 4]> = SmallVec::new();
+        for (branch, vote) in votes.iter().enumerate() {
+            let service = usize::from(plan.service_of(branch));
+            let name: &str = &self.services[service].name;
+            if self.ledgers[service].is_some() {
+                changes.extend(plan.changes(branch).map(|(account, delta)| (name, account, delta)));
+                continue;
+            }
+            let prepared = match vote {
+                Some(Answer::Yes(bytes)) => bytes.as_deref(),
+                _ => None,
+            };
+            if prepared.is_some_and(|p| p.len() > codec::MAX_PREPARED_BYTES) {
+                return Err(too_large(name, "its prepared value is larger than 1 MiB"));
+            }
+            others.push((name, plan.branch_id(branch).index, prepared));
+        }
+        let encoded = if others.is_empty() {
+            Encoded { kind: codec::KIND_COMMIT, bytes: encode_commit(plan.tx, plan.fingerprint, changes.into_iter()) }
+        } else {
+            let bytes = encode_decision(plan.tx, plan.fingerprint, changes.into_iter(), others.into_iter());
+            Encoded { kind: codec::KIND_DECISION, bytes }
+        };
+        // A record's header is 32 bytes; the log takes a quarter segment at most.
+        if encoded.bytes.len() as u64 + 40 > journal.max_record_bytes() {
+            return Err(too_large("coordinator", "the commit decision is larger than the log's largest record"));
+        }
+        Ok(encoded)
     }
 
     fn abort_outcome(
@@ -935,15 +1124,15 @@ impl Inner {
         mut votes: SmallVec<[Option<Answer>; 4]>,
         unsent: Option<usize>,
     ) -> Result<Outcome> {
-        let no = votes.iter_mut().enumerate().find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes)));
+        let no = votes.iter_mut().enumerate().find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes(_))));
         match no {
-            Some((group, vote)) => {
+            Some((branch, vote)) => {
                 let answer = vote.take().unwrap_or(Answer::Violation);
-                self.abort_reason(plan.service_of(group), answer).map(Outcome::Aborted)
+                self.abort_reason(plan.service_of(branch), answer).map(Outcome::Aborted)
             }
             None => {
-                let group = unsent.or_else(|| votes.iter().position(Option::is_none)).unwrap_or(0);
-                let service = self.name(plan.service_of(group));
+                let branch = unsent.or_else(|| votes.iter().position(Option::is_none)).unwrap_or(0);
+                let service = self.name(plan.service_of(branch));
                 self.metrics.timeouts.add(1);
                 tracing::warn!(tx = %plan.tx, %service, "prepare timed out; rolling back");
                 Ok(Outcome::Aborted(AbortReason::PrepareTimeout { service }))
@@ -951,46 +1140,67 @@ impl Inner {
         }
     }
 
-    fn commit_all(&self, plan: &Arc<Plan>, reply: &Sender<Reply>, replies: &Receiver<Reply>) -> Outcome {
-        let started = plan.timed.then(Instant::now);
-        let ack_deadline = PhaseDeadline::after(self.config.call_timeout);
-        let groups = plan.groups.len();
-        let mut acked: SmallVec<[bool; 4]> = (0..groups).map(|_| false).collect();
-        let mut awaiting = 0;
-        let mut pending = false;
-        self.expect_acks(plan);
-        for group in 0..groups {
-            match self.submit(plan, group, Step::Commit, reply, None) {
-                Submitted::Inline(Answer::Done) => acked[group] = true,
-                Submitted::Inline(_) => pending = true,
-                Submitted::Queued => awaiting += 1,
+    /// Tells every branch to commit. A participant whose state is not
+    /// rebuilt from the log hears it only once `lsn` is durable (its worker
+    /// waits; the request keeps its FIFO place, so the caller's locks may
+    /// drop before).
+    fn commit_all(
+        &self,
+        plan: &Arc<Plan>,
+        lsn: Option<Lsn>,
+        votes: &mut [Option<Answer>],
+        reply: Sender<Reply>,
+        replies: Receiver<Reply>,
+    ) -> Acks {
+        let mut acks = Acks { started: plan.timed.then(Instant::now), ..Acks::default() };
+        self.owe_commits(plan, votes);
+        for branch in 0..plan.branches.len() {
+            let service = &self.handles[usize::from(plan.service_of(branch))];
+            let after = if service.early_commit { None } else { lsn };
+            match self.submit(plan, branch, Step::Commit, &reply, None, after) {
+                Submitted::Inline(Answer::Done) => {}
+                Submitted::Inline(_) => acks.pending = true,
+                Submitted::Queued => acks.awaiting.push(plan.branch_id(branch).index),
                 Submitted::Full => {
                     // The worker is gone: only possible after an engine bug.
-                    let service = self.name(plan.service_of(group));
-                    tracing::error!(tx = %plan.tx, %service, "commit could not be delivered");
-                    pending = true;
+                    tracing::error!(tx = %plan.tx, service = %service.name, "commit could not be delivered");
+                    acks.pending = true;
                 }
             }
         }
-        while awaiting > 0 {
-            match wait_any(replies, plan.tx, Step::Commit, ack_deadline.get()) {
-                Some((service, answer)) => {
-                    let Some(group) = plan.groups.iter().position(|g| g.service == service) else { continue };
-                    if acked[group] {
-                        continue;
+        if !acks.awaiting.is_empty() {
+            acks.replies = Some(replies);
+        }
+        acks
+    }
+
+    /// Waits (after the locks dropped) for the commits still in queues,
+    /// up to the call timeout: `Committed` if all applied it, else
+    /// `CommitPending` (redelivery continues).
+    fn acknowledged(&self, plan: &Plan, decided: Decided) -> Outcome {
+        let Decided { outcome, acks, .. } = decided;
+        if outcome != Outcome::Committed {
+            return outcome;
+        }
+        let Acks { replies, mut awaiting, mut pending, started } = acks;
+        if let Some(replies) = replies {
+            let deadline = Instant::now() + self.config.call_timeout;
+            while !awaiting.is_empty() {
+                match wait_any(&replies, plan.tx, Step::Commit, deadline) {
+                    Some((branch, answer)) => {
+                        let Some(at) = awaiting.iter().position(|&b| b == branch) else { continue };
+                        awaiting.swap_remove(at);
+                        if !matches!(answer, Answer::Done) {
+                            tracing::warn!(tx = %plan.tx, branch, ?answer, "commit not applied yet");
+                            pending = true;
+                        }
                     }
-                    acked[group] = true;
-                    awaiting -= 1;
-                    if !matches!(answer, Answer::Done) {
-                        tracing::warn!(tx = %plan.tx, service = %self.name(service), ?answer, "commit not applied yet");
+                    None => {
+                        self.metrics.timeouts.add(1);
+                        tracing::warn!(tx = %plan.tx, "commit acknowledgement timed out; redelivery continues");
                         pending = true;
+                        break;
                     }
-                }
-                None => {
-                    self.metrics.timeouts.add(1);
-                    tracing::warn!(tx = %plan.tx, "commit acknowledgement timed out; redelivery continues");
-                    pending = true;
-                    break;
                 }
             }
         }
@@ -998,24 +1208,42 @@ impl Inner {
         if pending { Outcome::CommitPending } else { Outcome::Committed }
     }
 
-    /// With a log, commits to external participants are tracked until each
+    /// With a log, commits to non-ledger branches are tracked until each
     /// one acknowledged; the last acknowledgement appends the `Done` record
     /// (see `Outstanding::acknowledged`), however late it comes.
-    fn expect_acks(&self, plan: &Plan) {
+    fn owe_commits(&self, plan: &Plan, votes: &mut [Option<Answer>]) {
         if self.journal.is_none() {
             // In memory no `Done` is logged; a failing call is listed from
             // the table of failing calls, a slow one is simply in its queue.
             return;
         }
-        let external = (0..plan.groups.len()).any(|g| self.ledgers[usize::from(plan.service_of(g))].is_none());
-        if external {
-            let names = (0..plan.groups.len())
-                .map(|g| usize::from(plan.service_of(g)))
-                .filter(|&s| self.ledgers[s].is_none())
-                .map(|s| self.services[s].name.to_string())
-                .collect();
-            self.outstanding.expect_acks(plan.tx, names);
+        let branches: Vec<OwedBranch> = (0..plan.branches.len())
+            .filter(|&b| self.ledgers[usize::from(plan.service_of(b))].is_none())
+            .map(|b| OwedBranch {
+                service: plan.service_of(b),
+                branch: plan.branch_id(b).index,
+                prepared: match votes[b].take() {
+                    Some(Answer::Yes(Some(bytes))) => Some(bytes.into()),
+                    _ => None,
+                },
+            })
+            .collect();
+        if !branches.is_empty() {
+            self.outstanding.expect(plan.tx, Owed { step: Step::Commit, branches });
         }
+    }
+
+    /// With a log, rollbacks of external branches are tracked until each
+    /// one applied it, then `Done` closes the begin record.
+    fn owe_rollbacks(&self, plan: &Plan) {
+        if self.journal.is_none() || !self.has_external(plan) {
+            return;
+        }
+        let branches: Vec<OwedBranch> = (0..plan.branches.len())
+            .filter(|&b| self.handles[usize::from(plan.service_of(b))].kind == ParticipantKind::External)
+            .map(|b| OwedBranch { service: plan.service_of(b), branch: plan.branch_id(b).index, prepared: None })
+            .collect();
+        self.outstanding.expect(plan.tx, Owed { step: Step::Rollback, branches });
     }
 
     /// Turns a non-yes vote into the reason (or the typed error for an
@@ -1039,7 +1267,12 @@ impl Inner {
             }
             Answer::Panicked => AbortReason::ParticipantPanicked { service: service_name },
             Answer::LateRefused | Answer::Cancelled => AbortReason::AlreadyRolledBack { service: service_name },
-            Answer::Yes | Answer::Done | Answer::Parked | Answer::Violation => AbortReason::Refused {
+            Answer::LogFailed => AbortReason::Refused {
+                service: service_name,
+                code: "log_failed".into(),
+                message: "the coordinator's log failed".into(),
+            },
+            Answer::Yes(_) | Answer::Done | Answer::Parked | Answer::Violation => AbortReason::Refused {
                 service: service_name,
                 code: "protocol_violation".into(),
                 message: "unexpected answer".into(),
@@ -1130,12 +1363,38 @@ impl Drop for Inner {
     }
 }
 
-/// The next reply for (`tx`, `step`), skipping stale ones, until `deadline`.
+/// An abort because the decision cannot be logged.
+fn too_large(service: &str, why: &str) -> AbortReason {
+    AbortReason::Refused { service: service.into(), code: "decision_too_large".into(), message: why.into() }
+}
+
+/// What a decided transaction still waits for once its locks dropped.
+#[derive(Default)]
+struct Acks {
+    /// This caller's reply channel, while commits are awaited on it.
+    replies: Option<Receiver<Reply>>,
+    /// Branches whose commit is queued and not acknowledged yet.
+    awaiting: SmallVec<[u16; 4]>,
+    /// Some commit is not applied yet (parked, or handed to a worker).
+    pending: bool,
+    started: Option<Instant>,
+}
+
+/// A decision, the log position to wait for before answering, and the
+/// acknowledgements to collect.
+struct Decided {
+    outcome: Outcome,
+    lsn: Option<Lsn>,
+    acks: Acks,
+}
+
+/// The next reply for (`tx`, `step`), skipping stale ones, until `deadline`:
+/// the branch index and its answer.
 fn wait_any(replies: &Receiver<Reply>, tx: TxId, step: Step, deadline: Instant) -> Option<(u16, Answer)> {
     loop {
         match replies.recv_deadline(deadline) {
-            Ok(Reply::Phase { tx: t, service, step: s, answer }) if t == tx && s == step => {
-                return Some((service, answer));
+            Ok(Reply::Phase { tx: t, branch, step: s, answer }) if t == tx && s == step => {
+                return Some((branch, answer));
             }
             Ok(_) => continue,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,

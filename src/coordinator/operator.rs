@@ -41,19 +41,26 @@ impl Inner {
             }
             entry.participants.push(ParticipantState {
                 name: self.name(stall.service),
+                branch: Some(stall.key.branch),
                 phase: phase.into(),
                 attempts: stall.attempts,
                 next_retry_in_ms: stall.next_retry.map(|at| until(at).as_millis() as u64),
                 last_error: Some(stall.last_error.clone()),
             });
         }
-        for (tx, services) in self.outstanding.unresolved() {
+        for (tx, owed) in self.outstanding.unresolved() {
             let entry = by_tx.entry(tx).or_insert_with(|| self.unfinished_entry(tx));
-            for service in services {
-                if !entry.participants.iter().any(|p| p.name == service) {
+            let commit = owed.step == Step::Commit;
+            if !commit && entry.state == TxState::Committing {
+                entry.state = TxState::RollingBack;
+            }
+            for b in owed.branches {
+                let name = self.name(b.service);
+                if !entry.participants.iter().any(|p| p.name == name && p.branch == Some(b.branch)) {
                     entry.participants.push(ParticipantState {
-                        name: service,
-                        phase: "awaiting-ack".into(),
+                        name,
+                        branch: Some(b.branch),
+                        phase: if commit { "awaiting-ack" } else { "awaiting-rollback" }.into(),
                         attempts: 0,
                         next_retry_in_ms: None,
                         last_error: None,
@@ -64,7 +71,7 @@ impl Inner {
         let mut list: Vec<UnfinishedTx> = by_tx.into_values().collect();
         for tx in &mut list {
             if tx.state != TxState::Committing
-                && let Some(Outcome::Aborted(reason)) = self.recent.get(tx.tx)
+                && let Some((Outcome::Aborted(reason), _)) = self.recent.get(tx.tx)
             {
                 tx.reason = Some(reason.to_string());
             }
@@ -124,10 +131,12 @@ impl Inner {
 
     /// Hands a parked call to its service again (its reply is not awaited).
     fn deliver(&self, stall: &Stall) {
-        let plan = Arc::new(Plan::bare_for(stall.key, stall.service));
+        let plan = Arc::new(Plan::bare(stall.key, stall.service));
         let (reply, _ignored) = crossbeam_channel::bounded(1);
         let handle = &self.handles[usize::from(stall.service)];
-        if matches!(handle.submit(&plan, 0, stall.step, &reply, None), Submitted::Full) {
+        // A parked commit was delivered once already, so its decision is durable.
+        let after = (stall.step == Step::Commit).then_some(crate::wal::Lsn(0));
+        if matches!(handle.submit(&plan, 0, stall.step, &reply, None, after), Submitted::Full) {
             tracing::error!(tx = %stall.key.tx, service = %handle.name, "worker gone: retry not delivered");
         }
     }
@@ -138,20 +147,23 @@ impl Inner {
         let _in_flight = self.enter()?;
         let stalls = self.outstanding.stalls_of(tx);
         let awaiting = self.outstanding.awaiting(tx);
-        let recorded = self.recent.get(tx);
+        let recorded = self.recent.get(tx).map(|(outcome, _)| outcome);
+        let owed_step = awaiting.as_ref().map(|o| o.step);
         let commit_decided = stalls.iter().any(|s| s.step == Step::Commit)
-            || awaiting.is_some()
+            || owed_step == Some(Step::Commit)
             || matches!(recorded, Some(ref o) if o.is_committed());
-        let abort_decided =
-            stalls.iter().any(|s| s.step == Step::Rollback) || matches!(recorded, Some(Outcome::Aborted(_)));
+        let abort_decided = stalls.iter().any(|s| s.step == Step::Rollback)
+            || owed_step == Some(Step::Rollback)
+            || matches!(recorded, Some(Outcome::Aborted(_)));
         let unsafe_because = |reason: &str| Err(Error::UnsafeResolution { tx, reason: reason.into() });
         if commit_decided && abort_decided {
             return unsafe_because("the engine holds both commit and rollback calls for it (a bug: report it)");
         }
         let mut settled: Vec<String> = stalls.iter().map(|s| self.name(s.service)).collect();
-        for service in awaiting.iter().flatten() {
-            if !settled.contains(service) {
-                settled.push(service.clone());
+        for b in awaiting.iter().flat_map(|o| &o.branches) {
+            let service = self.name(b.service);
+            if !settled.contains(&service) {
+                settled.push(service);
             }
         }
         let report =
@@ -172,7 +184,7 @@ impl Inner {
             }
             Resolution::Commit | Resolution::Abort if commit_decided || abort_decided => {
                 let action = if commit_decided { Action::Commit } else { Action::Abort };
-                let implied: &[Entry] = if commit_decided { &[Entry::Done { tx }] } else { &[] };
+                let implied: &[Entry] = if commit_decided || owed_step.is_some() { &[Entry::Done { tx }] } else { &[] };
                 self.record_action(tx, action, reason, implied)?;
                 self.outstanding.forget_acks(tx);
                 for stall in self.outstanding.resolve(tx) {

@@ -13,6 +13,7 @@
 //! the policy's largest delay (its service stalls, which callers see as
 //! prepare timeouts) — nothing is ever dropped out of sight.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -23,6 +24,32 @@ use crate::durable::{Entry, Journal};
 use crate::operator::CallError;
 use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
 use crate::txn::TxId;
+
+/// A branch that still owes an acknowledgement of its transaction's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwedBranch {
+    pub service: u16,
+    pub branch: u16,
+    /// What an external participant needs to commit after a restart
+    /// (recorded with the decision; carried by checkpoints).
+    pub prepared: Option<Arc<[u8]>>,
+}
+
+/// A decided transaction whose non-ledger branches have not all applied
+/// the decision yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owed {
+    /// `Commit` or `Rollback`.
+    pub step: Step,
+    pub branches: Vec<OwedBranch>,
+}
+
+/// Where a call is tracked: (transaction, service, branch).
+type CallKey = (TxId, u16, u16);
+
+fn call_key(key: TxKey, service: u16) -> CallKey {
+    (key.tx, service, key.branch)
+}
 
 /// One failing commit or rollback call at one service.
 #[derive(Debug, Clone)]
@@ -83,7 +110,7 @@ pub(crate) enum Park {
 }
 
 pub(crate) struct Outstanding {
-    stalls: Mutex<HashMap<(TxId, u16), Stall>>,
+    stalls: Mutex<HashMap<CallKey, Stall>>,
     /// `stalls.len()`, readable without the lock: a successful call checks
     /// it (the common case is 0) before taking the lock.
     tracked: AtomicUsize,
@@ -91,15 +118,15 @@ pub(crate) struct Outstanding {
     /// Set by shutdown: waiting workers stop retrying.
     closing: crate::sync::AtomicBool,
     capacity: usize,
-    /// Commit decided; these external services have not acknowledged yet.
-    unresolved: Mutex<HashMap<TxId, Vec<String>>>,
+    /// Decided; these branches have not applied the decision yet.
+    unresolved: Mutex<HashMap<TxId, Owed>>,
     /// `unresolved.len()`, readable without the lock (hot path).
     watching: AtomicUsize,
-    journal: Option<std::sync::Arc<Journal>>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Outstanding {
-    pub(crate) fn new(capacity: usize, journal: Option<std::sync::Arc<Journal>>) -> Self {
+    pub(crate) fn new(capacity: usize, journal: Option<Arc<Journal>>) -> Self {
         Self {
             stalls: Mutex::new(HashMap::new()),
             tracked: AtomicUsize::new(0),
@@ -117,7 +144,7 @@ impl Outstanding {
     pub(crate) fn failed(&self, key: TxKey, service: u16, step: Step, error: CallError, calls: u32) -> Failed {
         let mut stalls = self.stalls.lock();
         let full = stalls.len() >= self.capacity;
-        match stalls.get_mut(&(key.tx, service)) {
+        match stalls.get_mut(&call_key(key, service)) {
             Some(stall) => {
                 stall.attempts = stall.attempts.saturating_add(1);
                 stall.round = stall.round.saturating_add(1);
@@ -138,7 +165,7 @@ impl Outstanding {
                     poked: false,
                     resolved: false,
                 };
-                stalls.insert((key.tx, service), stall);
+                stalls.insert(call_key(key, service), stall);
                 // SeqCst: read by `cleared` on the worker that retries this
                 // call, which got it from this thread (or is this thread).
                 self.tracked.store(stalls.len(), Ordering::SeqCst);
@@ -148,9 +175,10 @@ impl Outstanding {
     }
 
     /// Waits until `until`, or less if an operator pokes or resolves it.
-    pub(crate) fn wait(&self, tx: TxId, service: u16, until: Instant) -> Wake {
+    pub(crate) fn wait(&self, key: TxKey, service: u16, until: Instant) -> Wake {
         let mut stalls = self.stalls.lock();
-        if let Some(stall) = stalls.get_mut(&(tx, service)) {
+        let at = call_key(key, service);
+        if let Some(stall) = stalls.get_mut(&at) {
             stall.next_retry = Some(until);
         }
         loop {
@@ -158,7 +186,7 @@ impl Outstanding {
             if self.closing.load(Ordering::SeqCst) {
                 return Wake::Closing;
             }
-            match stalls.get_mut(&(tx, service)) {
+            match stalls.get_mut(&at) {
                 Some(stall) if stall.resolved => return Wake::Resolved,
                 Some(stall) if stall.poked => {
                     stall.poked = false;
@@ -183,9 +211,9 @@ impl Outstanding {
     }
 
     /// Retries are exhausted: park it if there is room.
-    pub(crate) fn park(&self, tx: TxId, service: u16) -> Park {
+    pub(crate) fn park(&self, key: TxKey, service: u16) -> Park {
         let mut stalls = self.stalls.lock();
-        match stalls.get_mut(&(tx, service)) {
+        match stalls.get_mut(&call_key(key, service)) {
             Some(stall) if stall.resolved => Park::Resolved,
             Some(stall) => {
                 stall.next_retry = None;
@@ -196,13 +224,13 @@ impl Outstanding {
     }
 
     /// The call succeeded, or was settled after an operator resolved it.
-    pub(crate) fn cleared(&self, tx: TxId, service: u16) {
+    pub(crate) fn cleared(&self, key: TxKey, service: u16) {
         // SeqCst: see `failed`.
         if self.tracked.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut stalls = self.stalls.lock();
-        if stalls.remove(&(tx, service)).is_some() {
+        if stalls.remove(&call_key(key, service)).is_some() {
             self.tracked.store(stalls.len(), Ordering::SeqCst);
             drop(stalls);
             self.wake.notify_all();
@@ -212,7 +240,7 @@ impl Outstanding {
     /// Every tracked call, oldest transaction first.
     pub(crate) fn stalls(&self) -> Vec<Stall> {
         let mut all: Vec<Stall> = self.stalls.lock().values().cloned().collect();
-        all.sort_by_key(|s| (s.key.tx, s.service));
+        all.sort_by_key(|s| (s.key.tx, s.service, s.key.branch));
         all
     }
 
@@ -264,31 +292,32 @@ impl Outstanding {
         self.stalls.lock().values().filter(|s| s.is_parked()).count()
     }
 
-    /// A commit with external participants is about to be delivered: its
-    /// `Done` record follows once every one of them acknowledged.
-    pub(crate) fn expect_acks(&self, tx: TxId, services: Vec<String>) {
+    /// A decision is about to be delivered to branches that must
+    /// acknowledge it: its `Done` record follows once every one of them did.
+    pub(crate) fn expect(&self, tx: TxId, owed: Owed) {
+        debug_assert!(matches!(owed.step, Step::Commit | Step::Rollback) && !owed.branches.is_empty());
         let mut unresolved = self.unresolved.lock();
-        unresolved.insert(tx, services);
-        // SeqCst: the commit is delivered after this store (on this thread,
-        // or through the worker's channel), so its worker sees it.
+        unresolved.insert(tx, owed);
+        // SeqCst: the decision is delivered after this store (on this
+        // thread, or through the worker's channel), so its worker sees it.
         self.watching.store(unresolved.len(), Ordering::SeqCst);
     }
 
-    /// An external service applied the commit of `tx`. The last one to do
-    /// so appends the `Done` record.
-    pub(crate) fn acknowledged(&self, tx: TxId, service: &str) {
-        // SeqCst: pairs with `expect_acks`.
+    /// A branch applied the decision `step` of its transaction. The last one
+    /// to do so appends the `Done` record.
+    pub(crate) fn acknowledged(&self, key: TxKey, service: u16, step: Step) {
+        // SeqCst: pairs with `expect`.
         if self.watching.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut unresolved = self.unresolved.lock();
-        let Some(waiting) = unresolved.get_mut(&tx) else { return };
-        waiting.retain(|s| s != service);
-        if waiting.is_empty() {
-            unresolved.remove(&tx);
+        let Some(owed) = unresolved.get_mut(&key.tx).filter(|o| o.step == step) else { return };
+        owed.branches.retain(|b| (b.service, b.branch) != (service, key.branch));
+        if owed.branches.is_empty() {
+            unresolved.remove(&key.tx);
             self.watching.store(unresolved.len(), Ordering::SeqCst);
             drop(unresolved);
-            self.log_done(tx);
+            self.log_done(key.tx);
         }
     }
 
@@ -310,14 +339,14 @@ impl Outstanding {
         }
     }
 
-    /// The services `tx` still waits for, if any.
-    pub(crate) fn awaiting(&self, tx: TxId) -> Option<Vec<String>> {
+    /// The branches `tx` still waits for, if any.
+    pub(crate) fn awaiting(&self, tx: TxId) -> Option<Owed> {
         self.unresolved.lock().get(&tx).cloned()
     }
 
-    /// Every commit waiting for acknowledgements.
-    pub(crate) fn unresolved(&self) -> Vec<(TxId, Vec<String>)> {
-        let mut all: Vec<_> = self.unresolved.lock().iter().map(|(tx, s)| (*tx, s.clone())).collect();
+    /// Every decision waiting for acknowledgements, oldest transaction first.
+    pub(crate) fn unresolved(&self) -> Vec<(TxId, Owed)> {
+        let mut all: Vec<_> = self.unresolved.lock().iter().map(|(tx, o)| (*tx, o.clone())).collect();
         all.sort_by_key(|(tx, _)| *tx);
         all
     }
@@ -327,7 +356,7 @@ impl Outstanding {
     }
 
     /// Replaces the table (recovery).
-    pub(crate) fn restore_unresolved(&self, table: HashMap<TxId, Vec<String>>) {
+    pub(crate) fn restore_unresolved(&self, table: HashMap<TxId, Owed>) {
         let mut unresolved = self.unresolved.lock();
         *unresolved = table;
         self.watching.store(unresolved.len(), Ordering::SeqCst);

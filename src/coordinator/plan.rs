@@ -3,23 +3,42 @@
 //! Everything a caller can get wrong is checked here, on the caller's thread,
 //! before any lock is taken or any message sent: a bad transaction has no
 //! side effect at all.
+//!
+//! A plan is a list of *branches*, each for one service: first one branch
+//! per service touched by transfer legs (the legs merged per account, in
+//! service order), then the caller's payload branches in the order given.
+//! A branch's index in that list is its [`BranchId::index`].
 
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::coordinator::barrier::TxKey;
 use crate::coordinator::locks::StripedLocks;
 use crate::error::{Error, Result};
 use crate::ledger::validate_account_id;
-use crate::participant::{Directory, Operation};
+use crate::participant::{BranchId, Directory, Operation};
 use crate::sync::{AtomicU8, Ordering};
-use crate::txn::{Transfer, TxId};
+use crate::txn::{Branch, Transfer, TxId};
 
 /// What the coordinator knows of a registered service when planning.
 pub(crate) struct ServiceInfo {
     pub name: Arc<str>,
     pub directory: Option<Arc<dyn Directory>>,
 }
+
+/// Bounds on one transaction, from the builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_legs: usize,
+    pub max_branches: usize,
+    pub max_payload_bytes: usize,
+}
+
+/// Most lock keys one branch may declare.
+pub(crate) const MAX_LOCK_KEYS: usize = 64;
+/// Longest lock key, in bytes.
+pub(crate) const MAX_LOCK_KEY_BYTES: usize = 255;
 
 /// One merged change to one account.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +49,38 @@ pub(crate) struct PlanOp {
     name_end: u32,
 }
 
-/// The contiguous operations of one service.
+/// What one branch carries: a range of `ops` or of `payloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    Ops,
+    Payload,
+}
+
+/// One branch: its service and its part of the plan's arenas.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Group {
+pub(crate) struct PlanBranch {
     pub service: u16,
+    carries: Carries,
     start: u32,
     end: u32,
+}
+
+/// The work of one branch, as the participant receives it.
+// A stack temporary for one call: boxing the operations would allocate on
+// the hot path.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum BranchWork<'a> {
+    Ops(SmallVec<[Operation<'a>; 8]>),
+    Payload(&'a [u8]),
+}
+
+impl BranchWork<'_> {
+    pub(crate) fn as_work(&self) -> crate::participant::Work<'_> {
+        match self {
+            BranchWork::Ops(ops) => crate::participant::Work::Transfers(ops),
+            BranchWork::Payload(bytes) => crate::participant::Work::Payload(bytes),
+        }
+    }
 }
 
 const OPEN: u8 = 0;
@@ -51,9 +96,13 @@ pub(crate) struct Plan {
     pub timed: bool,
     names: String,
     pub ops: Vec<PlanOp>,
-    pub groups: SmallVec<[Group; 4]>,
+    payloads: Vec<u8>,
+    pub branches: SmallVec<[PlanBranch; 4]>,
+    /// Index of `branches[0]` in its transaction: 0, except for a bare plan
+    /// that stands for one branch of a transaction.
+    first_index: u16,
     pub stripes: SmallVec<[usize; 8]>,
-    /// Identifies the legs (stable across processes) for idempotent resubmission.
+    /// Identifies the content (stable across processes) for idempotent resubmission.
     pub fingerprint: u64,
     /// Settles the race between a caller giving up on a vote and a worker
     /// about to apply a one-phase commit (or to start a prepare): exactly one
@@ -62,57 +111,79 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// A plan with no operations, for commit/rollback of a recovered
-    /// in-doubt transaction on one service.
-    pub(crate) fn bare(tx: TxId, service: u16) -> Plan {
-        Self::bare_for(tx.into(), service)
-    }
-
-    /// A plan with no operations for one execution of a transaction on one
-    /// service: an operator's retry of a parked commit or rollback.
-    pub(crate) fn bare_for(key: crate::coordinator::barrier::TxKey, service: u16) -> Plan {
+    /// A plan with no operations for one branch of one execution on one
+    /// service: recovery's and an operator's commit or rollback of a branch.
+    pub(crate) fn bare(key: TxKey, service: u16) -> Plan {
         Plan {
             tx: key.tx,
             attempt: key.attempt,
             timed: false,
             names: String::new(),
             ops: Vec::new(),
-            groups: smallvec::smallvec![Group { service, start: 0, end: 0 }],
+            payloads: Vec::new(),
+            branches: smallvec::smallvec![PlanBranch { service, carries: Carries::Ops, start: 0, end: 0 }],
+            first_index: key.branch,
             stripes: SmallVec::new(),
             fingerprint: 0,
             decision: AtomicU8::new(COMMIT_CLAIMED),
         }
     }
 
-    /// Every operation of `group`.
-    pub(crate) fn group_ops(&self, group: usize) -> &[PlanOp] {
-        let g = self.groups[group];
-        &self.ops[g.start as usize..g.end as usize]
+    /// Every operation of `branch` (none for a payload branch).
+    pub(crate) fn branch_ops(&self, branch: usize) -> &[PlanOp] {
+        let b = self.branches[branch];
+        match b.carries {
+            Carries::Ops => &self.ops[b.start as usize..b.end as usize],
+            Carries::Payload => &[],
+        }
     }
 
-    /// (account, delta) of every operation of `group`.
-    pub(crate) fn changes(&self, group: usize) -> impl Iterator<Item = (&str, i64)> {
-        self.group_ops(group).iter().map(|op| (self.account(op), op.delta))
+    /// (account, delta) of every operation of `branch`.
+    pub(crate) fn changes(&self, branch: usize) -> impl Iterator<Item = (&str, i64)> {
+        self.branch_ops(branch).iter().map(|op| (self.account(op), op.delta))
     }
 
-    pub(crate) fn key(&self) -> crate::coordinator::barrier::TxKey {
-        crate::coordinator::barrier::TxKey { tx: self.tx, attempt: self.attempt }
+    /// The barrier key of `branch`.
+    pub(crate) fn key(&self, branch: usize) -> TxKey {
+        TxKey { tx: self.tx, attempt: self.attempt, branch: self.branch_index(branch) }
+    }
+
+    /// The id the participant sees for `branch`.
+    pub(crate) fn branch_id(&self, branch: usize) -> BranchId {
+        BranchId { tx: self.tx, index: self.branch_index(branch) }
+    }
+
+    fn branch_index(&self, branch: usize) -> u16 {
+        // Plans hold at most `u16::MAX` branches (checked by `build`).
+        self.first_index + branch as u16
     }
 
     pub(crate) fn account(&self, op: &PlanOp) -> &str {
         &self.names[op.name_start as usize..op.name_end as usize]
     }
 
-    pub(crate) fn service_of(&self, group: usize) -> u16 {
-        self.groups[group].service
+    pub(crate) fn service_of(&self, branch: usize) -> u16 {
+        self.branches[branch].service
     }
 
-    pub(crate) fn operations(&self, group: usize) -> SmallVec<[Operation<'_>; 8]> {
-        let g = self.groups[group];
-        self.ops[g.start as usize..g.end as usize]
-            .iter()
-            .map(|op| Operation { account: self.account(op), key: op.key, delta: op.delta })
-            .collect()
+    /// True if `branch` carries transfer legs (false: a payload).
+    pub(crate) fn is_transfer(&self, branch: usize) -> bool {
+        self.branches[branch].carries == Carries::Ops
+    }
+
+    /// What the participant of `branch` is asked to do.
+    pub(crate) fn work(&self, branch: usize) -> BranchWork<'_> {
+        let b = self.branches[branch];
+        let (start, end) = (b.start as usize, b.end as usize);
+        match b.carries {
+            Carries::Ops => BranchWork::Ops(
+                self.ops[start..end]
+                    .iter()
+                    .map(|op| Operation { account: self.account(op), key: op.key, delta: op.delta })
+                    .collect(),
+            ),
+            Carries::Payload => BranchWork::Payload(&self.payloads[start..end]),
+        }
     }
 
     /// Worker side: about to apply a one-phase commit. False if the caller
@@ -160,14 +231,31 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
-pub(crate) fn fingerprint(legs: &[Transfer<'_>]) -> u64 {
+fn fnv_part(hash: &mut u64, bytes: &[u8]) {
+    fnv(hash, &(bytes.len() as u64).to_le_bytes());
+    fnv(hash, bytes);
+}
+
+/// Identifies a transaction's content: its legs, and its branches (service,
+/// payload, lock keys) in order.
+pub(crate) fn fingerprint(legs: &[Transfer<'_>], branches: &[Branch<'_>]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325;
     for leg in legs {
         for part in [leg.from.service, leg.from.account, leg.to.service, leg.to.account] {
+            // u32 lengths, as in earlier versions: transfer-only fingerprints
+            // recorded by them stay valid.
             fnv(&mut h, &(part.len() as u32).to_le_bytes());
             fnv(&mut h, part.as_bytes());
         }
         fnv(&mut h, &leg.amount.to_le_bytes());
+    }
+    for branch in branches {
+        fnv(&mut h, b"\xffbranch");
+        fnv_part(&mut h, branch.service().as_bytes());
+        fnv_part(&mut h, branch.payload());
+        for key in branch.locks() {
+            fnv_part(&mut h, key.as_bytes());
+        }
     }
     // 0 is `recent::ANY_FINGERPRINT` (an operator's abort matches any legs).
     h.max(1)
@@ -181,21 +269,24 @@ struct Side<'a> {
     leg: usize,
 }
 
-/// Validates `legs` and builds the plan. No side effect.
+/// Validates the legs and branches of one transaction and builds its plan.
+/// No side effect.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     tx: TxId,
     legs: &[Transfer<'_>],
+    branches: &[Branch<'_>],
     services: &[ServiceInfo],
     find: impl Fn(&str) -> Option<u16>,
     locks: &StripedLocks,
-    max_legs: usize,
+    limits: &Limits,
     tracked: bool,
 ) -> Result<Plan> {
-    if legs.is_empty() {
+    if legs.is_empty() && branches.is_empty() {
         return Err(Error::EmptyTransaction);
     }
-    if legs.len() > max_legs {
-        return Err(Error::TooManyLegs { legs: legs.len(), limit: max_legs });
+    if legs.len() > limits.max_legs {
+        return Err(Error::TooManyLegs { legs: legs.len(), limit: limits.max_legs });
     }
     let mut sides: SmallVec<[Side<'_>; 8]> = SmallVec::with_capacity(legs.len() * 2);
     for (i, leg) in legs.iter().enumerate() {
@@ -236,10 +327,12 @@ pub(crate) fn build(
         timed: false,
         names: String::new(),
         ops: Vec::with_capacity(sides.len()),
-        groups: SmallVec::new(),
+        payloads: Vec::new(),
+        branches: SmallVec::new(),
+        first_index: 0,
         stripes: SmallVec::new(),
         // Only ids a caller can resubmit need one.
-        fingerprint: if tracked { fingerprint(legs) } else { 0 },
+        fingerprint: if tracked { fingerprint(legs, branches) } else { 0 },
         decision: AtomicU8::new(OPEN),
     };
     let mut last: Option<(u16, &str)> = None;
@@ -256,10 +349,51 @@ pub(crate) fn build(
         plan.ops.push(PlanOp { key: side.key, delta: side.delta, name_start, name_end: plan.names.len() as u32 });
         plan.stripes.push(locks.stripe_of(side.service, side.account));
         let index = (plan.ops.len() - 1) as u32;
-        match plan.groups.last_mut() {
-            Some(g) if g.service == side.service => g.end = index + 1,
-            _ => plan.groups.push(Group { service: side.service, start: index, end: index + 1 }),
+        match plan.branches.last_mut() {
+            Some(b) if b.service == side.service => b.end = index + 1,
+            _ => plan.branches.push(PlanBranch {
+                service: side.service,
+                carries: Carries::Ops,
+                start: index,
+                end: index + 1,
+            }),
         }
+    }
+    let total = plan.branches.len() + branches.len();
+    if total > limits.max_branches.min(usize::from(u16::MAX)) {
+        return Err(Error::TooManyBranches { branches: total, limit: limits.max_branches });
+    }
+    let payload_bytes: usize = branches.iter().map(|b| b.payload().len()).sum();
+    if payload_bytes > u32::MAX as usize {
+        // The arena's offsets are u32; no configuration allows this much.
+        return Err(Error::PayloadTooLarge { branch: 0, bytes: payload_bytes, limit: u32::MAX as usize });
+    }
+    plan.payloads.reserve_exact(payload_bytes.min(limits.max_payload_bytes.saturating_mul(branches.len())));
+    for (i, branch) in branches.iter().enumerate() {
+        let service = find(branch.service())
+            .ok_or_else(|| Error::UnknownBranchService { branch: i, service: branch.service().to_string() })?;
+        let payload = branch.payload();
+        if payload.len() > limits.max_payload_bytes {
+            return Err(Error::PayloadTooLarge { branch: i, bytes: payload.len(), limit: limits.max_payload_bytes });
+        }
+        for (n, key) in branch.locks().enumerate() {
+            let why = if n >= MAX_LOCK_KEYS {
+                Some(format!("more than {MAX_LOCK_KEYS} lock keys"))
+            } else if key.is_empty() {
+                Some("empty lock key".to_string())
+            } else if key.len() > MAX_LOCK_KEY_BYTES {
+                Some(format!("lock key longer than {MAX_LOCK_KEY_BYTES} bytes"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::InvalidLockKey { branch: i, why });
+            }
+            plan.stripes.push(locks.stripe_of(service, key));
+        }
+        let start = plan.payloads.len() as u32;
+        plan.payloads.extend_from_slice(payload);
+        plan.branches.push(PlanBranch { service, carries: Carries::Payload, start, end: plan.payloads.len() as u32 });
     }
     plan.attempt = next_attempt();
     plan.timed = plan.attempt.is_multiple_of(STAGE_SAMPLE);

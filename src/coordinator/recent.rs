@@ -7,6 +7,7 @@ use hashbrown::HashMap;
 
 use crate::sync::Mutex;
 use crate::txn::{Outcome, TxId};
+use crate::wal::Lsn;
 
 const SHARDS: usize = 16;
 
@@ -18,8 +19,8 @@ pub(crate) const ANY_FINGERPRINT: u64 = 0;
 pub(crate) enum Begin {
     /// First time: run it.
     New,
-    /// Finished before, with the same legs.
-    Done(Outcome),
+    /// Finished before, with the same legs; answer once `Lsn` is durable.
+    Done(Outcome, Option<Lsn>),
     /// Running right now.
     InProgress,
     /// Seen before with different legs.
@@ -29,6 +30,8 @@ pub(crate) enum Begin {
 struct Slot {
     fingerprint: u64,
     outcome: Option<Outcome>,
+    /// Where the decision's record ends: it is answered only once durable.
+    lsn: Option<Lsn>,
 }
 
 #[derive(Default)]
@@ -76,19 +79,20 @@ impl RecentIds {
                 Begin::Mismatch
             } else {
                 match &slot.outcome {
-                    Some(o) => Begin::Done(o.clone()),
+                    Some(o) => Begin::Done(o.clone(), slot.lsn),
                     None => Begin::InProgress,
                 }
             };
         }
-        shard.map.insert(tx, Slot { fingerprint, outcome: None });
+        shard.map.insert(tx, Slot { fingerprint, outcome: None, lsn: None });
         Begin::New
     }
 
-    pub(crate) fn finish(&self, tx: TxId, fingerprint: u64, outcome: Outcome) {
+    /// Records the outcome of `tx`, whose record ends at `lsn` (if logged).
+    pub(crate) fn finish(&self, tx: TxId, fingerprint: u64, outcome: Outcome, lsn: Option<Lsn>) {
         let per_shard = self.per_shard;
         let mut shard = self.shards[shard_of(tx)].lock();
-        shard.map.insert(tx, Slot { fingerprint, outcome: Some(outcome) });
+        shard.map.insert(tx, Slot { fingerprint, outcome: Some(outcome), lsn });
         shard.order.push_back(tx);
         shard.trim(per_shard);
     }
@@ -107,7 +111,7 @@ impl RecentIds {
         if let Some(slot) = shard.map.get(&tx) {
             return Some(slot.outcome.clone());
         }
-        shard.map.insert(tx, Slot { fingerprint: ANY_FINGERPRINT, outcome: Some(outcome) });
+        shard.map.insert(tx, Slot { fingerprint: ANY_FINGERPRINT, outcome: Some(outcome), lsn: None });
         shard.order.push_back(tx);
         shard.trim(self.per_shard);
         None
@@ -128,7 +132,7 @@ impl RecentIds {
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for tx in &shard.order {
-                if let Some(Slot { fingerprint, outcome: Some(outcome) }) = shard.map.get(tx) {
+                if let Some(Slot { fingerprint, outcome: Some(outcome), .. }) = shard.map.get(tx) {
                     out.push((*tx, *fingerprint, outcome.clone()));
                 }
             }
@@ -136,8 +140,10 @@ impl RecentIds {
         out
     }
 
-    pub(crate) fn get(&self, tx: TxId) -> Option<Outcome> {
-        self.shards[shard_of(tx)].lock().map.get(&tx).and_then(|s| s.outcome.clone())
+    /// The outcome of `tx` and where its record ends (wait for it before
+    /// showing the outcome to anyone).
+    pub(crate) fn get(&self, tx: TxId) -> Option<(Outcome, Option<Lsn>)> {
+        self.shards[shard_of(tx)].lock().map.get(&tx).and_then(|s| s.outcome.clone().map(|o| (o, s.lsn)))
     }
 }
 
@@ -151,13 +157,13 @@ mod tests {
         let t = TxId::from_u128(5);
         assert!(matches!(r.begin(t, 1), Begin::New));
         assert!(matches!(r.begin(t, 1), Begin::InProgress));
-        r.finish(t, 1, Outcome::Committed);
-        assert!(matches!(r.begin(t, 1), Begin::Done(Outcome::Committed)));
+        r.finish(t, 1, Outcome::Committed, Some(Lsn(7)));
+        assert!(matches!(r.begin(t, 1), Begin::Done(Outcome::Committed, Some(Lsn(7)))));
         assert!(matches!(r.begin(t, 2), Begin::Mismatch));
         for i in 100..10_000 {
             let id = TxId::from_u128(i);
             assert!(matches!(r.begin(id, 0), Begin::New));
-            r.finish(id, 0, Outcome::Committed);
+            r.finish(id, 0, Outcome::Committed, None);
         }
         let kept: usize = r.shards.iter().map(|s| s.lock().map.len()).sum();
         assert!(kept <= 32 + SHARDS, "{kept}");

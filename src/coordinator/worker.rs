@@ -21,11 +21,13 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use crate::coordinator::barrier::{Barrier, Decision, Phase, TxKey};
 use crate::coordinator::outstanding::{Failed, Outstanding, Park, Wake};
 use crate::coordinator::plan::Plan;
+use crate::durable::Journal;
 use crate::metrics::Metrics;
 use crate::operator::CallError;
-use crate::participant::{BalanceSummary, Participant, Prepared, Refusal};
+use crate::participant::{BalanceSummary, BranchId, Erased, Kept, ParticipantKind, Refusal};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;
+use crate::wal::Lsn;
 
 /// How a failing commit or rollback is retried, for every service
 /// ([`Builder::retry`](crate::Builder::retry)) or one
@@ -116,9 +118,12 @@ impl RetryPolicy {
 pub(crate) enum Request {
     Phase {
         plan: Arc<Plan>,
-        group: usize,
+        branch: usize,
         step: Step,
         reply: Sender<Reply>,
+        /// A commit to a participant with its own storage: the log position
+        /// the decision must be durable up to before the participant is told.
+        after: Option<Lsn>,
     },
     Audit {
         reply: Sender<Reply>,
@@ -144,7 +149,9 @@ pub(crate) enum Step {
 
 #[derive(Debug)]
 pub(crate) enum Answer {
-    Yes,
+    /// Prepared; with what an external participant needs at commit
+    /// ([`Participant::encode_prepared`](crate::Participant::encode_prepared)).
+    Yes(Option<Vec<u8>>),
     No(Refusal),
     Panicked,
     LateRefused,
@@ -156,17 +163,20 @@ pub(crate) enum Answer {
     Parked,
     /// A request the protocol never sends.
     Violation,
+    /// The log failed before the decision became durable: the commit was
+    /// not delivered (the participant stays prepared; recovery decides).
+    LogFailed,
 }
 
 pub(crate) enum Reply {
-    Phase { tx: TxId, service: u16, step: Step, answer: Answer },
+    Phase { tx: TxId, branch: u16, step: Step, answer: Answer },
     Audit { service: u16, summary: Option<BalanceSummary> },
 }
 
 /// A participant with its barrier: everything one call needs, behind one lock.
 pub(crate) struct Core {
-    pub participant: Box<dyn Participant>,
-    pub barrier: Barrier<Prepared>,
+    pub participant: Box<dyn Erased>,
+    pub barrier: Barrier<Kept>,
 }
 
 /// One registered service: its participant, its queue and its worker's
@@ -182,6 +192,13 @@ pub(crate) struct Service {
     inline: bool,
     /// The participant is the built-in ledger itself (no wrapper).
     pub builtin_ledger: bool,
+    /// Where the participant keeps its state (see `ParticipantKind`).
+    pub kind: ParticipantKind,
+    /// Its state is rebuilt from the coordinator's log (a ledger or a
+    /// wrapper of one), or lives only in this process's memory: it may be
+    /// told to commit before the decision is durable.
+    pub early_commit: bool,
+    journal: Option<Arc<Journal>>,
     sender: Sender<Request>,
     metrics: Arc<Metrics>,
     outstanding: Arc<Outstanding>,
@@ -203,7 +220,7 @@ pub(crate) enum Submitted {
 /// inline calls never need it, and clock reads are a visible cost per
 /// transaction.
 pub(crate) struct PhaseDeadline {
-    limit: Option<Instant>,
+    limit: Instant,
     timeout: Duration,
     at: std::cell::Cell<Option<Instant>>,
 }
@@ -211,13 +228,7 @@ pub(crate) struct PhaseDeadline {
 impl PhaseDeadline {
     /// `timeout` from the first use, but never past `limit`.
     pub(crate) fn new(limit: Instant, timeout: Duration) -> Self {
-        Self { limit: Some(limit), timeout, at: std::cell::Cell::new(None) }
-    }
-
-    /// `timeout` from the first use, whatever the transaction's deadline
-    /// (a commit, once decided, gets its full call timeout).
-    pub(crate) fn after(timeout: Duration) -> Self {
-        Self { limit: None, timeout, at: std::cell::Cell::new(None) }
+        Self { limit, timeout, at: std::cell::Cell::new(None) }
     }
 
     pub(crate) fn get(&self) -> Instant {
@@ -225,7 +236,7 @@ impl PhaseDeadline {
             Some(at) => at,
             None => {
                 let from_now = Instant::now() + self.timeout;
-                let at = self.limit.map_or(from_now, |limit| limit.min(from_now));
+                let at = self.limit.min(from_now);
                 self.at.set(Some(at));
                 at
             }
@@ -245,7 +256,8 @@ impl Service {
     pub(crate) fn new(
         index: u16,
         name: Arc<str>,
-        participant: Box<dyn Participant>,
+        participant: Box<dyn Erased>,
+        journal: Option<Arc<Journal>>,
         barrier_capacity: usize,
         sender: Sender<Request>,
         metrics: Arc<Metrics>,
@@ -255,6 +267,8 @@ impl Service {
     ) -> Self {
         let inline = participant.is_nonblocking();
         let builtin_ledger = participant.is_builtin_ledger();
+        let kind = participant.kind();
+        let early_commit = participant.ledger().is_some() || kind == ParticipantKind::Volatile;
         Self {
             index,
             name,
@@ -262,6 +276,9 @@ impl Service {
             pending: AtomicUsize::new(0),
             inline,
             builtin_ledger,
+            kind,
+            early_commit,
+            journal,
             sender,
             metrics,
             outstanding,
@@ -270,10 +287,10 @@ impl Service {
         }
     }
 
-    /// Asks the participant for transactions it holds prepared from before a
+    /// Asks the participant for branches it holds prepared from before a
     /// restart and records them as prepared, so a commit or rollback can
     /// follow. Call before any transaction runs.
-    pub(crate) fn recover_in_doubt(&self) -> Vec<TxId> {
+    pub(crate) fn recover_in_doubt(&self) -> Vec<BranchId> {
         let mut core = self.core.lock();
         let found = match catch_unwind(AssertUnwindSafe(|| core.participant.recover())) {
             Ok(found) => found,
@@ -284,13 +301,48 @@ impl Service {
             }
         };
         let mut ids = Vec::with_capacity(found.len());
-        for (tx, prepared) in found {
-            if core.barrier.decide(tx.into(), Phase::Prepare) == Decision::Call {
-                core.barrier.prepared_ok(tx.into(), Some(prepared));
-                ids.push(tx);
+        for (branch, prepared) in found {
+            let key = TxKey::recovered(branch);
+            if core.barrier.decide(key, Phase::Prepare) == Decision::Call {
+                core.barrier.prepared_ok(key, Some(prepared));
+                ids.push(branch);
             }
         }
         ids
+    }
+
+    /// Records a branch as prepared with the value rebuilt from the commit
+    /// record (an external participant after a restart), so that its commit
+    /// can be delivered again. False if the participant cannot rebuild it.
+    pub(crate) fn restore_prepared(&self, branch: BranchId, bytes: &[u8]) -> bool {
+        let mut core = self.core.lock();
+        let key = TxKey::recovered(branch);
+        if core.barrier.decide(key, Phase::Prepare) != Decision::Call {
+            return core.barrier.prepared(key).is_some();
+        }
+        let participant = &core.participant;
+        match catch_unwind(AssertUnwindSafe(|| participant.decode(branch, bytes))) {
+            Ok(Some(kept)) => {
+                core.barrier.prepared_ok(key, Some(kept));
+                true
+            }
+            Ok(None) => false,
+            Err(_) => {
+                self.metrics.panics.add(1);
+                false
+            }
+        }
+    }
+
+    /// Records a branch as possibly prepared without a value (an external
+    /// participant after a restart, no decision): its rollback must reach
+    /// the participant.
+    pub(crate) fn restore_unknown(&self, branch: BranchId) {
+        let mut core = self.core.lock();
+        let key = TxKey::recovered(branch);
+        if core.barrier.decide(key, Phase::Prepare) == Decision::Call {
+            core.barrier.prepared_ok(key, None);
+        }
     }
 
     /// Copies of one phase request to deliver (1 unless testing redelivery).
@@ -306,6 +358,14 @@ impl Service {
         }
     }
 
+    /// True if a commit that must wait for `after` can run now.
+    fn durable_by(&self, after: Option<Lsn>) -> bool {
+        match (after, &self.journal) {
+            (Some(lsn), Some(journal)) => journal.durable() >= lsn,
+            _ => true,
+        }
+    }
+
     /// Runs `step` on the caller's thread when that keeps per-service FIFO
     /// order, otherwise enqueues it for the worker.
     ///
@@ -317,26 +377,33 @@ impl Service {
     /// under the core lock; so a caller that holds the core lock and reads
     /// `pending == 0` knows every earlier request has been applied. Otherwise
     /// it queues behind them.
+    ///
+    /// `after`: a commit that may reach the participant only once the log is
+    /// durable up to there (see `ParticipantKind`). It runs inline only if
+    /// that already holds; otherwise the worker waits for it, so the
+    /// request keeps its place in the queue and the caller's locks may drop.
     pub(crate) fn submit(
         &self,
         plan: &Arc<Plan>,
-        group: usize,
+        branch: usize,
         step: Step,
         reply: &Sender<Reply>,
         deadline: Option<&PhaseDeadline>,
+        after: Option<Lsn>,
     ) -> Submitted {
         let copies = self.copies(plan, step);
         if self.inline
+            && self.durable_by(after)
             && let Some(mut core) = self.try_core()
         {
             // SeqCst pairs with the increments in `enqueue` (see above).
             if self.pending.load(Ordering::SeqCst) == 0 {
                 // Duplicates are answered from the barrier; the first
                 // delivery's answer is the one that counts.
-                let (answer, mut handoff) = self.step(&mut core, plan, group, step, true);
+                let (answer, mut handoff) = self.step(&mut core, plan, branch, step, true, after);
                 for _ in 1..copies {
                     if handoff.is_none() {
-                        handoff = self.step(&mut core, plan, group, step, true).1;
+                        handoff = self.step(&mut core, plan, branch, step, true, after).1;
                     }
                 }
                 if let Some(retry) = handoff {
@@ -346,7 +413,8 @@ impl Service {
                     // request overtakes it. Its reply is not awaited.
                     self.pending.fetch_add(1, Ordering::SeqCst);
                     drop(core);
-                    let request = Request::Phase { plan: plan.clone(), group, step: retry, reply: reply.clone() };
+                    let request =
+                        Request::Phase { plan: plan.clone(), branch, step: retry, reply: reply.clone(), after };
                     if matches!(self.send(request, None), Submitted::Full) {
                         tracing::error!(tx = %plan.tx, service = %self.name, "worker gone: {retry:?} not handed over");
                     }
@@ -358,7 +426,7 @@ impl Service {
         for _ in 0..copies {
             self.pending.fetch_add(1, Ordering::SeqCst);
             result = self.send(
-                Request::Phase { plan: plan.clone(), group, step, reply: reply.clone() },
+                Request::Phase { plan: plan.clone(), branch, step, reply: reply.clone(), after },
                 deadline.map(PhaseDeadline::get),
             );
             if !matches!(result, Submitted::Queued) {
@@ -445,11 +513,12 @@ impl Service {
     /// Handles one request; true for shutdown.
     fn handle(&self, core: &mut Core, request: Request) -> bool {
         match request {
-            Request::Phase { plan, group, step, reply } => {
-                let (answer, handoff) = self.step(core, &plan, group, step, false);
+            Request::Phase { plan, branch, step, reply, after } => {
+                let (answer, handoff) = self.step(core, &plan, branch, step, false, after);
                 debug_assert!(handoff.is_none(), "the worker retries in place");
                 // The caller may have gone; its loss.
-                let _ = reply.send(Reply::Phase { tx: plan.tx, service: self.index, step, answer });
+                let id = plan.branch_id(branch).index;
+                let _ = reply.send(Reply::Phase { tx: plan.tx, branch: id, step, answer });
                 false
             }
             Request::Audit { reply } => {
@@ -481,57 +550,66 @@ impl Service {
                 Step::Commit => {}
                 _ => core.barrier.rolled_back(key),
             }
-            tracing::warn!(tx = %key.tx, service = %self.name, ?step, "settled by an operator without calling the participant");
+            tracing::warn!(tx = %key.tx, branch = key.branch, service = %self.name, ?step, "settled by an operator without calling the participant");
         }
-        self.outstanding.cleared(key.tx, self.index);
+        self.outstanding.cleared(key, self.index);
     }
 
     /// One step, and for an inline call whose commit or rollback failed,
     /// the step the worker must take over (inline callers never sleep in a
     /// backoff while holding the participant).
-    fn step(&self, core: &mut Core, plan: &Plan, group: usize, step: Step, inline: bool) -> (Answer, Option<Step>) {
-        let key = plan.key();
+    fn step(
+        &self,
+        core: &mut Core,
+        plan: &Plan,
+        branch: usize,
+        step: Step,
+        inline: bool,
+        after: Option<Lsn>,
+    ) -> (Answer, Option<Step>) {
+        let key = plan.key(branch);
+        let id = plan.branch_id(branch);
         match step {
-            Step::Prepare => (self.prepare(core, plan, group), None),
-            Step::OnePhase => match self.prepare(core, plan, group) {
-                Answer::Yes if plan.claim_commit() => match self.commit(core, key, inline) {
+            Step::Prepare => (self.prepare(core, plan, branch), None),
+            Step::OnePhase => match self.prepare(core, plan, branch) {
+                Answer::Yes(_) if plan.claim_commit() => match self.commit(core, key, id, inline, None) {
                     // Decided commit, applied later by the worker.
                     None => (Answer::Parked, Some(Step::Commit)),
                     Some(answer) => (answer, None),
                 },
-                Answer::Yes => {
+                Answer::Yes(_) => {
                     tracing::debug!(tx = %plan.tx, service = %self.name, "one-phase cancelled by the caller; rolling back");
-                    match self.rollback(core, key, inline) {
+                    match self.rollback(core, key, id, inline) {
                         Some(Answer::Done) => (Answer::Cancelled, None),
                         Some(other) => (other, None),
                         None => (Answer::Cancelled, Some(Step::Rollback)),
                     }
                 }
                 // A panic may have left something half-prepared.
-                Answer::Panicked => match self.rollback(core, key, inline) {
+                Answer::Panicked => match self.rollback(core, key, id, inline) {
                     None => (Answer::Panicked, Some(Step::Rollback)),
                     Some(_) => (Answer::Panicked, None),
                 },
                 other => (other, None),
             },
-            Step::Commit => match self.commit(core, key, inline) {
+            Step::Commit => match self.commit(core, key, id, inline, after) {
                 None => (Answer::Parked, Some(Step::Commit)),
                 Some(answer) => (answer, None),
             },
-            Step::Rollback => match self.rollback(core, key, inline) {
+            Step::Rollback => match self.rollback(core, key, id, inline) {
                 None => (Answer::Done, Some(Step::Rollback)),
                 Some(answer) => (answer, None),
             },
         }
     }
 
-    fn prepare(&self, core: &mut Core, plan: &Plan, group: usize) -> Answer {
-        let (tx, key) = (plan.tx, plan.key());
+    fn prepare(&self, core: &mut Core, plan: &Plan, branch: usize) -> Answer {
+        let (key, id) = (plan.key(branch), plan.branch_id(branch));
         match core.barrier.decide(key, Phase::Prepare) {
-            Decision::AlreadyDone => return Answer::Yes,
+            Decision::AlreadyDone => return Answer::Yes(self.encoded(core, key)),
             Decision::AlreadyFailed => return Answer::Panicked,
             Decision::RefuseLate => return Answer::LateRefused,
-            Decision::Violation => return self.violation(tx, "prepare"),
+            Decision::Violation => return self.violation(id, "prepare"),
             Decision::Call => {}
         }
         if plan.is_cancelled() {
@@ -540,45 +618,73 @@ impl Service {
             core.barrier.rolled_back(key);
             return Answer::LateRefused;
         }
-        let ops = plan.operations(group);
+        let work = plan.work(branch);
         let participant = &mut core.participant;
-        match catch_unwind(AssertUnwindSafe(|| participant.prepare(tx, &ops))) {
+        match catch_unwind(AssertUnwindSafe(|| participant.prepare(id, work.as_work()))) {
             Ok(Ok(prepared)) => {
                 core.barrier.prepared_ok(key, Some(prepared));
-                tracing::trace!(%tx, service = %self.name, "prepared");
-                Answer::Yes
+                tracing::trace!(branch = %id, service = %self.name, "prepared");
+                Answer::Yes(self.encoded(core, key))
             }
             Ok(Err(refusal)) => {
                 core.barrier.rolled_back(key);
-                tracing::debug!(%tx, service = %self.name, %refusal, "prepare refused");
+                tracing::debug!(branch = %id, service = %self.name, %refusal, "prepare refused");
                 Answer::No(refusal)
             }
             Err(_) => {
                 self.metrics.panics.add(1);
                 // It may have half-prepared: rollback must still be called.
                 core.barrier.prepared_ok(key, None);
-                tracing::warn!(%tx, service = %self.name, "participant panicked in prepare");
+                tracing::warn!(branch = %id, service = %self.name, "participant panicked in prepare");
                 Answer::Panicked
             }
         }
     }
 
-    fn commit(&self, core: &mut Core, key: TxKey, inline: bool) -> Option<Answer> {
-        let tx = key.tx;
+    /// What an external participant wants recorded with the commit decision.
+    fn encoded(&self, core: &Core, key: TxKey) -> Option<Vec<u8>> {
+        if self.kind != ParticipantKind::External {
+            return None;
+        }
+        let kept = core.barrier.prepared(key)?;
+        catch_unwind(AssertUnwindSafe(|| core.participant.encode(kept))).unwrap_or_else(|_| {
+            self.metrics.panics.add(1);
+            None
+        })
+    }
+
+    fn commit(&self, core: &mut Core, key: TxKey, id: BranchId, inline: bool, after: Option<Lsn>) -> Option<Answer> {
         match core.barrier.decide(key, Phase::Commit) {
             Decision::AlreadyDone => return Some(Answer::Done),
             Decision::Call => {}
-            _ => return Some(self.violation(tx, "commit")),
+            _ => return Some(self.violation(id, "commit")),
+        }
+        // The rule that keeps a participant with its own storage atomic with
+        // the rest: it hears "commit" only once the decision is durable.
+        assert!(
+            self.early_commit || self.journal.is_none() || after.is_some(),
+            "commit to {} ({:?}) without a durable decision to wait for",
+            self.name,
+            self.kind
+        );
+        if let (Some(lsn), Some(journal)) = (after, &self.journal)
+            && journal.durable() < lsn
+        {
+            debug_assert!(!inline, "inline commits run only once durable (see `submit`)");
+            if let Err(error) = journal.wait(lsn) {
+                tracing::error!(branch = %id, service = %self.name, %error, "log failed before the decision was durable; commit not delivered");
+                return Some(Answer::LogFailed);
+            }
         }
         let done = self.retrying(core, key, Step::Commit, inline, |core| {
             let prepared = core.barrier.prepared(key).expect("decide() checked the prepared value");
-            core.participant.commit(tx, prepared)
+            core.participant.commit(id, prepared)
         })?;
         Some(if done {
             core.barrier.committed(key);
-            tracing::trace!(%tx, service = %self.name, "committed");
+            tracing::trace!(branch = %id, service = %self.name, "committed");
             if !self.builtin_ledger {
-                self.outstanding.acknowledged(tx, &self.name);
+                self.outstanding.acknowledged(key, self.index, Step::Commit);
             }
             Answer::Done
         } else {
@@ -586,23 +692,27 @@ impl Service {
         })
     }
 
-    fn rollback(&self, core: &mut Core, key: TxKey, inline: bool) -> Option<Answer> {
-        let tx = key.tx;
+    fn rollback(&self, core: &mut Core, key: TxKey, id: BranchId, inline: bool) -> Option<Answer> {
         match core.barrier.decide(key, Phase::Rollback) {
             Decision::AlreadyDone => return Some(Answer::Done),
             Decision::Call => {}
-            _ => return Some(self.violation(tx, "rollback")),
+            _ => return Some(self.violation(id, "rollback")),
         }
         if !core.barrier.holds(key) {
             // Rollback before (or instead of) prepare: nothing to undo, but
             // remember it so a late prepare is refused.
             core.barrier.rolled_back(key);
+            self.outstanding.acknowledged(key, self.index, Step::Rollback);
             return Some(Answer::Done);
         }
-        let done = self.retrying(core, key, Step::Rollback, inline, |core| core.participant.rollback(tx))?;
+        let done = self.retrying(core, key, Step::Rollback, inline, |core| {
+            let prepared = core.barrier.prepared(key);
+            core.participant.rollback(id, prepared)
+        })?;
         Some(if done {
             core.barrier.rolled_back(key);
-            tracing::trace!(%tx, service = %self.name, "rolled back");
+            tracing::trace!(branch = %id, service = %self.name, "rolled back");
+            self.outstanding.acknowledged(key, self.index, Step::Rollback);
             Answer::Done
         } else {
             Answer::Parked
@@ -624,14 +734,15 @@ impl Service {
         inline: bool,
         mut f: impl FnMut(&mut Core) -> Result<(), crate::Failure>,
     ) -> Option<bool> {
-        let (tx, what) = (key.tx, if step == Step::Commit { "commit" } else { "rollback" });
+        let what = if step == Step::Commit { "commit" } else { "rollback" };
+        let branch = BranchId { tx: key.tx, index: key.branch };
         let max_attempts = self.retry.max_attempts.max(1);
         let mut calls = 0u32;
         loop {
             calls = calls.saturating_add(1);
             let error = match catch_unwind(AssertUnwindSafe(|| f(core))) {
                 Ok(Ok(())) => {
-                    self.outstanding.cleared(tx, self.index);
+                    self.outstanding.cleared(key, self.index);
                     return Some(true);
                 }
                 Ok(Err(failure)) => CallError { code: failure.code, message: failure.message },
@@ -643,38 +754,38 @@ impl Service {
             let (code, message) = (error.code.clone(), error.message.clone());
             let Failed { resolved, round } = self.outstanding.failed(key, self.index, step, error, calls);
             if resolved {
-                return self.resolved_meanwhile(tx);
+                return self.resolved_meanwhile(key);
             }
             let retryable = self.retry.is_retryable(&code);
             let exhausted = !retryable || round >= max_attempts;
             if inline && !exhausted {
                 self.metrics.retries.add(1);
-                tracing::warn!(%tx, service = %self.name, %code, %message, "{what} failed inline; handing it to the worker");
+                tracing::warn!(%branch, service = %self.name, %code, %message, "{what} failed inline; handing it to the worker");
                 return None;
             }
             let mut delay = self.retry.sleep_for(round);
             if exhausted {
-                match self.outstanding.park(tx, self.index) {
+                match self.outstanding.park(key, self.index) {
                     Park::Parked => {
                         self.metrics.parked.add(1);
-                        tracing::error!(%tx, service = %self.name, attempts = round, %code, %message, "{what} parked for an operator");
+                        tracing::error!(%branch, service = %self.name, attempts = round, %code, %message, "{what} parked for an operator");
                         return Some(false);
                     }
-                    Park::Resolved => return self.resolved_meanwhile(tx),
+                    Park::Resolved => return self.resolved_meanwhile(key),
                     Park::Full if inline => return None,
                     Park::Full => {
-                        tracing::error!(%tx, service = %self.name, %code, "{what} cannot park (too many parked calls); retrying");
+                        tracing::error!(%branch, service = %self.name, %code, "{what} cannot park (too many parked calls); retrying");
                         delay = self.retry.max_delay;
                     }
                 }
             }
             self.metrics.retries.add(1);
-            tracing::warn!(%tx, service = %self.name, %code, %message, attempt = round, ?delay, "{what} failed; retrying");
-            match self.outstanding.wait(tx, self.index, Instant::now() + delay) {
+            tracing::warn!(%branch, service = %self.name, %code, %message, attempt = round, ?delay, "{what} failed; retrying");
+            match self.outstanding.wait(key, self.index, Instant::now() + delay) {
                 Wake::Retry => {}
-                Wake::Resolved => return self.resolved_meanwhile(tx),
+                Wake::Resolved => return self.resolved_meanwhile(key),
                 Wake::Closing => {
-                    tracing::warn!(%tx, service = %self.name, "{what} not retried further: shutting down");
+                    tracing::warn!(%branch, service = %self.name, "{what} not retried further: shutting down");
                     return Some(false);
                 }
             }
@@ -683,15 +794,15 @@ impl Service {
 
     /// An operator resolved the call while it was failing: it counts as
     /// done (the operator made the participant match the decision).
-    fn resolved_meanwhile(&self, tx: TxId) -> Option<bool> {
-        tracing::warn!(%tx, service = %self.name, "resolved by an operator; not calling the participant again");
-        self.outstanding.cleared(tx, self.index);
+    fn resolved_meanwhile(&self, key: TxKey) -> Option<bool> {
+        tracing::warn!(tx = %key.tx, branch = key.branch, service = %self.name, "resolved by an operator; not calling the participant again");
+        self.outstanding.cleared(key, self.index);
         Some(true)
     }
 
-    fn violation(&self, tx: TxId, what: &str) -> Answer {
+    fn violation(&self, branch: BranchId, what: &str) -> Answer {
         self.metrics.violations.add(1);
-        tracing::error!(%tx, service = %self.name, "protocol violation: unexpected {what}");
+        tracing::error!(%branch, service = %self.name, "protocol violation: unexpected {what}");
         Answer::Violation
     }
 }

@@ -12,6 +12,10 @@ pub(crate) const KIND_ABORT: u8 = 2;
 pub(crate) const KIND_DONE: u8 = 3;
 pub(crate) const KIND_ACCOUNT: u8 = 4;
 pub(crate) const KIND_OPERATOR: u8 = 5;
+/// A commit decision naming its non-ledger branches (kind 1 is the
+/// ledger-only form, and the form earlier versions wrote).
+pub(crate) const KIND_DECISION: u8 = 6;
+pub(crate) const KIND_BEGIN: u8 = 7;
 
 /// What an operator did (the `action` of an `Operator` record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +38,12 @@ impl Action {
     }
 }
 
-const CHECKPOINT_MAGIC: &[u8; 8] = b"DTCCKPT1";
+/// Checkpoints before branches (unresolved commits named services only).
+const CHECKPOINT_MAGIC_V1: &[u8; 8] = b"DTCCKPT1";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"DTCCKPT2";
+
+/// Largest prepared value a decision record carries for one branch.
+pub(crate) const MAX_PREPARED_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed {what} at byte {offset}")]
@@ -50,26 +59,94 @@ pub(crate) struct Encoded {
     pub bytes: Vec<u8>,
 }
 
-/// The payload of a commit record, written straight from borrowed parts (the
-/// hot path builds no intermediate `Entry`).
+/// The payload of a ledger-only commit record (kind 1), written straight
+/// from borrowed parts (the hot path builds no intermediate `Entry`).
 pub(crate) fn encode_commit<'a>(
     tx: TxId,
     fingerprint: u64,
     changes: impl ExactSizeIterator<Item = (&'a str, &'a str, i64)>,
-    external: &[&str],
 ) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(48 + changes.len() * 32));
     w.u128(tx.as_u128());
     w.u64(fingerprint);
+    write_changes(&mut w, changes);
+    // No external services: kind 1 predates branches (see `KIND_DECISION`).
+    w.u64(0);
+    w.0
+}
+
+/// A branch as a decision record names it: service, index, and what an
+/// external participant needs at commit.
+pub(crate) type NamedBranch<'a> = (&'a str, u16, Option<&'a [u8]>);
+
+/// The payload of a commit decision with non-ledger branches (kind 6).
+pub(crate) fn encode_decision<'a>(
+    tx: TxId,
+    fingerprint: u64,
+    changes: impl ExactSizeIterator<Item = (&'a str, &'a str, i64)>,
+    branches: impl ExactSizeIterator<Item = NamedBranch<'a>>,
+) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(48 + changes.len() * 32 + branches.len() * 24));
+    w.u128(tx.as_u128());
+    w.u64(fingerprint);
+    write_changes(&mut w, changes);
+    w.u64(branches.len() as u64);
+    for (service, index, prepared) in branches {
+        write_branch(&mut w, service, index, prepared);
+    }
+    w.0
+}
+
+fn write_changes<'a>(w: &mut Writer, changes: impl ExactSizeIterator<Item = (&'a str, &'a str, i64)>) {
     w.u64(changes.len() as u64);
     for (service, account, delta) in changes {
         w.str(service);
         w.str(account);
         w.i64(delta);
     }
-    w.u64(external.len() as u64);
-    for s in external {
-        w.str(s);
+}
+
+fn write_branch(w: &mut Writer, service: &str, index: u16, prepared: Option<&[u8]>) {
+    w.str(service);
+    w.u16(index);
+    match prepared {
+        None => w.u8(0),
+        Some(bytes) => {
+            debug_assert!(bytes.len() <= MAX_PREPARED_BYTES);
+            w.u8(1);
+            w.u32(bytes.len() as u32);
+            w.0.extend_from_slice(bytes);
+        }
+    }
+}
+
+fn read_branch(r: &mut Reader<'_>) -> Result<BranchRecord, DecodeError> {
+    let service = r.str()?;
+    let index = r.u16()?;
+    let at = r.at;
+    let prepared = match r.u8()? {
+        0 => None,
+        1 => {
+            let len = r.u32()? as usize;
+            if len > MAX_PREPARED_BYTES {
+                return Err(DecodeError { what: "prepared value length", offset: at });
+            }
+            Some(r.take(len)?.to_vec())
+        }
+        _ => return Err(DecodeError { what: "prepared value flag", offset: at }),
+    };
+    Ok(BranchRecord { service, index, prepared })
+}
+
+/// The payload of a begin record: the external branches about to be asked
+/// to prepare.
+pub(crate) fn encode_begin<'a>(tx: TxId, branches: impl ExactSizeIterator<Item = (&'a str, u16)>) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(32 + branches.len() * 16));
+    w.u128(tx.as_u128());
+    w.u64(branches.len() as u64);
+    for (service, index) in branches {
+        w.str(service);
+        w.u16(index);
     }
     w.0
 }
@@ -82,15 +159,27 @@ pub(crate) struct Change {
     pub delta: i64,
 }
 
+/// One non-ledger branch named by a decision or a begin record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BranchRecord {
+    pub service: String,
+    pub index: u16,
+    /// What the participant needs at commit (external participants).
+    pub prepared: Option<Vec<u8>>,
+}
+
 /// What a log record says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
-    /// The commit decision: ledger effects, and external services that must
-    /// acknowledge before a `Done`.
-    Commit { tx: TxId, fingerprint: u64, changes: Vec<Change>, external: Vec<String> },
+    /// The commit decision: ledger effects, and the non-ledger branches that
+    /// must acknowledge before a `Done`.
+    Commit { tx: TxId, fingerprint: u64, changes: Vec<Change>, branches: Vec<BranchRecord> },
+    /// External branches about to be asked to prepare (durable before the
+    /// first prepare is sent, so recovery can roll back each one).
+    Begin { tx: TxId, branches: Vec<BranchRecord> },
     /// The abort decision (logged so that a resubmitted id keeps its answer).
     Abort { tx: TxId, fingerprint: u64, reason: AbortReason },
-    /// Every external participant acknowledged the commit.
+    /// Every branch owing an acknowledgement applied the decision.
     Done { tx: TxId },
     /// An account created after the store was opened.
     Account { service: String, account: String, balance: i64 },
@@ -255,7 +344,9 @@ fn read_operator(r: &mut Reader<'_>) -> Result<OperatorRecord, DecodeError> {
 impl Entry {
     pub(crate) fn kind(&self) -> u8 {
         match self {
-            Entry::Commit { .. } => KIND_COMMIT,
+            Entry::Commit { branches, .. } if branches.is_empty() => KIND_COMMIT,
+            Entry::Commit { .. } => KIND_DECISION,
+            Entry::Begin { .. } => KIND_BEGIN,
             Entry::Abort { .. } => KIND_ABORT,
             Entry::Done { .. } => KIND_DONE,
             Entry::Account { .. } => KIND_ACCOUNT,
@@ -270,10 +361,16 @@ impl Entry {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         match self {
-            Entry::Commit { tx, fingerprint, changes, external } => {
-                let external: Vec<&str> = external.iter().map(String::as_str).collect();
+            Entry::Commit { tx, fingerprint, changes, branches } => {
                 let changes = changes.iter().map(|c| (c.service.as_str(), c.account.as_str(), c.delta));
-                return encode_commit(*tx, *fingerprint, changes, &external);
+                if branches.is_empty() {
+                    return encode_commit(*tx, *fingerprint, changes);
+                }
+                let branches = branches.iter().map(|b| (b.service.as_str(), b.index, b.prepared.as_deref()));
+                return encode_decision(*tx, *fingerprint, changes, branches);
+            }
+            Entry::Begin { tx, branches } => {
+                return encode_begin(*tx, branches.iter().map(|b| (b.service.as_str(), b.index)));
             }
             Entry::Abort { tx, fingerprint, reason } => {
                 w.u128(tx.as_u128());
@@ -298,7 +395,7 @@ impl Entry {
     pub(crate) fn decode(kind: u8, payload: &[u8]) -> Result<Entry, DecodeError> {
         let mut r = Reader::new(payload, "log record");
         let entry = match kind {
-            KIND_COMMIT => {
+            KIND_COMMIT | KIND_DECISION => {
                 let tx = TxId::from_u128(r.u128()?);
                 let fingerprint = r.u64()?;
                 let n = r.count(12)?;
@@ -307,11 +404,25 @@ impl Entry {
                     changes.push(Change { service: r.str()?, account: r.str()?, delta: r.i64()? });
                 }
                 let n = r.count(2)?;
-                let mut external = Vec::with_capacity(n);
+                let mut branches = Vec::with_capacity(n);
                 for _ in 0..n {
-                    external.push(r.str()?);
+                    branches.push(if kind == KIND_COMMIT {
+                        // Written before branches: one per external service.
+                        BranchRecord { service: r.str()?, index: 0, prepared: None }
+                    } else {
+                        read_branch(&mut r)?
+                    });
                 }
-                Entry::Commit { tx, fingerprint, changes, external }
+                Entry::Commit { tx, fingerprint, changes, branches }
+            }
+            KIND_BEGIN => {
+                let tx = TxId::from_u128(r.u128()?);
+                let n = r.count(4)?;
+                let mut branches = Vec::with_capacity(n);
+                for _ in 0..n {
+                    branches.push(BranchRecord { service: r.str()?, index: r.u16()?, prepared: None });
+                }
+                Entry::Begin { tx, branches }
             }
             KIND_ABORT => {
                 Entry::Abort { tx: TxId::from_u128(r.u128()?), fingerprint: r.u64()?, reason: read_reason(&mut r)? }
@@ -338,11 +449,13 @@ pub(crate) struct Remembered {
     pub aborted: Option<AbortReason>,
 }
 
-/// A committed transaction some external participant has not acknowledged.
+/// A decided transaction some non-ledger branches have not acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unresolved {
     pub tx: TxId,
-    pub external: Vec<String>,
+    /// True for a commit, false for a rollback (of logged external branches).
+    pub commit: bool,
+    pub branches: Vec<BranchRecord>,
 }
 
 /// An operator's action, kept across checkpoints (audit trail).
@@ -411,9 +524,10 @@ impl Checkpoint {
         w.u64(self.unresolved.len() as u64);
         for u in &self.unresolved {
             w.u128(u.tx.as_u128());
-            w.u64(u.external.len() as u64);
-            for s in &u.external {
-                w.str(s);
+            w.u8(u8::from(u.commit));
+            w.u64(u.branches.len() as u64);
+            for b in &u.branches {
+                write_branch(&mut w, &b.service, b.index, b.prepared.as_deref());
             }
         }
         w.u64(self.operator.len() as u64);
@@ -425,9 +539,11 @@ impl Checkpoint {
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
         let mut r = Reader::new(bytes, "checkpoint");
-        if r.take(8)? != CHECKPOINT_MAGIC {
-            return Err(DecodeError { what: "checkpoint magic", offset: 0 });
-        }
+        let version = match r.take(8)? {
+            m if m == CHECKPOINT_MAGIC => 2,
+            m if m == CHECKPOINT_MAGIC_V1 => 1,
+            _ => return Err(DecodeError { what: "checkpoint magic", offset: 0 }),
+        };
         let mut c = Checkpoint { high_water: r.u128()?, ..Default::default() };
         for _ in 0..r.count(10)? {
             let service = r.str()?;
@@ -450,12 +566,24 @@ impl Checkpoint {
         }
         for _ in 0..r.count(24)? {
             let tx = TxId::from_u128(r.u128()?);
+            let at = r.at;
+            let commit = match version {
+                1 => true,
+                _ => match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError { what: "checkpoint decision", offset: at }),
+                },
+            };
             let n = r.count(2)?;
-            let mut external = Vec::with_capacity(n);
+            let mut branches = Vec::with_capacity(n);
             for _ in 0..n {
-                external.push(r.str()?);
+                branches.push(match version {
+                    1 => BranchRecord { service: r.str()?, index: 0, prepared: None },
+                    _ => read_branch(&mut r)?,
+                });
             }
-            c.unresolved.push(Unresolved { tx, external });
+            c.unresolved.push(Unresolved { tx, commit, branches });
         }
         if !r.is_done() {
             for _ in 0..r.count(27)? {
@@ -481,7 +609,20 @@ mod tests {
                     Change { service: "svc-0".into(), account: "acct-1".into(), delta: -5 },
                     Change { service: "svc-1".into(), account: "acct-2".into(), delta: 5 },
                 ],
-                external: vec!["inventory".into()],
+                branches: vec![],
+            },
+            Entry::Commit {
+                tx: TxId::from_u128(7 << 64 | 4),
+                fingerprint: 98,
+                changes: vec![Change { service: "svc-0".into(), account: "acct-1".into(), delta: -5 }],
+                branches: vec![
+                    BranchRecord { service: "inventory".into(), index: 1, prepared: None },
+                    BranchRecord { service: "flights".into(), index: 2, prepared: Some(b"seat 12A".to_vec()) },
+                ],
+            },
+            Entry::Begin {
+                tx: TxId::from_u128(7 << 64 | 5),
+                branches: vec![BranchRecord { service: "flights".into(), index: 0, prepared: None }],
             },
             Entry::Abort {
                 tx: TxId::from_u128(8),
@@ -521,7 +662,18 @@ mod tests {
                 Remembered { tx: TxId::from_u128(1), fingerprint: 3, aborted: None },
                 Remembered { tx: TxId::from_u128(2), fingerprint: 4, aborted: Some(AbortReason::LockTimeout) },
             ],
-            unresolved: vec![Unresolved { tx: TxId::from_u128(1), external: vec!["x".into()] }],
+            unresolved: vec![
+                Unresolved {
+                    tx: TxId::from_u128(1),
+                    commit: true,
+                    branches: vec![BranchRecord { service: "x".into(), index: 3, prepared: Some(vec![1, 2]) }],
+                },
+                Unresolved {
+                    tx: TxId::from_u128(3),
+                    commit: false,
+                    branches: vec![BranchRecord { service: "y".into(), index: 0, prepared: None }],
+                },
+            ],
             operator: vec![OperatorRecord {
                 tx: TxId::from_u128(2),
                 action: Action::Commit,
@@ -544,13 +696,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(kind in 0u8..7, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn random_bytes_never_panic(kind in 0u8..9, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Entry::decode(kind, &bytes);
             let _ = Checkpoint::decode(&bytes);
         }
 
         #[test]
-        fn mutated_records_never_panic(index in 0usize..7, at in any::<usize>(), byte in any::<u8>()) {
+        fn mutated_records_never_panic(index in 0usize..9, at in any::<usize>(), byte in any::<u8>()) {
             let e = &samples()[index];
             let mut bytes = e.encode();
             let at = at % bytes.len();

@@ -8,8 +8,8 @@ use hashbrown::HashMap;
 use super::codec::{Action, Checkpoint, Entry, OperatorRecord};
 use super::dirlock::DirLock;
 use super::{
-    Journal, JournalConfig, RecoveryReport, control, read_checkpoint, read_entry, recorded_outcomes,
-    unresolved_commits, wal_error,
+    Journal, JournalConfig, RecoveryReport, control, open_transactions, read_checkpoint, read_entry, recorded_outcomes,
+    wal_error,
 };
 use crate::coordinator::{Coordinator, Durability};
 use crate::error::{Error, Result};
@@ -78,6 +78,13 @@ pub struct RecoverySummary {
     pub negative_balances: u64,
     /// Commits still waiting for an external participant's acknowledgement.
     pub unresolved_external: usize,
+}
+
+/// The services of an open transaction's branches, each named once.
+fn services_of(open: &super::Open) -> Vec<String> {
+    let mut names: Vec<String> = open.branches.iter().map(|b| b.service.clone()).collect();
+    names.dedup();
+    names
 }
 
 /// A data directory written by a coordinator in durable mode.
@@ -180,8 +187,10 @@ impl DataDir {
     /// If a coordinator is running on it, its live view (through the
     /// control channel): failing calls with attempts, next retry and last
     /// error, parked calls, unacknowledged commits. Otherwise what the log
-    /// shows (read-only): commits whose external participants have not all
-    /// acknowledged. A saga executor's directory lists its unfinished sagas.
+    /// shows (read-only): decided transactions whose non-ledger branches
+    /// have not all acknowledged, and begun ones without a decision (the
+    /// next open rolls them back). A saga executor's directory lists its
+    /// unfinished sagas.
     pub fn unfinished(&self) -> Result<Vec<UnfinishedTx>> {
         if self.is_live()? {
             return match self.control(&control::Request::Unfinished)? {
@@ -194,25 +203,34 @@ impl DataDir {
             return self.unfinished_sagas();
         }
         let (checkpoint, entries) = Self::decode(inspection)?;
-        let open = unresolved_commits(checkpoint.as_ref(), &entries);
+        let open = open_transactions(checkpoint.as_ref(), &entries);
         let mut list: Vec<UnfinishedTx> = open
             .into_iter()
-            .map(|(tx, participants)| UnfinishedTx {
-                tx,
-                kind: TxKind::TwoPhase,
-                state: TxState::Committing,
-                age_seconds: age_seconds(tx),
-                participants: participants
-                    .into_iter()
-                    .map(|name| ParticipantState {
-                        name,
-                        phase: "awaiting-ack".into(),
-                        attempts: 0,
-                        next_retry_in_ms: None,
-                        last_error: None,
-                    })
-                    .collect(),
-                reason: None,
+            .map(|(tx, open)| {
+                let (state, phase) = match open.decision {
+                    Some(true) => (TxState::Committing, "awaiting-ack"),
+                    Some(false) => (TxState::RollingBack, "awaiting-rollback"),
+                    None => (TxState::InDoubt, "in-doubt"),
+                };
+                UnfinishedTx {
+                    tx,
+                    kind: TxKind::TwoPhase,
+                    state,
+                    age_seconds: age_seconds(tx),
+                    participants: open
+                        .branches
+                        .into_iter()
+                        .map(|b| ParticipantState {
+                            name: b.service,
+                            branch: Some(b.index),
+                            phase: phase.into(),
+                            attempts: 0,
+                            next_retry_in_ms: None,
+                            last_error: None,
+                        })
+                        .collect(),
+                    reason: None,
+                }
             })
             .collect();
         list.sort_by_key(|u| u.tx);
@@ -312,7 +330,7 @@ impl DataDir {
         let outcomes = recorded_outcomes(replayed.checkpoint.as_ref(), entries.clone());
         let outcome = outcomes.get(&tx).cloned();
         let oldest = outcomes.keys().min().copied();
-        let awaiting = unresolved_commits(replayed.checkpoint.as_ref(), entries).remove(&tx);
+        let awaiting = open_transactions(replayed.checkpoint.as_ref(), entries).remove(&tx);
         let unsafe_because = |why: &str| Err(Error::UnsafeResolution { tx, reason: why.into() });
         let report =
             |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });
@@ -328,17 +346,34 @@ impl DataDir {
             ),
             (Resolution::Commit, Some(_)) => match awaiting {
                 None => report(Vec::new(), "already committed everywhere"),
-                Some(services) => {
+                Some(open) => {
                     record(Action::Commit, Entry::Done { tx })?;
-                    report(services, "recorded as finished; participants are not called again")
+                    report(services_of(&open), "recorded as finished; participants are not called again")
                 }
             },
-            (Resolution::Abort, Some(Outcome::Aborted(_))) => report(Vec::new(), "already aborted"),
+            (Resolution::Abort, Some(Outcome::Aborted(_))) => match awaiting {
+                None => report(Vec::new(), "already aborted"),
+                Some(open) => {
+                    record(Action::Abort, Entry::Done { tx })?;
+                    report(services_of(&open), "recorded as rolled back; participants are not called again")
+                }
+            },
             (Resolution::Abort, Some(_)) => unsafe_because(
                 "its commit decision is recorded and participants may have applied it; an abort would break atomicity",
             ),
             (Resolution::Abort, None) if oldest.is_some_and(|o| tx < o) => {
                 unsafe_because("it is older than every id the log remembers; its outcome may have been forgotten")
+            }
+            (Resolution::Abort, None) if awaiting.as_ref().is_some_and(|o| o.decision.is_none()) => {
+                // Begun, no decision: presumed abort already makes it an
+                // abort; the next open rolls its external branches back.
+                let abort =
+                    Entry::Abort { tx, fingerprint: 0, reason: AbortReason::Operator { reason: reason.into() } };
+                record(Action::Abort, abort)?;
+                report(
+                    Vec::new(),
+                    "no decision was recorded: recorded as aborted; the next open rolls back its branches",
+                )
             }
             (Resolution::Abort, None) => {
                 let abort =
@@ -748,8 +783,8 @@ fn replay(findings: &mut Findings, checkpoint: &Checkpoint, entries: &[(u64, Ent
     }
     for (lsn, entry) in entries {
         match entry {
-            Entry::Commit { tx, changes, external, .. } => {
-                replay_commit(findings, &mut balances, *lsn, tx, changes, external)
+            Entry::Commit { tx, changes, branches, .. } => {
+                replay_commit(findings, &mut balances, *lsn, tx, changes, !branches.is_empty())
             }
             Entry::Account { service, account, balance } => {
                 let Some(ledger) = balances.get_mut(service) else {
@@ -761,7 +796,7 @@ fn replay(findings: &mut Findings, checkpoint: &Checkpoint, entries: &[(u64, Ent
                 let old = ledger.insert(account.clone(), (*balance, Some(*lsn))).map_or(0, |(b, _)| b);
                 findings.report.created_total += i128::from(*balance) - i128::from(old);
             }
-            Entry::Abort { .. } | Entry::Done { .. } | Entry::Operator { .. } => {}
+            Entry::Abort { .. } | Entry::Begin { .. } | Entry::Done { .. } | Entry::Operator { .. } => {}
         }
     }
     let report = &mut findings.report;
@@ -802,7 +837,7 @@ fn replay_commit(
     lsn: u64,
     tx: &TxId,
     changes: &[super::codec::Change],
-    external: &[String],
+    external: bool,
 ) {
     let mut net = 0i128;
     for change in changes {
@@ -838,7 +873,7 @@ fn replay_commit(
             }
         }
     }
-    if external.is_empty() {
+    if !external {
         if net != 0 {
             let detail = format!("commit {tx} among ledgers only changes the total by {net}");
             findings.at_record(lsn, "money_not_conserved", detail, false);

@@ -7,7 +7,11 @@
 //!   changes, so one record makes a cross-service transfer atomic and durable.
 //! - `Abort`: for transactions with a caller-chosen id, so a resubmission
 //!   after a crash still gets its answer.
-//! - `Done`: every external participant acknowledged a commit.
+//! - `Decision` (kind 6): a commit that also names its non-ledger branches
+//!   (and what external participants need to commit after a crash).
+//! - `Begin`: external branches about to be asked to prepare, durable before
+//!   the first prepare is sent.
+//! - `Done`: every non-ledger branch applied the decision.
 //!
 //! The outcome is returned only once the record is durable (group commit).
 //! Locks are released before that wait (early lock release): a dependent
@@ -28,7 +32,9 @@ use crate::error::{Error, Result};
 use crate::sync::{AtomicU64, Ordering};
 use crate::wal::{FsStorage, Lsn, Storage, Wal, WalConfig, WalError};
 
-pub(crate) use codec::{Checkpoint, Encoded, Entry, Remembered, Unresolved, encode_commit};
+pub(crate) use codec::{
+    BranchRecord, Checkpoint, Encoded, Entry, Remembered, Unresolved, encode_begin, encode_commit, encode_decision,
+};
 
 /// What recovery found and did, for `Coordinator::recovery` and `dtc recover`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -59,20 +65,47 @@ pub(crate) fn wal_error(error: WalError) -> Error {
     }
 }
 
-/// A checkpoint's snapshot, or the corruption that prevents reading it.
-/// Commits whose external participants have not all acknowledged (no `Done`
-/// yet), as of the checkpoint and the records after it, with those
-/// participants.
-pub(crate) fn unresolved_commits<'a>(
+/// A transaction whose non-ledger branches may not all have applied its
+/// outcome: logged as begun (external branches about to prepare) or decided,
+/// and no `Done` yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Open {
+    /// `Some(true)`: commit decided; `Some(false)`: abort recorded; `None`:
+    /// begun without a decision, which presumed abort makes an abort.
+    pub decision: Option<bool>,
+    pub branches: Vec<BranchRecord>,
+}
+
+impl Open {
+    pub(crate) fn is_commit(&self) -> bool {
+        self.decision == Some(true)
+    }
+}
+
+/// Every open transaction as of the checkpoint and the records after it.
+pub(crate) fn open_transactions<'a>(
     checkpoint: Option<&Checkpoint>,
     entries: impl IntoIterator<Item = &'a Entry>,
-) -> hashbrown::HashMap<crate::txn::TxId, Vec<String>> {
-    let mut open: hashbrown::HashMap<_, _> =
-        checkpoint.iter().flat_map(|c| &c.unresolved).map(|u| (u.tx, u.external.clone())).collect();
+) -> hashbrown::HashMap<crate::txn::TxId, Open> {
+    let mut open: hashbrown::HashMap<_, _> = checkpoint
+        .iter()
+        .flat_map(|c| &c.unresolved)
+        .map(|u| (u.tx, Open { decision: Some(u.commit), branches: u.branches.clone() }))
+        .collect();
     for entry in entries {
         match entry {
-            Entry::Commit { tx, external, .. } if !external.is_empty() => {
-                open.insert(*tx, external.clone());
+            Entry::Begin { tx, branches } => {
+                open.entry(*tx).or_insert_with(|| Open { decision: None, branches: branches.clone() });
+            }
+            Entry::Commit { tx, branches, .. } if !branches.is_empty() => {
+                open.insert(*tx, Open { decision: Some(true), branches: branches.clone() });
+            }
+            Entry::Abort { tx, .. } => {
+                if let Some(o) = open.get_mut(tx)
+                    && o.decision.is_none()
+                {
+                    o.decision = Some(false);
+                }
             }
             Entry::Done { tx } => {
                 open.remove(tx);
@@ -231,6 +264,16 @@ impl Journal {
 
     pub(crate) fn end(&self) -> Lsn {
         self.wal.end_lsn()
+    }
+
+    /// Everything below this position is durable.
+    pub(crate) fn durable(&self) -> Lsn {
+        self.wal.durable_lsn()
+    }
+
+    /// Largest record (or batch of records) the log takes.
+    pub(crate) fn max_record_bytes(&self) -> u64 {
+        self.config.wal.max_record_bytes()
     }
 
     /// Log bytes written since the newest checkpoint.

@@ -842,6 +842,7 @@ pub(crate) fn unfinished_row(saga: SagaInfo) -> Option<crate::UnfinishedTx> {
         .enumerate()
         .map(|(i, name)| ParticipantState {
             name: name.clone(),
+            branch: None,
             phase: if i >= compensated_from { "compensated" } else { "completed" }.into(),
             attempts: 0,
             next_retry_in_ms: None,

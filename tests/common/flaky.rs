@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use dtc::{Failure, Operation, Participant, Prepared, Refusal, TxId};
+use dtc::{BranchId, Failure, Participant, Refusal, Work};
 
 /// Failures to inject: counts of calls left to fail (`u32::MAX`: forever).
 #[derive(Debug, Default)]
@@ -53,7 +53,9 @@ impl Switches {
 pub struct Flaky(pub Arc<Switches>);
 
 impl Participant for Flaky {
-    fn prepare(&mut self, _tx: TxId, _ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
+    type Prepared = ();
+
+    fn prepare(&mut self, _branch: BranchId, _work: Work<'_>) -> Result<(), Refusal> {
         self.0.prepares.fetch_add(1, Ordering::SeqCst);
         if self.0.refuse_prepare.load(Ordering::SeqCst) {
             if let Some(other) = self.0.refuse_after.lock().clone() {
@@ -63,9 +65,9 @@ impl Participant for Flaky {
             }
             return Err(Refusal::Other { code: "closed".into(), message: "not today".into() });
         }
-        Ok(Prepared::empty())
+        Ok(())
     }
-    fn commit(&mut self, _tx: TxId, _prepared: &Prepared) -> Result<(), Failure> {
+    fn commit(&mut self, _branch: BranchId, _prepared: &()) -> Result<(), Failure> {
         self.0.commit_calls.fetch_add(1, Ordering::SeqCst);
         if Switches::take_failure(&self.0.fail_commits) {
             return Err(Failure::with_code(self.0.code.lock().clone(), "commit failed"));
@@ -73,7 +75,7 @@ impl Participant for Flaky {
         self.0.commits.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn rollback(&mut self, _tx: TxId) -> Result<(), Failure> {
+    fn rollback(&mut self, _branch: BranchId, _prepared: Option<&()>) -> Result<(), Failure> {
         self.0.rollback_calls.fetch_add(1, Ordering::SeqCst);
         if Switches::take_failure(&self.0.fail_rollbacks) {
             return Err(Failure::with_code(self.0.code.lock().clone(), "rollback failed"));

@@ -16,14 +16,18 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use dtc::{
-    BalanceSummary, Builder, Coordinator, Directory, Failure, FaultCounter, FaultPlan, Faulty, Ledger, Operation,
-    Participant, Prepared, Refusal, Transfer, TxId,
+    BalanceSummary, BranchId, Builder, Coordinator, Directory, Failure, FaultCounter, FaultPlan, Faulty, Ledger,
+    LedgerHold, Participant, Refusal, Transfer, TxId, Work,
 };
 
 /// The seed to use: `DTC_TEST_SEED` if set (to replay a failure), else `default`.
 pub fn seed(default: u64) -> u64 {
     std::env::var("DTC_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
+
+/// A participant wrapping a ledger, boxed so that differently wrapped
+/// ledgers can be registered by one helper.
+pub type Boxed = Box<dyn Participant<Prepared = LedgerHold>>;
 
 /// `accounts` accounts `acct-<i>` spread over `services` ledgers `svc-<i % S>`,
 /// each starting at `balance`. The test keeps clones of the ledgers, so it can
@@ -81,7 +85,7 @@ impl Bank {
     }
 
     /// A builder registering `wrap(service number, ledger)` for each service.
-    pub fn builder_with(&self, mut wrap: impl FnMut(usize, Ledger) -> Box<dyn Participant>) -> Builder {
+    pub fn builder_with(&self, mut wrap: impl FnMut(usize, Ledger) -> Boxed) -> Builder {
         let mut builder = Coordinator::builder();
         for (s, (name, ledger)) in self.services.iter().zip(&self.ledgers).enumerate() {
             builder = builder.service(name.clone(), wrap(s, ledger.clone()));
@@ -348,35 +352,37 @@ impl Probe {
 }
 
 impl Participant for Probe {
-    fn prepare(&mut self, tx: TxId, ops: &[Operation<'_>]) -> Result<Prepared, Refusal> {
-        let c = &self.control;
+    type Prepared = LedgerHold;
+
+    fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> Result<LedgerHold, Refusal> {
+        let (c, tx) = (&self.control, branch.tx);
         c.record(tx, |calls| calls.prepare += 1);
         c.block_while(&c.hold_prepare);
         ProbeControl::maybe_panic(&c.panic_prepare, "prepare", tx);
-        let result = self.ledger.prepare(tx, ops);
+        let result = self.ledger.prepare(branch, work);
         if result.is_ok() {
             c.record(tx, |calls| calls.prepare_ok += 1);
         }
         result
     }
 
-    fn commit(&mut self, tx: TxId, prepared: &Prepared) -> Result<(), Failure> {
-        let c = &self.control;
+    fn commit(&mut self, branch: BranchId, prepared: &LedgerHold) -> Result<(), Failure> {
+        let (c, tx) = (&self.control, branch.tx);
         c.record(tx, |calls| calls.commit += 1);
         c.block_while(&c.hold_commit);
         ProbeControl::maybe_panic(&c.panic_commit, "commit", tx);
-        let result = self.ledger.commit(tx, prepared);
+        let result = self.ledger.commit(branch, prepared);
         if result.is_ok() {
             c.record(tx, |calls| calls.commit_ok += 1);
         }
         result
     }
 
-    fn rollback(&mut self, tx: TxId) -> Result<(), Failure> {
-        let c = &self.control;
+    fn rollback(&mut self, branch: BranchId, prepared: Option<&LedgerHold>) -> Result<(), Failure> {
+        let (c, tx) = (&self.control, branch.tx);
         c.record(tx, |calls| calls.rollback += 1);
         ProbeControl::maybe_panic(&c.panic_rollback, "rollback", tx);
-        let result = self.ledger.rollback(tx);
+        let result = self.ledger.rollback(branch, prepared);
         if result.is_ok() {
             c.record(tx, |calls| calls.rollback_ok += 1);
         }
