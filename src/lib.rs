@@ -45,6 +45,7 @@ mod coordinator;
 mod durable;
 mod error;
 mod fault;
+mod handlers;
 mod ledger;
 mod metrics;
 mod operator;
@@ -67,6 +68,7 @@ pub use durable::{
 };
 pub use error::{Error, Result};
 pub use fault::{FaultCounter, FaultPlan, FaultRates, Faulty, InjectedFaults};
+pub use handlers::Handlers;
 pub use ledger::{Ledger, LedgerHold, MAX_ACCOUNT_ID_BYTES};
 pub use metrics::render_prometheus;
 pub use metrics::{LatencySummary, MetricsSnapshot};

@@ -655,7 +655,11 @@ impl Service {
 
     fn commit(&self, core: &mut Core, key: TxKey, id: BranchId, inline: bool, after: Option<Lsn>) -> Option<Answer> {
         match core.barrier.decide(key, Phase::Commit) {
-            Decision::AlreadyDone => return Some(Answer::Done),
+            Decision::AlreadyDone => {
+                // A duplicate delivery: acknowledging again is harmless.
+                self.outstanding.acknowledged(key, self.index, Step::Commit);
+                return Some(Answer::Done);
+            }
             Decision::Call => {}
             _ => return Some(self.violation(id, "commit")),
         }
@@ -694,7 +698,11 @@ impl Service {
 
     fn rollback(&self, core: &mut Core, key: TxKey, id: BranchId, inline: bool) -> Option<Answer> {
         match core.barrier.decide(key, Phase::Rollback) {
-            Decision::AlreadyDone => return Some(Answer::Done),
+            Decision::AlreadyDone => {
+                // Refused, cancelled or rolled back before: it holds nothing.
+                self.outstanding.acknowledged(key, self.index, Step::Rollback);
+                return Some(Answer::Done);
+            }
             Decision::Call => {}
             _ => return Some(self.violation(id, "rollback")),
         }
