@@ -46,6 +46,7 @@ pub use error::WalError;
 pub use memory::{FaultKind, FaultOp, MemStorage};
 pub use record::{KIND_PADDING, KIND_SYNC_MARKER};
 pub use recovery::{Inspection, Problem, Record, Recovery, Verdict};
+pub use storage::ReadFile;
 pub use storage::{FsStorage, SegmentFile, Storage};
 
 use group::{GroupCommit, WaitError};
