@@ -115,7 +115,7 @@ pub const MAX_RUNS: usize = 64;
 /// Runs one merge reads at once (bounds the merge's buffers).
 const MAX_MERGE_INPUTS: usize = 16;
 /// Keys of the in-memory sparse index of one run.
-const MAX_SAMPLES: u64 = 256;
+const MAX_SAMPLES: u64 = 1024;
 /// Below this many candidates a lookup reads them in one go (4 KiB).
 const PAGE_ENTRIES: u64 = 128;
 /// Entries a merge input reads at once (32 KiB).
@@ -186,6 +186,30 @@ struct Writers {
     next_seq: u64,
 }
 
+/// What lookups see, replaced together so that a lookup never misses a run
+/// that expiry removed without also seeing the watermark that refuses it.
+struct Live {
+    /// Newest cover first.
+    runs: Arc<Vec<Arc<Run>>>,
+    /// Ids with an older timestamp are beyond the horizon (never lowered).
+    expired_before_unix_ns: u64,
+}
+
+/// What the archive knows of an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its recorded outcome.
+    Remembered(Remembered),
+    /// Nothing: inside the horizon, so it never finished (or never ran).
+    Unknown,
+    /// Its timestamp is older than what expiry may have removed: its outcome
+    /// cannot be known, so it must be refused, never run.
+    BeyondHorizon {
+        /// The expiry watermark it is older than.
+        expired_before_unix_ns: u64,
+    },
+}
+
 /// The archive of runs in one data directory. Lookups run concurrently with
 /// each other and with one writer (`add_run`, `expire`, `compact` are
 /// serialised among themselves).
@@ -193,15 +217,18 @@ pub struct IdArchive {
     storage: Arc<dyn Storage>,
     horizon: Duration,
     read_only: bool,
-    /// Live runs, newest cover first; replaced whole (lookups clone the Arc
-    /// and read without the lock).
-    runs: Mutex<Arc<Vec<Arc<Run>>>>,
+    /// Replaced whole; lookups clone the Arc and read without the lock.
+    live: Mutex<Live>,
     writers: Mutex<Writers>,
 }
 
 impl std::fmt::Debug for IdArchive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdArchive").field("horizon", &self.horizon).field("stats", &self.stats()).finish()
+        f.debug_struct("IdArchive")
+            .field("horizon", &self.horizon)
+            .field("expired_before_unix_ns", &self.expired_before_unix_ns())
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -736,7 +763,7 @@ impl IdArchive {
             storage,
             horizon,
             read_only,
-            runs: Mutex::new(Arc::new(live)),
+            live: Mutex::new(Live { runs: Arc::new(live), expired_before_unix_ns: 0 }),
             writers: Mutex::new(Writers { next_seq }),
         })
     }
@@ -747,7 +774,21 @@ impl IdArchive {
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<Run>>> {
-        self.runs.lock().clone()
+        self.live.lock().runs.clone()
+    }
+
+    /// Ids older than this (ns since the Unix epoch) are beyond the horizon:
+    /// the largest `now - horizon` any `expire` used, or what
+    /// `set_expired_before` restored. Independent of the clock going back.
+    pub fn expired_before_unix_ns(&self) -> u64 {
+        self.live.lock().expired_before_unix_ns
+    }
+
+    /// Raises the expiry watermark, e.g. to the value a checkpoint saved
+    /// (so a clock stepped back after a restart cannot revive expired ids).
+    pub fn set_expired_before(&self, unix_ns: u64) {
+        let mut live = self.live.lock();
+        live.expired_before_unix_ns = live.expired_before_unix_ns.max(unix_ns);
     }
 
     /// Writes one run of `entries` (sorted by id, the last of equal ids
@@ -808,23 +849,33 @@ impl IdArchive {
 
     /// Replaces the runs named in `removed` (and adds `added`) in the live list.
     fn publish(&self, removed: &[u64], added: Option<Run>) {
-        let mut runs = self.runs.lock();
-        let mut next: Vec<Arc<Run>> = runs.iter().filter(|r| !removed.contains(&r.info.seq)).cloned().collect();
+        let mut live = self.live.lock();
+        let mut next: Vec<Arc<Run>> = live.runs.iter().filter(|r| !removed.contains(&r.info.seq)).cloned().collect();
         next.extend(added.map(Arc::new));
         next.sort_by_key(|r| std::cmp::Reverse(r.info.last_seq));
-        *runs = Arc::new(next);
+        live.runs = Arc::new(next);
     }
 
     /// The remembered outcome of `tx`: the runs whose id range covers it,
-    /// newest first. An id outside every range costs no read.
+    /// newest first. An id outside every range costs no read. Says nothing
+    /// of the horizon: the coordinator wants `lookup`.
     pub fn get(&self, tx: TxId) -> Result<Option<Remembered>> {
-        let runs = self.snapshot();
-        for run in runs.iter() {
-            if let Some(e) = search(run, tx.as_u128())? {
-                return outcome(run, e).map(Some);
-            }
+        search_runs(&self.snapshot(), tx)
+    }
+
+    /// What the archive knows of `tx`, the expiry watermark included: an id
+    /// older than it is `BeyondHorizon` even if a run still holds it. The
+    /// runs and the watermark are read together, so a concurrent `expire`
+    /// can never make an id inside the old horizon look `Unknown`.
+    pub fn lookup(&self, tx: TxId) -> Result<Lookup> {
+        let (runs, expired_before_unix_ns) = {
+            let live = self.live.lock();
+            (live.runs.clone(), live.expired_before_unix_ns)
+        };
+        if tx.timestamp_ns() < expired_before_unix_ns {
+            return Ok(Lookup::BeyondHorizon { expired_before_unix_ns });
         }
-        Ok(None)
+        Ok(search_runs(&runs, tx)?.map_or(Lookup::Unknown, Lookup::Remembered))
     }
 
     /// Removes the runs whose newest id is older than `now_unix_ns - horizon`
@@ -834,15 +885,21 @@ impl IdArchive {
             return Err(read_only_error());
         }
         let _writers = self.writers.lock();
-        let cutoff_ns = now_unix_ns.saturating_sub(horizon_ns(self.horizon));
-        let expired: Vec<Arc<Run>> =
-            self.snapshot().iter().filter(|r| r.info.newest_unix_ns() < cutoff_ns).cloned().collect();
+        let expired = {
+            let mut live = self.live.lock();
+            // A clock stepped back never lowers the watermark.
+            let cutoff_ns = now_unix_ns.saturating_sub(horizon_ns(self.horizon)).max(live.expired_before_unix_ns);
+            let (expired, kept): (Vec<Arc<Run>>, Vec<Arc<Run>>) =
+                live.runs.iter().cloned().partition(|r| r.info.newest_unix_ns() < cutoff_ns);
+            // Watermark and list together, before any file goes (a lookup
+            // holding an old list keeps reading its open files).
+            live.expired_before_unix_ns = cutoff_ns;
+            live.runs = Arc::new(kept);
+            expired
+        };
         if expired.is_empty() {
             return Ok(0);
         }
-        let seqs: Vec<u64> = expired.iter().map(|r| r.info.seq).collect();
-        // Out of the list first: a lookup holding one keeps reading its open file.
-        self.publish(&seqs, None);
         self.remove_files(&expired)?;
         Ok(expired.len())
     }
@@ -947,6 +1004,15 @@ impl IdArchive {
             bytes_in_memory: std::mem::size_of::<IdArchive>() as u64 + runs.iter().map(|r| per_run(r)).sum::<u64>(),
         }
     }
+}
+
+fn search_runs(runs: &[Arc<Run>], tx: TxId) -> Result<Option<Remembered>> {
+    for run in runs {
+        if let Some(e) = search(run, tx.as_u128())? {
+            return outcome(run, e).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 fn header_crc(seq: u64) -> u32 {

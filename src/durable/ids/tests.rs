@@ -197,6 +197,35 @@ fn expiry_keeps_exactly_the_ids_inside_the_horizon() {
 }
 
 #[test]
+fn the_watermark_refuses_expired_ids_even_when_the_clock_steps_back() {
+    let horizon = Duration::from_nanos(HOUR_NS);
+    let storage = MemStorage::new();
+    let archive = IdArchive::open(Arc::new(storage.clone()), horizon).unwrap();
+    let (old, recent) = (id(NOW_NS - 2 * HOUR_NS, 1), id(NOW_NS, 1));
+    archive.add_run(vec![committed(old, 1)]).unwrap();
+    archive.add_run(vec![committed(recent, 2)]).unwrap();
+    assert_eq!(archive.lookup(old).unwrap(), Lookup::Remembered(committed(old, 1)));
+    assert_eq!(archive.expire(NOW_NS).unwrap(), 1);
+    let cutoff = NOW_NS - HOUR_NS;
+    assert_eq!(archive.expired_before_unix_ns(), cutoff);
+    let beyond = Lookup::BeyondHorizon { expired_before_unix_ns: cutoff };
+    assert_eq!(archive.lookup(old).unwrap(), beyond);
+    assert_eq!(archive.lookup(id(cutoff - 1, 7)).unwrap(), beyond, "never stored, still refused");
+    assert_eq!(archive.lookup(id(cutoff, 7)).unwrap(), Lookup::Unknown);
+    assert_eq!(archive.lookup(recent).unwrap(), Lookup::Remembered(committed(recent, 2)));
+    // The clock steps back three hours: nothing comes back to life.
+    assert_eq!(archive.expire(NOW_NS - 3 * HOUR_NS).unwrap(), 0);
+    assert_eq!(archive.expired_before_unix_ns(), cutoff);
+    assert_eq!(archive.lookup(old).unwrap(), beyond);
+    // After a restart the watermark comes from the caller (a checkpoint).
+    let reopened = IdArchive::open(Arc::new(storage.clone()), horizon).unwrap();
+    assert_eq!(reopened.lookup(old).unwrap(), Lookup::Unknown, "run and watermark both gone");
+    reopened.set_expired_before(cutoff);
+    reopened.set_expired_before(cutoff - 5);
+    assert_eq!(reopened.lookup(old).unwrap(), beyond);
+}
+
+#[test]
 fn compaction_bounds_files_and_keeps_every_entry() {
     let mut rng = SmallRng::seed_from_u64(11);
     let storage = MemStorage::new();
@@ -390,7 +419,7 @@ fn lookups_run_during_writes() {
             let reader = archive.clone();
             scope.spawn(move || {
                 for _ in 0..2_000 {
-                    assert_eq!(reader.get(kept).unwrap(), Some(committed(kept, 1)));
+                    assert_eq!(reader.lookup(kept).unwrap(), Lookup::Remembered(committed(kept, 1)));
                 }
             });
         }
