@@ -249,6 +249,7 @@ fn compaction_bounds_files_and_keeps_every_entry() {
     archive.compact().unwrap();
     let stats = archive.stats();
     assert!(stats.runs <= MAX_RUNS, "{stats:?}");
+    assert!(stats.bytes_merged > 0 && stats.bytes_added > 0, "{stats:?}");
     // Duplicates merge away inside a merged window; across runs they stay.
     assert!(stats.ids >= model.len() as u64 && stats.ids < 150 * 43, "{stats:?}");
     assert_exact(&archive, &model);
@@ -265,15 +266,70 @@ fn compaction_bounds_files_and_keeps_every_entry() {
 }
 
 #[test]
-fn merges_pick_the_smallest_adjacent_window() {
+fn merges_pick_a_run_and_its_newer_neighbour_then_the_smallest_window() {
+    // Tiering: older at most twice newer, sum within 1/32 of the total,
+    // smallest first: (10, 9) and (9, 30) qualify, (30, 5) does not.
+    let mut runs = vec![(1_000_000, 0); 4];
+    runs.extend([(10, 0), (9, 0), (30, 0), (5, 0)]);
+    assert_eq!(plan_merge(&runs), Some(4..6));
+    // Under the bound and nothing due: nothing to do.
+    assert_eq!(plan_merge(&[(100, 0), (10, 0), (1, 0)]), None);
+    assert_eq!(plan_merge(&[]), None);
+    // Over the bound, equal runs: still the tier rule (a pair is 1/33 of all).
+    assert_eq!(plan_merge(&vec![(10, 0); MAX_RUNS + 2]), Some(0..2));
+    // A pair whose reasons would not fit one run is skipped.
+    let mut heavy = vec![(1_000, 0); 40];
+    heavy.extend([(10, MAX_BLOB_BYTES), (10, 8), (10, 0)]);
+    assert_eq!(plan_merge(&heavy), Some(41..43));
+    // The bound's window: the fewest bytes, as wide as asked.
     let runs = [(100, 0), (5, 0), (6, 0), (50, 0), (1, 0), (2, 0)];
-    assert_eq!(choose_merge(&runs, 2), Some(4..6));
-    assert_eq!(choose_merge(&runs, 3), Some(3..6));
-    assert_eq!(choose_merge(&runs, 1), None);
-    assert_eq!(choose_merge(&runs, 7), None);
-    // A window whose reasons would not fit one run is skipped.
+    assert_eq!(smallest_window(&runs, 2), Some(4..6));
+    assert_eq!(smallest_window(&runs, 3), Some(3..6));
+    assert_eq!(smallest_window(&runs, 1), None);
+    assert_eq!(smallest_window(&runs, 7), None);
     let heavy = [(1, MAX_BLOB_BYTES), (1, 8), (10, 0), (10, 0)];
-    assert_eq!(choose_merge(&heavy, 2), Some(1..3));
+    assert_eq!(smallest_window(&heavy, 2), Some(1..3));
+}
+
+/// Steady state of the policy, without I/O: flushes of random size, a
+/// horizon of `horizon` flushes, `compact` after each.
+fn simulate_policy(flushes: u64, horizon: u64, seed: u64) -> (f64, f64, usize) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    // (bytes, newest flush)
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let (mut added, mut merged, mut most_runs, mut most_bytes) = (0u64, 0u64, 0usize, 0u64);
+    for t in 0..flushes {
+        let bytes = rng.random_range(1_000..20_000);
+        added += bytes;
+        runs.push((bytes, t));
+        runs.retain(|r| r.1 + horizon >= t);
+        loop {
+            let sizes: Vec<(u64, u64)> = runs.iter().map(|r| (r.0, 0)).collect();
+            let Some(window) = plan_merge(&sizes) else { break };
+            let sum = runs[window.clone()].iter().map(|r| r.0).sum();
+            merged += sum;
+            let newest = runs[window.end - 1].1;
+            runs.splice(window, [(sum, newest)]);
+        }
+        most_runs = most_runs.max(runs.len());
+        most_bytes = most_bytes.max(runs.iter().map(|r| r.0).sum());
+    }
+    let horizon_bytes = added as f64 / flushes as f64 * (horizon + 1) as f64;
+    (merged as f64 / added as f64, most_bytes as f64 / horizon_bytes, most_runs)
+}
+
+#[test]
+fn merge_policy_amplification() {
+    // A day of checkpoints every 20 s, and ten times as many.
+    for horizon in [4_320, 43_200] {
+        let (amplification, retained, most_runs) = simulate_policy(2 * horizon, horizon, horizon);
+        println!(
+            "horizon of {horizon} flushes: write amplification {amplification:.1}, {retained:.3} of the horizon kept, {most_runs} runs at most"
+        );
+        assert!(most_runs <= MAX_RUNS);
+        assert!(amplification < 12.0, "{amplification}");
+        assert!(retained < 1.1, "{retained}");
+    }
 }
 
 /// A storage holding one run of 30 ids with their model.
@@ -325,13 +381,19 @@ fn a_crash_during_compact_leaves_the_old_or_the_new_state() {
         add(&archive, &mut model, entries);
     }
     let base = storage.crash();
+    let reference = open(&base.crash());
+    reference.compact().unwrap();
+    let compacted_runs = reference.stats().runs;
+    assert!(compacted_runs <= MAX_RUNS);
     let mut superseded_seen = false;
-    for point in 0..6 {
+    // Every durability point of the whole compaction, then one past it.
+    for point in 0.. {
         let storage = base.crash();
         let archive = open(&storage);
         storage.crash_after_syncs(storage.sync_count() + point);
         let result = archive.compact();
-        let image = storage.crash_image().unwrap_or_else(|| storage.crash());
+        let crashed = storage.crash_image();
+        let image = crashed.clone().unwrap_or_else(|| storage.crash());
         let files_before_open = run_files(&image).len();
         let read_only = IdArchive::open_read_only(Arc::new(image.clone()), DAY).unwrap();
         assert_exact(&read_only, &model);
@@ -339,14 +401,18 @@ fn a_crash_during_compact_leaves_the_old_or_the_new_state() {
         let after = open(&image);
         superseded_seen |= files_before_open > after.stats().runs;
         assert_exact(&after, &model);
-        assert_eq!(run_files(&image), live_names(&after), "superseded runs removed at open");
-        assert!(after.stats().runs == MAX_RUNS + 2 || after.stats().runs == MAX_RUNS, "point {point}");
+        assert_eq!(run_files(&image), live_names(&after), "point {point}: superseded runs removed at open");
+        assert!(after.stats().runs <= MAX_RUNS + 2, "point {point}");
         if result.is_ok() {
-            assert_eq!(after.stats().runs, MAX_RUNS);
+            assert_eq!(after.stats().runs, compacted_runs);
         }
         after.compact().unwrap();
-        assert_eq!(after.stats().runs, MAX_RUNS);
+        assert!(after.stats().runs <= MAX_RUNS);
         assert_exact(&after, &model);
+        if crashed.is_none() {
+            assert!(point > 3, "several merges, each with three durability points");
+            break;
+        }
     }
     assert!(superseded_seen, "a crash between the merge and the removals was exercised");
 }
@@ -658,7 +724,8 @@ fn two_million_ids_across_runs() {
     let absent_us = started.elapsed().as_secs_f64() * 1e6 / 20_000.0;
     let stats = archive.stats();
     assert_eq!(stats.ids, total);
-    assert_eq!(IdArchive::open(storage, DAY).unwrap().stats(), stats);
+    let reopened = IdArchive::open(storage, DAY).unwrap().stats();
+    assert_eq!((reopened.runs, reopened.ids, reopened.bytes_on_disk), (stats.runs, stats.ids, stats.bytes_on_disk));
     println!(
         "id archive: {total} ids in {} runs; {:.2} bytes/id on disk ({} bytes), {:.4} bytes/id in memory ({} bytes); \
          written in {write_s:.2} s ({:.0} ids/s); get present {present_us:.2} µs, absent {absent_us:.2} µs",
