@@ -1,7 +1,8 @@
 //! Criterion benchmark of the id archive on a real directory: writing a run
 //! of 100 000 ids, and looking up present and absent ids in one large run,
 //! in 64 time-ordered runs (disjoint ranges: one run searched) and in 64
-//! interleaved runs (every range covers every id: the worst case).
+//! interleaved runs (every range covers every id: the worst case); and the
+//! steady state of flushes with compaction and expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,5 +100,43 @@ fn get(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, add_run, get);
+/// The steady state of a coordinator: flushes of 20 000 ids, each followed
+/// by `compact` and `expire`, with a horizon of 60 s of id time (1.8 million
+/// ids live), so merges of every size are included, amortised.
+fn flush_and_compact(c: &mut Criterion) {
+    const PER_FLUSH: u64 = 20_000;
+    let mut group = c.benchmark_group("ids/steady");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    group.throughput(criterion::Throughput::Elements(PER_FLUSH));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = Arc::new(FsStorage::new(dir.path()).expect("storage"));
+    let archive = IdArchive::open(storage, Duration::from_secs(60)).expect("open");
+    let next = std::cell::Cell::new(0u64);
+    group.bench_function("flush-20000+compact+expire", |b| {
+        b.iter_batched(
+            || {
+                let start = next.get();
+                next.set(start + PER_FLUSH);
+                (start..start + PER_FLUSH).map(entry).collect::<Vec<_>>()
+            },
+            |entries| {
+                archive.add_run(entries).expect("add_run");
+                archive.compact().expect("compact");
+                archive.expire(tx(next.get()).timestamp_ns()).expect("expire");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    let stats = archive.stats();
+    eprintln!(
+        "ids/steady: {} flushes, {} runs live, {} ids live, write amplification {:.2}",
+        next.get() / PER_FLUSH,
+        stats.runs,
+        stats.ids,
+        stats.bytes_merged as f64 / stats.bytes_added.max(1) as f64
+    );
+}
+
+criterion_group!(benches, add_run, get, flush_and_compact);
 criterion_main!(benches);
