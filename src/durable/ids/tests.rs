@@ -31,6 +31,16 @@ fn aborted(tx: TxId, fingerprint: u64, reason: AbortReason) -> Remembered {
 }
 
 fn every_reason() -> Vec<AbortReason> {
+    // No wildcard: a new variant fails to compile here until it is listed below.
+    let _listed = |r: &AbortReason| match r {
+        AbortReason::InsufficientFunds { .. }
+        | AbortReason::Refused { .. }
+        | AbortReason::PrepareTimeout { .. }
+        | AbortReason::ParticipantPanicked { .. }
+        | AbortReason::LockTimeout
+        | AbortReason::AlreadyRolledBack { .. }
+        | AbortReason::Operator { .. } => (),
+    };
     vec![
         AbortReason::InsufficientFunds { service: "svc-0".into(), account: "acct-1".into() },
         AbortReason::Refused { service: "inventory".into(), code: "out_of_stock".into(), message: "none left".into() },
