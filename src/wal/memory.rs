@@ -10,12 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::storage::{ReadFile, SegmentFile, Storage, TEMP_SUFFIX};
+use super::storage::{SegmentFile, Storage, TEMP_SUFFIX};
 
 /// Operations that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -426,7 +426,7 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn super::storage::ReadFile>> {
         let state = self.inner.state.lock();
         if state.dead {
             return Err(FaultKind::Io.error());
@@ -436,7 +436,11 @@ impl Storage for MemStorage {
         Ok(Arc::new(MemReadFile { storage: self.clone(), file, len_bytes }))
     }
 
-    fn write_file_with(&self, name: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    fn write_file_with(
+        &self,
+        name: &str,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut bytes = Vec::new();
         fill(&mut bytes)?;
         self.make_durable(FaultOp::WriteFile, name, bytes).map(|_| ())
@@ -452,7 +456,7 @@ struct MemReadFile {
     len_bytes: u64,
 }
 
-impl ReadFile for MemReadFile {
+impl super::storage::ReadFile for MemReadFile {
     fn len(&self) -> u64 {
         self.len_bytes
     }
