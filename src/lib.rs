@@ -92,6 +92,8 @@ pub use txn::{
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod testing {
+    pub use crate::durable::codec::Remembered;
+    pub use crate::durable::ids::{ArchiveStats, IdArchive, Lookup, RunInfo};
     pub use crate::wal::{FaultKind, FaultOp, FsStorage, Lsn, MemStorage, Storage, Wal, WalConfig};
 }
 

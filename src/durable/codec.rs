@@ -289,7 +289,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn write_reason(w: &mut Writer, reason: &AbortReason) {
+pub(crate) fn write_reason(w: &mut Writer, reason: &AbortReason) {
     w.u8(reason.slot() as u8);
     let (a, b, c) = match reason {
         AbortReason::InsufficientFunds { service, account } => (service.as_str(), account.as_str(), ""),
@@ -305,7 +305,7 @@ fn write_reason(w: &mut Writer, reason: &AbortReason) {
     w.str(c);
 }
 
-fn read_reason(r: &mut Reader<'_>) -> Result<AbortReason, DecodeError> {
+pub(crate) fn read_reason(r: &mut Reader<'_>) -> Result<AbortReason, DecodeError> {
     let at = r.at;
     let slot = usize::from(r.u8()?);
     let (a, b, c) = (r.str()?, r.str()?, r.str()?);
@@ -440,10 +440,12 @@ impl Entry {
     }
 }
 
-/// A finished transaction remembered in a checkpoint.
+/// A finished transaction remembered in a checkpoint or an id archive run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Remembered {
+pub struct Remembered {
+    /// The caller-chosen id.
     pub tx: TxId,
+    /// The legs' fingerprint (`ANY_FINGERPRINT` for an operator's abort).
     pub fingerprint: u64,
     /// `None` for committed.
     pub aborted: Option<AbortReason>,

@@ -21,6 +21,7 @@ pub(crate) mod codec;
 pub(crate) mod control;
 mod datadir;
 pub(crate) mod dirlock;
+pub(crate) mod ids;
 
 pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, VerifyProblem, VerifyReport};
 

@@ -425,4 +425,53 @@ impl Storage for MemStorage {
         state.durable_names = state.names.clone();
         Ok(())
     }
+
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn super::storage::ReadFile>> {
+        let state = self.inner.state.lock();
+        if state.dead {
+            return Err(FaultKind::Io.error());
+        }
+        let file = state.file(name)?;
+        let len_bytes = file.images.lock().written.len() as u64;
+        Ok(Arc::new(MemReadFile { storage: self.clone(), file, len_bytes }))
+    }
+
+    fn write_file_with(
+        &self,
+        name: &str,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        fill(&mut bytes)?;
+        self.make_durable(FaultOp::WriteFile, name, bytes).map(|_| ())
+    }
+}
+
+/// `MemStorage::open_read`'s handle: reads the written image of the file it
+/// opened, even after a rename or removal (like a descriptor).
+#[derive(Debug)]
+struct MemReadFile {
+    storage: MemStorage,
+    file: Arc<MemFile>,
+    len_bytes: u64,
+}
+
+impl super::storage::ReadFile for MemReadFile {
+    fn len(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.storage.inner.state.lock().dead {
+            return Err(FaultKind::Io.error());
+        }
+        let images = self.file.images.lock();
+        let source = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= images.written.len() as u64)
+            .and_then(|end| images.written.get(offset as usize..end as usize))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"))?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
 }

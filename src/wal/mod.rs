@@ -42,6 +42,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
+// The id archive (`durable::ids`) reads its run files through this.
+pub use storage::ReadFile;
+
 pub use error::WalError;
 pub use memory::{FaultKind, FaultOp, MemStorage};
 pub use record::{KIND_PADDING, KIND_SYNC_MARKER};

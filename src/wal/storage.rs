@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,6 +60,26 @@ pub trait Storage: Send + Sync + 'static {
     fn write_file_atomic(&self, name: &str, parts: &[&[u8]]) -> io::Result<()>;
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
     fn sync_dir(&self) -> io::Result<()>;
+    /// Opens `name` for positional reads. Like a file descriptor, the handle
+    /// keeps reading the same file after it is renamed or removed.
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>>;
+    /// Like `write_file_atomic`, but `fill` writes the content in order, so
+    /// a large file needs no buffer of its size. Nothing is left under
+    /// `name` when `fill` fails.
+    fn write_file_with(&self, name: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()>;
+}
+
+/// A file open for positional reads only (the id archive's run files).
+///
+/// Contract: the length is fixed (the file is immutable); `read_at` fills
+/// all of `buf` or fails (`UnexpectedEof` past the end).
+pub trait ReadFile: Send + Sync + Debug {
+    /// Length in bytes when opened.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
 /// Suffix of files being written; never valid, removed on open.
@@ -175,5 +196,46 @@ impl Storage for FsStorage {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
+        let file = File::open(self.path(name)?)?;
+        let len_bytes = file.metadata()?.len();
+        Ok(Arc::new(ReadOnlyFile { file, len_bytes }))
+    }
+
+    fn write_file_with(&self, name: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+        let path = self.path(name)?;
+        let temp = self.path(&format!("{name}{TEMP_SUFFIX}"))?;
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+        let filled = fill(&mut writer).and_then(|()| writer.into_inner().map_err(|e| e.into_error()));
+        let file = match filled {
+            Ok(file) => file,
+            Err(e) => {
+                // Best effort: a leftover temp file is removed on the next open anyway.
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        self.sync_dir()
+    }
+}
+
+/// `FsStorage::open_read`'s handle: `pread` on a read-only descriptor.
+#[derive(Debug)]
+struct ReadOnlyFile {
+    file: File,
+    len_bytes: u64,
+}
+
+impl ReadFile for ReadOnlyFile {
+    fn len(&self) -> u64 {
+        self.len_bytes
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
     }
 }
