@@ -60,8 +60,8 @@ pub use closures::{
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
 };
 pub use coordinator::{
-    Audit, Builder, Coordinator, Durability, LogStats, MAX_BATCH, MAX_PAYLOAD_BYTES, MAX_SERVICE_NAME_BYTES,
-    RetryPolicy,
+    Audit, Builder, Coordinator, DEFAULT_IDEMPOTENCY_HORIZON, Durability, IdempotencyStats, LogStats, MAX_BATCH,
+    MAX_PAYLOAD_BYTES, MAX_SERVICE_NAME_BYTES, RetryPolicy,
 };
 pub use durable::{
     DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,

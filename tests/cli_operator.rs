@@ -171,7 +171,7 @@ fn a_killed_bench_directory_is_resolved_offline() {
     let ancient = "00000000000000000000000000000007";
     let refused = dtc(&["resolve", "--tx", ancient, "--abort", "--reason", "fence"], &dir);
     assert_eq!(refused.status.code(), Some(1), "older than the log's memory: its outcome may be forgotten");
-    assert!(stderr(&refused).contains("older than every id"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("idempotency horizon"), "{}", stderr(&refused));
     // An id issued now was never run: no decision is recorded.
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let lost = format!("{now_ns:016x}{:016x}", 1);

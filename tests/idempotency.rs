@@ -297,11 +297,11 @@ fn forget(dtc: &Coordinator, bank: &Bank, tx: dtc::TxId) {
     }
 }
 
-/// The recent-id table is the idempotency window: an id it has forgotten runs
-/// as a new transaction, in full (every service runs it afresh; no service
-/// answers it from an older execution's record).
+/// Without a log the recent-id table is all the coordinator remembers: an id
+/// it has forgotten is refused with `TxIdExpired`, never run a second time
+/// (earlier versions ran it again as a new transaction).
 #[test]
-fn forgotten_id_runs_as_a_new_transaction() {
+fn forgotten_id_is_refused_never_run_twice() {
     let (bank, dtc) = forgetful_bank();
     let tx = dtc.new_tx_id();
     // acct-0 on svc-0 → acct-1 on svc-1.
@@ -310,10 +310,9 @@ fn forgotten_id_runs_as_a_new_transaction() {
     forget(&dtc, &bank, tx);
     let before = bank.balances();
     let again = dtc.execute_as(tx, &legs);
-    assert_eq!(again.unwrap(), Outcome::Committed);
+    assert!(matches!(again, Err(Error::TxIdExpired { .. })), "{again:?}");
     bank.check_audit(&dtc, "after resubmitting a forgotten id");
-    let after = bank.balances();
-    assert_eq!((after[0], after[1]), (before[0] - 40, before[1] + 40), "ran other than once in full");
+    assert_eq!(bank.balances(), before, "a forgotten id ran a second time");
 }
 
 /// An id reused with other legs after it was forgotten is refused or run in full, never half-applied.
@@ -336,7 +335,7 @@ fn forgotten_id_other_legs_is_never_half_applied() {
     );
     match reused {
         Ok(o) if o.is_committed() => assert_eq!((after[4], after[2]), (before[4] - 30, before[2] + 30)),
-        Ok(_) | Err(Error::TxIdReused { .. }) => assert_eq!(after, before),
+        Ok(_) | Err(Error::TxIdReused { .. } | Error::TxIdExpired { .. }) => assert_eq!(after, before),
         Err(e) => panic!("unexpected error {e}"),
     }
 }

@@ -218,8 +218,16 @@ fn undecided_ids_may_only_be_aborted_and_the_abort_answers_resubmissions() {
     assert!(matches!(dtc.resolve(done, Resolution::Abort, "oops"), Err(Error::UnsafeResolution { .. })));
     assert!(dtc.resolve(done, Resolution::Commit, "check").unwrap().settled.is_empty());
 
-    // No decision: commit is refused (the votes are unknown), abort is recorded.
-    let lost = TxId::from_u128(7);
+    // No decision: commit is refused (the votes are unknown), abort is recorded
+    // (an id issued a minute ago: past the transaction and call timeouts,
+    // inside the idempotency horizon).
+    let minute_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() - Duration::from_secs(60);
+    let lost = TxId::from_u128(((minute_ago.as_nanos() as u128) << 64) | 7);
+    // An id older than the horizon may have an outcome nobody remembers.
+    let ancient = TxId::from_u128(7);
+    let refused = dtc.resolve(ancient, Resolution::Abort, "fence").unwrap_err();
+    assert!(matches!(refused, Error::UnsafeResolution { .. }), "{refused}");
     let refused = dtc.resolve(lost, Resolution::Commit, "force").unwrap_err();
     assert!(matches!(refused, Error::UnsafeResolution { .. }), "{refused}");
     dtc.resolve(lost, Resolution::Abort, "client gave up").unwrap();

@@ -16,7 +16,7 @@ use super::{Inner, replies};
 use smallvec::SmallVec;
 
 use crate::durable::{
-    BranchRecord, Checkpoint, Encoded, Entry, Open, RecoveryReport, Remembered, Replayed, Unresolved, encode_commit,
+    BranchRecord, Checkpoint, Encoded, Entry, Open, RecoveryReport, Replayed, Unresolved, encode_commit,
     open_transactions,
 };
 use crate::durable::{codec, control};
@@ -67,6 +67,9 @@ impl Inner {
             for record in c.operator {
                 self.remember_operator(record);
             }
+            if let Some(archive) = self.recent.archive() {
+                archive.set_expired_before(c.ids_expired_before);
+            }
         }
         for (_, entry) in entries {
             match entry {
@@ -102,7 +105,7 @@ impl Inner {
         for handle in &self.handles {
             for branch in handle.recover_in_doubt() {
                 let committed = open.get(&branch.tx).is_some_and(Open::is_commit)
-                    || matches!(self.recent.get(branch.tx), Some((o, _)) if o.is_committed());
+                    || matches!(self.recent.get(branch.tx)?, Some((o, _)) if o.is_committed());
                 deliver.push((handle.index, branch, if committed { Step::Commit } else { Step::Rollback }));
                 held.insert((branch.tx, handle.index, branch.index));
             }
@@ -217,19 +220,6 @@ impl Inner {
                 checkpoint.ledgers.push((self.services[i].name.to_string(), accounts));
             }
         }
-        checkpoint.recent = self
-            .recent
-            .snapshot()
-            .into_iter()
-            .map(|(tx, fingerprint, outcome)| Remembered {
-                tx,
-                fingerprint,
-                aborted: match outcome {
-                    Outcome::Aborted(reason) => Some(reason),
-                    _ => None,
-                },
-            })
-            .collect();
         checkpoint.unresolved = self
             .outstanding
             .unresolved()
@@ -251,8 +241,21 @@ impl Inner {
         checkpoint.operator = self.operator_history();
         drop(locks);
         let started = Instant::now();
+        // Every id decided below `lsn` moves to the archive before the
+        // checkpoint lets its record go (the records after `lsn` rebuild the
+        // table on recovery).
+        journal.wait(lsn)?;
+        let spilled = self.recent.spill(journal.durable())?;
+        if let Some(archive) = self.recent.archive() {
+            checkpoint.ids_expired_before = archive.expired_before_unix_ns();
+        }
+        checkpoint.ids_horizon_ns = u64::try_from(self.config.idempotency_horizon.as_nanos()).unwrap_or(u64::MAX);
         journal.checkpoint(lsn, &checkpoint)?;
-        tracing::info!(lsn = lsn.0, elapsed = ?started.elapsed(), "checkpoint written");
+        if let Some(archive) = self.recent.archive() {
+            archive.compact()?;
+            archive.expire(crate::txn::unix_nanos())?;
+        }
+        tracing::info!(lsn = lsn.0, spilled, elapsed = ?started.elapsed(), "checkpoint written");
         Ok(())
     }
 
@@ -299,6 +302,12 @@ pub(super) fn spawn_checkpointer(inner: &Arc<Inner>) -> Result<std::thread::Join
                 let due = inner.journal.as_ref().is_some_and(|j| j.checkpoint_due());
                 if due && let Err(error) = inner.checkpoint_now() {
                     tracing::error!(%error, "checkpoint failed");
+                }
+                if let Some(journal) = &inner.journal
+                    && inner.recent.spill_due()
+                    && let Err(error) = inner.recent.spill(journal.durable())
+                {
+                    tracing::error!(%error, "moving remembered ids to the archive failed");
                 }
                 if let Some(dir) = &dir
                     && polled.elapsed() >= control::POLL_EVERY

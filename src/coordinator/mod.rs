@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+use crate::durable::ids::IdArchive;
 use crate::durable::{
     Encoded, Entry, Journal, JournalConfig, RecoveryReport, codec, encode_begin, encode_commit, encode_decision,
 };
@@ -49,6 +50,9 @@ pub const MAX_SERVICE_NAME_BYTES: usize = 64;
 /// The largest [`Builder::max_payload_bytes`] accepted.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// How long outcomes of caller-chosen ids are remembered by default.
+pub const DEFAULT_IDEMPOTENCY_HORIZON: Duration = Duration::from_secs(24 * 3600);
+
 /// Whether outcomes are made durable before they are returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,6 +74,7 @@ pub(crate) struct Config {
     pub lock_stripes: usize,
     pub queue_capacity: usize,
     pub recent_ids: usize,
+    pub idempotency_horizon: Duration,
     pub barrier_capacity: usize,
     pub retry: RetryPolicy,
     /// Per-service overrides of `retry`.
@@ -96,6 +101,7 @@ impl Default for Config {
             lock_stripes: 4096,
             queue_capacity: 1024,
             recent_ids: 65_536,
+            idempotency_horizon: DEFAULT_IDEMPOTENCY_HORIZON,
             barrier_capacity: 4_096,
             retry: RetryPolicy::default(),
             retry_for: Vec::new(),
@@ -168,10 +174,22 @@ impl Builder {
         self
     }
 
-    /// Finished transaction ids remembered for idempotent resubmission
-    /// (default 65 536).
+    /// Finished caller-chosen ids kept in memory (default 65 536). With a
+    /// log, older ones move to the id archive on disk, so resubmission stays
+    /// exact for the whole [`idempotency_horizon`](Self::idempotency_horizon);
+    /// without one they are forgotten, and a forgotten id is refused with
+    /// [`Error::TxIdExpired`] rather than run again.
     pub fn recent_ids(mut self, capacity: usize) -> Self {
         self.config.recent_ids = capacity;
+        self
+    }
+
+    /// How long the outcome of a caller-chosen id is remembered after the
+    /// id's timestamp (default 24 hours). A resubmission inside it returns
+    /// the recorded outcome; an id older than it is refused with
+    /// [`Error::TxIdExpired`].
+    pub fn idempotency_horizon(mut self, horizon: Duration) -> Self {
+        self.config.idempotency_horizon = horizon;
         self
     }
 
@@ -271,6 +289,11 @@ impl Builder {
         if config.call_timeout.is_zero() || config.tx_timeout.is_zero() {
             return Err(Error::Config("timeouts must be positive".into()));
         }
+        if config.idempotency_horizon < config.tx_timeout + config.call_timeout {
+            return Err(Error::Config(
+                "idempotency_horizon must be longer than the transaction and call timeouts".into(),
+            ));
+        }
         if config.max_legs == 0 || config.queue_capacity == 0 || config.max_parked == 0 || config.max_branches == 0 {
             return Err(Error::Config("max_legs, max_branches, queue_capacity and max_parked must be positive".into()));
         }
@@ -307,6 +330,11 @@ impl Builder {
         let (journal, replayed) = match opened {
             Some((journal, replayed)) => (Some(Arc::new(journal)), Some(replayed)),
             None => (None, None),
+        };
+        // After the log's open, which removed half-written files.
+        let archive = match &journal {
+            Some(journal) => Some(Arc::new(IdArchive::open(journal.storage(), config.idempotency_horizon)?)),
+            None => None,
         };
         let outstanding = Arc::new(Outstanding::new(config.max_parked, journal.clone()));
         let mut by_name = HashMap::new();
@@ -349,7 +377,7 @@ impl Builder {
         }
         let mut inner = Inner {
             locks: StripedLocks::new(config.lock_stripes),
-            recent: RecentIds::new(config.recent_ids),
+            recent: RecentIds::new(config.recent_ids, archive),
             ids: TxIdGen::new(rand::random()),
             config,
             services: infos,
@@ -407,6 +435,24 @@ pub struct LogStats {
     pub bytes_written: u64,
     /// Segment files live now.
     pub segments_live: u64,
+}
+
+/// Where the outcomes of caller-chosen ids are remembered
+/// ([`Coordinator::idempotency_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IdempotencyStats {
+    /// How long an id's outcome is remembered after its timestamp.
+    pub horizon_s: u64,
+    /// Finished ids in the in-memory table.
+    pub in_memory: u64,
+    /// Ids in the on-disk archive (durable mode).
+    pub archived: u64,
+    /// The archive's run files.
+    pub archive_runs: u64,
+    /// The archive's bytes on disk.
+    pub archive_bytes_on_disk: u64,
+    /// The archive's metadata in memory (bounded whatever it holds).
+    pub archive_bytes_in_memory: u64,
 }
 
 /// A consistent cut of every service's balances.
@@ -573,7 +619,7 @@ impl Coordinator {
     /// [`execute_as`](Self::execute_as) or [`run_as`](Self::run_as): only
     /// once it is durable (this waits for the log if need be).
     pub fn outcome_of(&self, tx: TxId) -> Result<Option<Outcome>> {
-        match self.inner.recent.get(tx) {
+        match self.inner.recent.get(tx)? {
             Some((outcome, lsn)) => {
                 self.inner.durable(lsn)?;
                 Ok(Some(outcome))
@@ -662,6 +708,25 @@ impl Coordinator {
         self.inner.resolve(tx, resolution, reason)
     }
 
+    /// Where the outcomes of caller-chosen ids are remembered, and what
+    /// that costs.
+    pub fn idempotency_stats(&self) -> IdempotencyStats {
+        let recent = &self.inner.recent;
+        let mut stats = IdempotencyStats {
+            horizon_s: self.inner.config.idempotency_horizon.as_secs(),
+            in_memory: recent.len() as u64,
+            ..IdempotencyStats::default()
+        };
+        if let Some(archive) = recent.archive() {
+            let a = archive.stats();
+            stats.archived = a.ids;
+            stats.archive_runs = a.runs as u64;
+            stats.archive_bytes_on_disk = a.bytes_on_disk;
+            stats.archive_bytes_in_memory = a.bytes_in_memory;
+        }
+        stats
+    }
+
     /// What recovery found when this coordinator opened its data directory.
     pub fn recovery(&self) -> RecoveryReport {
         self.inner.recovery.clone()
@@ -733,8 +798,13 @@ impl Inner {
     /// allows: it would drag the id clock forward and outlive every horizon.
     fn check_issued(&self, tx: TxId) -> Result<()> {
         let skew_ns = MAX_ID_CLOCK_SKEW.as_nanos() as u64;
-        if tx.timestamp_ns() > unix_nanos().saturating_add(skew_ns) {
+        let now = unix_nanos();
+        if tx.timestamp_ns() > now.saturating_add(skew_ns) {
             return Err(Error::TxIdInFuture { tx, skew_s: MAX_ID_CLOCK_SKEW.as_secs() });
+        }
+        let horizon = self.config.idempotency_horizon;
+        if tx.timestamp_ns() < now.saturating_sub(u64::try_from(horizon.as_nanos()).unwrap_or(u64::MAX)) {
+            return Err(Error::TxIdExpired { tx, horizon_s: horizon.as_secs() });
         }
         self.ids.observe(tx);
         Ok(())
@@ -754,7 +824,7 @@ impl Inner {
             tracked,
         )?);
         if tracked {
-            match self.recent.begin(tx, plan.fingerprint) {
+            match self.recent.begin(tx, plan.fingerprint)? {
                 Begin::New => {}
                 Begin::Done(outcome, lsn) => {
                     // Answered only once its record is durable, like the
@@ -764,6 +834,10 @@ impl Inner {
                 }
                 Begin::InProgress => return Err(Error::TxInProgress { tx }),
                 Begin::Mismatch => return Err(Error::TxIdReused { tx }),
+                Begin::Expired => {
+                    let horizon_s = self.config.idempotency_horizon.as_secs();
+                    return Err(Error::TxIdExpired { tx, horizon_s });
+                }
             }
         }
         let result = self.drive(&plan, started, tracked);

@@ -71,7 +71,7 @@ impl Inner {
         let mut list: Vec<UnfinishedTx> = by_tx.into_values().collect();
         for tx in &mut list {
             if tx.state != TxState::Committing
-                && let Some((Outcome::Aborted(reason), _)) = self.recent.get(tx.tx)
+                && let Ok(Some((Outcome::Aborted(reason), _))) = self.recent.get(tx.tx)
             {
                 tx.reason = Some(reason.to_string());
             }
@@ -147,7 +147,7 @@ impl Inner {
         let _in_flight = self.enter()?;
         let stalls = self.outstanding.stalls_of(tx);
         let awaiting = self.outstanding.awaiting(tx);
-        let recorded = self.recent.get(tx).map(|(outcome, _)| outcome);
+        let recorded = self.recent.get(tx)?.map(|(outcome, _)| outcome);
         let owed_step = awaiting.as_ref().map(|o| o.step);
         let commit_decided = stalls.iter().any(|s| s.step == Step::Commit)
             || owed_step == Some(Step::Commit)
@@ -208,14 +208,19 @@ impl Inner {
     fn abort_undecided(&self, tx: TxId, reason: &str, recorded: Option<Outcome>) -> Result<ResolveReport> {
         debug_assert!(recorded.is_none());
         let unsafe_because = |why: String| Err(Error::UnsafeResolution { tx, reason: why });
-        if self.recent.forgotten().is_some_and(|horizon| tx <= horizon) {
-            return unsafe_because(format!(
-                "it is older than the newest {} ids whose outcomes are remembered; its outcome may be forgotten",
-                self.config.recent_ids
-            ));
-        }
         let issued_ns = tx.timestamp_ns();
         let now_ns = unix_nanos();
+        let horizon = self.config.idempotency_horizon;
+        let horizon_ns = u64::try_from(horizon.as_nanos()).unwrap_or(u64::MAX);
+        let expired_before = self.recent.archive().map_or(0, |a| a.expired_before_unix_ns());
+        let beyond_horizon = issued_ns < expired_before.max(now_ns.saturating_sub(horizon_ns));
+        if self.recent.forgotten().is_some_and(|f| tx <= f) || beyond_horizon {
+            return unsafe_because(format!(
+                "it is older than the idempotency horizon ({} s) or than the ids whose outcomes are remembered; \
+                 its outcome may be forgotten",
+                horizon.as_secs()
+            ));
+        }
         let window_ns = (self.config.tx_timeout + self.config.call_timeout).as_nanos() as u64;
         if issued_ns.saturating_add(window_ns) > now_ns {
             return unsafe_because(format!(
@@ -224,7 +229,7 @@ impl Inner {
             ));
         }
         let outcome = Outcome::Aborted(AbortReason::Operator { reason: reason.into() });
-        match self.recent.abort_unknown(tx, outcome) {
+        match self.recent.abort_unknown(tx, outcome)? {
             None => {}
             Some(None) => return Err(Error::TxInProgress { tx }),
             Some(Some(_)) => return unsafe_because("its outcome was recorded meanwhile; look again".into()),

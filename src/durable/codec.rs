@@ -494,6 +494,13 @@ pub(crate) struct Checkpoint {
     /// Newest operator actions, oldest first (at most `MAX_OPERATOR_HISTORY`).
     /// An optional trailing section: checkpoints without it decode as empty.
     pub operator: Vec<OperatorRecord>,
+    /// The id archive's expiry watermark (ns since the Unix epoch): ids
+    /// older than it are refused even if the clock steps back. Version 2
+    /// only; 0 when absent.
+    pub ids_expired_before: u64,
+    /// The coordinator's idempotency horizon in nanoseconds, for offline
+    /// tools. Version 2 only; 0 when absent.
+    pub ids_horizon_ns: u64,
 }
 
 impl Checkpoint {
@@ -536,6 +543,8 @@ impl Checkpoint {
         for o in &self.operator {
             write_operator(&mut w, o);
         }
+        w.u64(self.ids_expired_before);
+        w.u64(self.ids_horizon_ns);
         w.0
     }
 
@@ -591,6 +600,10 @@ impl Checkpoint {
             for _ in 0..r.count(27)? {
                 c.operator.push(read_operator(&mut r)?);
             }
+        }
+        if version >= 2 {
+            c.ids_expired_before = r.u64()?;
+            c.ids_horizon_ns = r.u64()?;
         }
         r.finish()?;
         Ok(c)
@@ -682,6 +695,8 @@ mod tests {
                 reason: "applied by hand".into(),
                 at_unix_ns: 9,
             }],
+            ids_expired_before: 1_700_000_000_000_000_000,
+            ids_horizon_ns: 86_400_000_000_000,
         };
         assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
     }

@@ -37,7 +37,9 @@ fn refused(dir: &Path, tx: Option<TxId>, code: &str, message: String) -> Error {
         _ => Error::Control { dir: dir.display().to_string(), reason: format!("refused ({code}): {message}") },
     }
 }
+use super::ids::IdArchive;
 use crate::wal::{FsStorage, Inspection, Storage, Verdict, Wal, WalConfig, WalError};
+use std::sync::Arc;
 
 /// The recorded fate of a transaction id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,16 +158,32 @@ impl DataDir {
         Ok((checkpoint, entries))
     }
 
-    /// The recorded outcome of each id. Read-only.
+    /// The id archive of the directory, read-only (ids whose outcomes
+    /// moved out of the log).
+    fn archive(&self) -> Result<IdArchive> {
+        IdArchive::open_read_only(Arc::new(self.storage()?), crate::coordinator::DEFAULT_IDEMPOTENCY_HORIZON)
+    }
+
+    /// The recorded outcome of each id: the log, then the id archive.
+    /// Read-only.
     pub fn status(&self, ids: &[TxId]) -> Result<Vec<(TxId, TxStatus)>> {
         let (checkpoint, entries) = self.read()?;
         let known = recorded_outcomes(checkpoint.as_ref(), &entries);
-        let status = |id: &TxId| match known.get(id) {
-            Some(Outcome::Aborted(reason)) => TxStatus::Aborted(reason.clone()),
-            Some(_) => TxStatus::Committed,
-            None => TxStatus::Unknown,
-        };
-        Ok(ids.iter().map(|id| (*id, status(id))).collect())
+        let archive = self.archive()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let outcome = match known.get(id) {
+                Some(outcome) => Some(outcome.clone()),
+                None => archive.get(*id)?.map(|r| r.aborted.map_or(Outcome::Committed, Outcome::Aborted)),
+            };
+            let status = match outcome {
+                Some(Outcome::Aborted(reason)) => TxStatus::Aborted(reason),
+                Some(_) => TxStatus::Committed,
+                None => TxStatus::Unknown,
+            };
+            out.push((*id, status));
+        }
+        Ok(out)
     }
 
     /// The operator actions the log records, oldest first (the newest
@@ -328,8 +346,25 @@ impl DataDir {
         let (journal, replayed) = Journal::open_dir(&self.path, config)?;
         let entries = replayed.entries.iter().map(|(_, e)| e);
         let outcomes = recorded_outcomes(replayed.checkpoint.as_ref(), entries.clone());
-        let outcome = outcomes.get(&tx).cloned();
-        let oldest = outcomes.keys().min().copied();
+        let archive = IdArchive::open_read_only(journal.storage(), crate::coordinator::DEFAULT_IDEMPOTENCY_HORIZON)?;
+        let outcome = match outcomes.get(&tx) {
+            Some(outcome) => Some(outcome.clone()),
+            None => archive.get(tx)?.map(|r| r.aborted.map_or(Outcome::Committed, Outcome::Aborted)),
+        };
+        // Outcomes are exact above the archive's expiry watermark; a
+        // checkpoint of an older version kept a count-bounded table instead,
+        // exact only above its oldest id.
+        let checkpoint = replayed.checkpoint.as_ref();
+        let expired_before = checkpoint.map_or(0, |c| c.ids_expired_before);
+        let horizon_ns = checkpoint.map_or(0, |c| c.ids_horizon_ns);
+        let horizon_ns = if horizon_ns == 0 {
+            u64::try_from(crate::coordinator::DEFAULT_IDEMPOTENCY_HORIZON.as_nanos()).unwrap_or(u64::MAX)
+        } else {
+            horizon_ns
+        };
+        let horizon_start = unix_nanos().saturating_sub(horizon_ns).max(expired_before);
+        let oldest_kept = checkpoint.and_then(|c| c.recent.iter().map(|m| m.tx).min());
+        let forgettable = tx.timestamp_ns() < horizon_start || oldest_kept.is_some_and(|o| tx < o);
         let awaiting = open_transactions(replayed.checkpoint.as_ref(), entries).remove(&tx);
         let unsafe_because = |why: &str| Err(Error::UnsafeResolution { tx, reason: why.into() });
         let report =
@@ -361,9 +396,10 @@ impl DataDir {
             (Resolution::Abort, Some(_)) => unsafe_because(
                 "its commit decision is recorded and participants may have applied it; an abort would break atomicity",
             ),
-            (Resolution::Abort, None) if oldest.is_some_and(|o| tx < o) => {
-                unsafe_because("it is older than every id the log remembers; its outcome may have been forgotten")
-            }
+            (Resolution::Abort, None) if forgettable => unsafe_because(
+                "it is older than the idempotency horizon or the ids whose outcomes are remembered; \
+                     its outcome may have been forgotten",
+            ),
             (Resolution::Abort, None) if awaiting.as_ref().is_some_and(|o| o.decision.is_none()) => {
                 // Begun, no decision: presumed abort already makes it an
                 // abort; the next open rolls its external branches back.

@@ -34,7 +34,7 @@ use crate::sync::{AtomicU64, Ordering};
 use crate::wal::{FsStorage, Lsn, Storage, Wal, WalConfig, WalError};
 
 pub(crate) use codec::{
-    BranchRecord, Checkpoint, Encoded, Entry, Remembered, Unresolved, encode_begin, encode_commit, encode_decision,
+    BranchRecord, Checkpoint, Encoded, Entry, Unresolved, encode_begin, encode_commit, encode_decision,
 };
 
 /// What recovery found and did, for `Coordinator::recovery` and `dtc recover`.
@@ -178,6 +178,9 @@ impl Default for JournalConfig {
 
 pub(crate) struct Journal {
     wal: Wal,
+    /// The directory (or in-memory storage) the log lives in; the id archive
+    /// keeps its runs there too.
+    storage: Arc<dyn Storage>,
     /// Held while the journal lives (one process per data directory).
     _lock: Option<dirlock::DirLock>,
     config: JournalConfig,
@@ -204,7 +207,7 @@ impl Journal {
     }
 
     pub(crate) fn open(storage: Arc<dyn Storage>, config: JournalConfig) -> Result<(Journal, Replayed)> {
-        let (wal, recovery) = Wal::open(storage, config.wal.clone()).map_err(wal_error)?;
+        let (wal, recovery) = Wal::open(storage.clone(), config.wal.clone()).map_err(wal_error)?;
         let mut report = RecoveryReport {
             fresh: recovery.checkpoint.is_none() && recovery.records.is_empty(),
             segments: recovery.segments_scanned,
@@ -236,7 +239,8 @@ impl Journal {
             }
             entries.push((record.lsn, entry));
         }
-        let journal = Journal { checkpointed: AtomicU64::new(report.checkpoint_lsn), wal, _lock: None, config };
+        let journal =
+            Journal { checkpointed: AtomicU64::new(report.checkpoint_lsn), wal, storage, _lock: None, config };
         Ok((journal, Replayed { checkpoint, entries, report }))
     }
 
@@ -265,6 +269,11 @@ impl Journal {
 
     pub(crate) fn end(&self) -> Lsn {
         self.wal.end_lsn()
+    }
+
+    /// The storage the log lives in.
+    pub(crate) fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
     }
 
     /// Everything below this position is durable.

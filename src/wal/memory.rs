@@ -130,7 +130,7 @@ impl State {
             .map(|(name, file)| (name.clone(), MemFile::with_durable(file.images.lock().durable.clone())))
             .collect();
         let state = State { durable_names: names.clone(), names, ..State::default() };
-        MemStorage { inner: Arc::new(Inner { state: Mutex::new(state) }) }
+        MemStorage { inner: Arc::new(Inner::new(state)) }
     }
 
     fn file(&self, name: &str) -> io::Result<Arc<MemFile>> {
@@ -140,6 +140,15 @@ impl State {
 
 struct Inner {
     state: Mutex<State>,
+    /// Segment syncs wait while this is true (`hold_syncs`).
+    held: Mutex<bool>,
+    released: parking_lot::Condvar,
+}
+
+impl Inner {
+    fn new(state: State) -> Inner {
+        Inner { state: Mutex::new(state), held: Mutex::new(false), released: parking_lot::Condvar::new() }
+    }
 }
 
 /// In-memory storage; cloning gives another handle to the same files.
@@ -167,7 +176,20 @@ impl fmt::Debug for MemStorage {
 impl MemStorage {
     /// An empty storage.
     pub fn new() -> Self {
-        MemStorage { inner: Arc::new(Inner { state: Mutex::new(State::default()) }) }
+        MemStorage { inner: Arc::new(Inner::new(State::default())) }
+    }
+
+    /// Segment syncs block until [`release_syncs`](Self::release_syncs): a
+    /// disk that withholds durability, to show that nothing is answered
+    /// before it is durable.
+    pub fn hold_syncs(&self) {
+        *self.inner.held.lock() = true;
+    }
+
+    /// Lets held and later segment syncs proceed.
+    pub fn release_syncs(&self) {
+        *self.inner.held.lock() = false;
+        self.inner.released.notify_all();
     }
 
     /// A new storage holding only what was durable: names as of the last
@@ -344,6 +366,12 @@ impl SegmentFile for MemSegment {
 
     fn sync(&self, offset: u64, len: u64) -> io::Result<()> {
         let range = range(offset, len, self.len_bytes)?;
+        {
+            let mut held = self.storage.inner.held.lock();
+            while *held {
+                self.storage.inner.released.wait(&mut held);
+            }
+        }
         let mut state = self.storage.inner.state.lock();
         state.check(FaultOp::Sync)?;
         state.durability_point()?;
