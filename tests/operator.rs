@@ -223,7 +223,7 @@ fn undecided_ids_may_only_be_aborted_and_the_abort_answers_resubmissions() {
     // inside the idempotency horizon).
     let minute_ago =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() - Duration::from_secs(60);
-    let lost = TxId::from_u128(((minute_ago.as_nanos() as u128) << 64) | 7);
+    let lost = TxId::from_u128((minute_ago.as_nanos() << 64) | 7);
     // An id older than the horizon may have an outcome nobody remembers.
     let ancient = TxId::from_u128(7);
     let refused = dtc.resolve(ancient, Resolution::Abort, "fence").unwrap_err();
