@@ -298,7 +298,7 @@ fn acked(dir: &Path) -> Vec<(TxId, bool)> {
 /// Recovers `dir` in this process and checks every invariant; returns the
 /// number of transactions recorded as committed.
 fn recover_and_check(dir: &Path, kill: usize) -> usize {
-    let (dtc, ledgers) = open(dir);
+    let (dtc, _ledgers) = open(dir);
     let deadline = Instant::now() + Duration::from_secs(30);
     while dtc.unresolved_count() > 0 {
         assert!(Instant::now() < deadline, "kill {kill}: recovery did not finish");
