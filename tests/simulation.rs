@@ -21,8 +21,9 @@
 //! `DTC_SIM_SEED=<n>` replays one seed; `DTC_SIM_SEEDS=<n>` runs n seeds
 //! (default 200); `DTC_SIM_FIRST_SEED=<n>` shifts the range.
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use dtc::testing::{FaultKind, FaultOp, MemStorage};
@@ -385,24 +386,6 @@ impl Sim {
     }
 }
 
-fn quiet_injected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let message = info
-                .payload()
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| info.payload().downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.starts_with("injected panic") {
-                default(info);
-            }
-        }));
-    });
-}
-
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -431,7 +414,7 @@ fn report_failure(seed: u64, sim: Option<&Sim>) {
 
 #[test]
 fn seeded_simulation() {
-    quiet_injected_panics();
+    common::quiet_injected_panics();
     let started = Instant::now();
     let seeds: Vec<u64> = match env("DTC_SIM_SEED") {
         Some(seed) => vec![seed],

@@ -406,3 +406,23 @@ impl Participant for Probe {
         self.nonblocking
     }
 }
+
+/// Silences the panic messages of injected panics (`Faulty`), which the
+/// engine catches and counts; other panics still print.
+pub fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.starts_with("injected panic") {
+                default(info);
+            }
+        }));
+    });
+}
