@@ -107,6 +107,22 @@ pub enum Error {
         /// The allowed skew, in seconds.
         skew_s: u64,
     },
+    /// A participant URL is malformed or of an unsupported kind.
+    #[error("invalid URL {url:?}: {why}")]
+    InvalidUrl {
+        /// The URL given (cut at 200 characters).
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A participant URL names a host the allowlist does not allow.
+    #[error("URL {url:?}: host {host:?} is not on the allowlist")]
+    UrlNotAllowed {
+        /// The URL given (cut at 200 characters).
+        url: String,
+        /// Its host.
+        host: String,
+    },
     /// A leg names an account its service does not have.
     #[error("leg {leg}: service {service:?} has no account {account:?}")]
     UnknownAccount {
@@ -254,6 +270,8 @@ impl Error {
             Error::InvalidLockKey { .. } => "invalid_lock_key",
             Error::TxIdExpired { .. } => "tx_id_expired",
             Error::TxIdInFuture { .. } => "tx_id_in_future",
+            Error::InvalidUrl { .. } => "invalid_url",
+            Error::UrlNotAllowed { .. } => "url_not_allowed",
             Error::UnknownAccount { .. } => "unknown_account",
             Error::SameAccount { .. } => "same_account",
             Error::InvalidName { .. } => "invalid_name",

@@ -211,6 +211,10 @@ impl<P: Participant> Participant for Faulty<P> {
         self.inner.decode_prepared(branch, bytes)
     }
 
+    fn prepared_from_request(&self, branch: BranchId, request: Work<'_>) -> Option<P::Prepared> {
+        self.inner.prepared_from_request(branch, request)
+    }
+
     fn directory(&self) -> Option<Arc<dyn Directory>> {
         self.inner.directory()
     }

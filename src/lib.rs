@@ -50,6 +50,7 @@ mod ledger;
 mod metrics;
 mod operator;
 mod participant;
+mod remote;
 mod saga;
 mod sync;
 mod txn;
@@ -79,6 +80,7 @@ pub use operator::{
 pub use participant::{
     BalanceSummary, BranchId, Directory, Failure, Operation, Participant, ParticipantKind, Refusal, Work,
 };
+pub use remote::{Allowlist, Endpoints, HttpParticipant, RemotePrepared, RoutedRequest};
 pub use saga::{
     Backoff, Clock, DEFAULT_STEP_TIMEOUT, IdempotencyKey, MAX_INPUT_BYTES, ManualClock, MemoryLog, SagaBuilder,
     SagaDefinition, SagaError, SagaExecutor, SagaExecutorBuilder, SagaInfo, SagaMetrics, SagaState, Step, StepContext,

@@ -135,16 +135,21 @@ impl fmt::Display for Refusal {
 }
 
 /// A failed commit or rollback. The coordinator retries it with bounded
-/// exponential backoff, so it must be safe to call again — unless its code
-/// is one the service's [`RetryPolicy`](crate::RetryPolicy) lists as not
-/// retryable, in which case the call is parked for an operator at once.
+/// exponential backoff, so it must be safe to call again — unless it is
+/// [`definite`](Failure::definite) or its code is one the service's
+/// [`RetryPolicy`](crate::RetryPolicy) lists as not retryable, in which case
+/// the call is parked for an operator at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
+#[non_exhaustive]
 pub struct Failure {
     /// Stable machine-readable code (`failed` unless the participant chose one).
     pub code: String,
     /// Human explanation.
     pub message: String,
+    /// False when calling again cannot help (the participant said so
+    /// definitely, e.g. an HTTP 409): parked at once, never retried blindly.
+    pub retryable: bool,
 }
 
 impl Failure {
@@ -153,13 +158,20 @@ impl Failure {
 
     /// A failure with this explanation and the code `failed`.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { code: Self::DEFAULT_CODE.into(), message: message.into() }
+        Self { code: Self::DEFAULT_CODE.into(), message: message.into(), retryable: true }
     }
 
     /// A failure with a stable code, e.g. `account_closed`, that a
     /// [`RetryPolicy`](crate::RetryPolicy) can name as not retryable.
     pub fn with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into() }
+        Self { code: code.into(), message: message.into(), retryable: true }
+    }
+
+    /// A failure that calling again cannot fix: the participant cannot
+    /// apply the decision as asked. The call is parked for an operator at
+    /// once (listed by `dtc txs`, resolved with `dtc resolve`).
+    pub fn definite(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into(), retryable: false }
     }
 }
 
@@ -320,6 +332,15 @@ pub trait Participant: Send + 'static {
         None
     }
 
+    /// What rollback needs, after a restart, for a branch whose prepare may
+    /// have run but whose decision was never recorded, rebuilt from the
+    /// branch's request ([`ParticipantKind::External`]: the coordinator logs
+    /// the request before sending the prepare). `None` (the default):
+    /// rollback gets `None`.
+    fn prepared_from_request(&self, _branch: BranchId, _request: Work<'_>) -> Option<Self::Prepared> {
+        None
+    }
+
     /// The participant's account directory, if it has one.
     fn directory(&self) -> Option<std::sync::Arc<dyn Directory>> {
         None
@@ -374,6 +395,9 @@ impl<P: Participant + ?Sized> Participant for Box<P> {
     fn decode_prepared(&self, branch: BranchId, bytes: &[u8]) -> Option<Self::Prepared> {
         (**self).decode_prepared(branch, bytes)
     }
+    fn prepared_from_request(&self, branch: BranchId, request: Work<'_>) -> Option<Self::Prepared> {
+        (**self).prepared_from_request(branch, request)
+    }
     fn directory(&self) -> Option<std::sync::Arc<dyn Directory>> {
         (**self).directory()
     }
@@ -406,6 +430,7 @@ pub(crate) trait Erased: Send {
     fn recover(&mut self) -> Vec<(BranchId, Kept)>;
     fn encode(&self, kept: &Kept) -> Option<Vec<u8>>;
     fn decode(&self, branch: BranchId, bytes: &[u8]) -> Option<Kept>;
+    fn rebuild_from_request(&self, branch: BranchId, request: &[u8]) -> Option<Kept>;
     fn kind(&self) -> ParticipantKind;
     fn directory(&self) -> Option<std::sync::Arc<dyn Directory>>;
     fn balances(&mut self) -> Option<BalanceSummary>;
@@ -446,6 +471,9 @@ impl<P: Participant> Erased for Typed<P> {
     }
     fn decode(&self, branch: BranchId, bytes: &[u8]) -> Option<Kept> {
         self.0.decode_prepared(branch, bytes).map(|p| Box::new(p) as Kept)
+    }
+    fn rebuild_from_request(&self, branch: BranchId, request: &[u8]) -> Option<Kept> {
+        self.0.prepared_from_request(branch, Work::Payload(request)).map(|p| Box::new(p) as Kept)
     }
     fn kind(&self) -> ParticipantKind {
         self.0.kind()

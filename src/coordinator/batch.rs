@@ -116,13 +116,13 @@ impl Inner {
             }
             let outcome = plan.and_then(|plan| {
                 let result = self.through_participants(&plan, deadline, false, Some(&mut records));
-                result.map(|decided| {
+                result.map(|mut decided| {
                     last_lsn = last_lsn.max(decided.lsn);
                     // Under the batch's locks: its later transactions wait
                     // for nothing else anyway.
-                    let outcome = self.acknowledged(&plan, decided);
-                    self.count(&outcome);
-                    outcome
+                    self.acknowledged(&plan, &mut decided);
+                    self.count(&decided.outcome);
+                    decided.outcome
                 })
             });
             if let Err(error @ (Error::Log(_) | Error::Corrupt { .. })) = &outcome {
@@ -165,10 +165,11 @@ impl Inner {
         }
         services.sort_unstable();
         services.dedup();
-        if services.iter().any(|&s| !self.handles[s].builtin_ledger || self.ledgers[s].is_none()) {
+        if services.iter().any(|&s| !self.handles[s].first().builtin_ledger || self.ledgers[s].is_none()) {
             return None;
         }
-        services.iter().map(|&s| self.handles[s].idle_core()).collect()
+        // Ledgers have one lane.
+        services.iter().map(|&s| self.handles[s].first().idle_core()).collect()
     }
 
     /// One transaction of a direct batch: check every change, then apply all.

@@ -102,12 +102,17 @@ impl Inner {
         // commit what the log decided, roll back the rest (presumed abort),
         // however old.
         let mut held: HashSet<(TxId, u16, u16)> = HashSet::new();
-        for handle in &self.handles {
-            for branch in handle.recover_in_doubt() {
+        for lanes in &self.handles {
+            let service = lanes.first().index;
+            // Lanes are clones of one participant: lane 0 lists for all.
+            for (branch, prepared) in lanes.first().recover_in_doubt() {
+                if !lanes.for_branch(branch.tx, branch.index).adopt(branch, prepared) {
+                    continue; // listed twice
+                }
                 let committed = open.get(&branch.tx).is_some_and(Open::is_commit)
                     || matches!(self.recent.get(branch.tx)?, Some((o, _)) if o.is_committed());
-                deliver.push((handle.index, branch, if committed { Step::Commit } else { Step::Rollback }));
-                held.insert((branch.tx, handle.index, branch.index));
+                deliver.push((service, branch, if committed { Step::Commit } else { Step::Rollback }));
+                held.insert((branch.tx, service, branch.index));
             }
         }
         // Transactions the log shows open: who still owes an acknowledgement.
@@ -124,8 +129,8 @@ impl Inner {
                         b.service
                     )));
                 };
-                let handle = &self.handles[usize::from(service)];
                 let branch = BranchId { tx: *tx, index: b.index };
+                let handle = self.lane(service, branch);
                 let owes = match handle.kind {
                     // Its state died with the process, or is rebuilt from the log.
                     _ if handle.early_commit => false,
@@ -134,7 +139,7 @@ impl Inner {
                     // prepared, unfinished branch).
                     ParticipantKind::Durable => held.contains(&(*tx, service, b.index)),
                     _ if step == Step::Rollback => {
-                        handle.restore_unknown(branch);
+                        handle.restore_unknown(branch, b.prepared.as_deref());
                         deliver.push((service, branch, Step::Rollback));
                         true
                     }
@@ -168,7 +173,7 @@ impl Inner {
         }
         let (reply, _replies) = replies();
         for (service, branch, step) in deliver {
-            let handle = &self.handles[usize::from(service)];
+            let handle = self.lane(service, branch);
             tracing::info!(%branch, service = %handle.name, ?step, "resolving in-doubt branch");
             let plan = Arc::new(Plan::bare(TxKey::recovered(branch), service));
             // The decision was read back from the log, which is durable.
@@ -263,9 +268,9 @@ impl Inner {
     fn flush_ledgers(&self, deadline: Instant) -> Result<()> {
         let (reply, replies) = replies();
         let mut waiting = 0;
-        for (i, handle) in self.handles.iter().enumerate() {
+        for (i, lanes) in self.handles.iter().enumerate() {
             if self.ledgers[i].is_some() {
-                match handle.enqueue(Request::Audit { reply: reply.clone() }, Some(deadline)) {
+                match lanes.first().enqueue(Request::Audit { reply: reply.clone() }, Some(deadline)) {
                     Submitted::Queued => waiting += 1,
                     _ => return Err(Error::Log("checkpoint could not reach a ledger worker".into())),
                 }

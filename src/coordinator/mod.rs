@@ -28,7 +28,7 @@ use crate::durable::{
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, MetricsSnapshot, Stage};
-use crate::participant::{BalanceSummary, Erased, Participant, ParticipantKind, Refusal, Typed};
+use crate::participant::{BalanceSummary, BranchId, Erased, Participant, ParticipantKind, Refusal, Typed};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::txn::{AbortReason, Branch, MAX_ID_CLOCK_SKEW, Outcome, Transaction, Transfer, TxId, TxIdGen, unix_nanos};
 use crate::wal::Lsn;
@@ -38,7 +38,7 @@ use outstanding::Outstanding;
 use outstanding::{Owed, OwedBranch};
 use plan::{Limits, Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
-use worker::{Answer, PhaseDeadline, Reply, Request, Service, Step, Submitted};
+use worker::{Answer, Lanes, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
 use crate::operator::{Resolution, ResolveReport, RetryReport, TxState, UnfinishedTx};
 pub use batch::MAX_BATCH;
@@ -117,14 +117,39 @@ impl Default for Config {
 
 /// Configures and opens a [`Coordinator`].
 pub struct Builder {
-    services: Vec<(String, Box<dyn Erased>)>,
+    /// Each service with one participant instance per lane.
+    services: Vec<(String, Vec<Box<dyn Erased>>)>,
     config: Config,
 }
 
+/// Most lanes (concurrent callers) one service may have.
+pub const MAX_LANES: usize = 256;
+
 impl Builder {
-    /// Registers a service under `name`.
+    /// Registers a service under `name`. Its participant is called by one
+    /// thread at a time.
     pub fn service(mut self, name: impl Into<String>, participant: impl Participant) -> Self {
-        self.services.push((name.into(), Box::new(Typed(participant))));
+        self.services.push((name.into(), vec![Box::new(Typed(participant))]));
+        self
+    }
+
+    /// Registers a service whose calls run concurrently: `lanes` clones of
+    /// `participant` (1 to [`MAX_LANES`]), each called by one thread of its
+    /// own, a transaction's branches always on the lane its id picks. For a
+    /// participant that waits on something else (a remote service, a
+    /// database), so that one slow call does not hold up the others; at
+    /// most `lanes` calls are in flight. Since calls on different lanes are
+    /// not ordered, a transaction keeps its locks until such a service
+    /// acknowledged its commit or rollback.
+    pub fn concurrent_service<P: Participant + Clone>(
+        mut self,
+        name: impl Into<String>,
+        participant: P,
+        lanes: usize,
+    ) -> Self {
+        let lanes = lanes.clamp(1, MAX_LANES);
+        let all = (0..lanes).map(|_| Box::new(Typed(participant.clone())) as Box<dyn Erased>).collect();
+        self.services.push((name.into(), all));
         self
     }
 
@@ -349,31 +374,38 @@ impl Builder {
         let mut handles = Vec::with_capacity(services.len());
         let mut ledgers = Vec::with_capacity(services.len());
         let mut workers = Vec::with_capacity(services.len());
-        for (i, (name, participant)) in services.into_iter().enumerate() {
+        for (i, (name, participants)) in services.into_iter().enumerate() {
             let name: Arc<str> = name.into();
-            let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
-            infos.push(ServiceInfo { name: name.clone(), directory: participant.directory() });
-            ledgers.push(participant.ledger());
+            infos.push(ServiceInfo { name: name.clone(), directory: participants[0].directory() });
+            ledgers.push(participants[0].ledger());
+            if participants.len() > 1 && ledgers[i].is_some() {
+                return Err(Error::Config(format!("service {name:?}: a ledger cannot have several lanes")));
+            }
             let retry = config.retry_for.iter().find(|(s, _)| **s == *name).map_or(&config.retry, |(_, p)| p);
-            let service = Arc::new(Service::new(
-                i as u16,
-                name.clone(),
-                participant,
-                journal.clone(),
-                config.barrier_capacity,
-                sender,
-                metrics.clone(),
-                outstanding.clone(),
-                retry.clone(),
-                config.redeliver,
-            ));
-            let worker = service.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("dtc-{name}"))
-                .spawn(move || worker.run(requests))
-                .map_err(|source| Error::Io { op: format!("spawning the worker of {name}"), source })?;
-            handles.push(service);
-            workers.push(handle);
+            let mut lanes = Vec::with_capacity(participants.len());
+            for (lane, participant) in participants.into_iter().enumerate() {
+                let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
+                let service = Arc::new(Service::new(
+                    i as u16,
+                    name.clone(),
+                    participant,
+                    journal.clone(),
+                    config.barrier_capacity,
+                    sender,
+                    metrics.clone(),
+                    outstanding.clone(),
+                    retry.clone(),
+                    config.redeliver,
+                ));
+                let worker = service.clone();
+                let handle = std::thread::Builder::new()
+                    .name(if lane == 0 { format!("dtc-{name}") } else { format!("dtc-{name}-{lane}") })
+                    .spawn(move || worker.run(requests))
+                    .map_err(|source| Error::Io { op: format!("spawning the worker of {name}"), source })?;
+                lanes.push(service);
+                workers.push(handle);
+            }
+            handles.push(Lanes::new(lanes));
         }
         let mut inner = Inner {
             locks: StripedLocks::new(config.lock_stripes),
@@ -497,7 +529,8 @@ pub struct Coordinator {
 struct Inner {
     config: Config,
     services: Vec<ServiceInfo>,
-    handles: Vec<Arc<Service>>,
+    /// Each service's lanes (one, unless registered as concurrent).
+    handles: Vec<Lanes>,
     by_name: HashMap<Box<str>, u16>,
     locks: StripedLocks,
     ids: TxIdGen,
@@ -893,12 +926,18 @@ impl Inner {
         } else {
             self.through_participants(plan, deadline, tracked, None)
         };
+        let mut decided = result?;
+        if self.touches_concurrent(plan) {
+            // Lanes of one service do not order requests: the next holder of
+            // these locks must find the decision applied, not just queued.
+            self.acknowledged(plan, &mut decided);
+        }
         // Every commit/rollback is enqueued or applied by now; per-service
         // FIFO makes it visible to whoever takes these locks next.
         drop(locks);
-        let decided = result?;
         self.durable(decided.lsn)?;
-        Ok(self.acknowledged(plan, decided))
+        self.acknowledged(plan, &mut decided);
+        Ok(decided.outcome)
     }
 
     /// Runs `plan` through its participants under held locks: one phase for
@@ -968,7 +1007,7 @@ impl Inner {
         deadline: Option<&PhaseDeadline>,
         after: Option<Lsn>,
     ) -> Submitted {
-        self.handles[usize::from(plan.service_of(branch))].submit(plan, branch, step, reply, deadline, after)
+        self.lane(plan.service_of(branch), plan.branch_id(branch)).submit(plan, branch, step, reply, deadline, after)
     }
 
     fn one_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
@@ -1021,17 +1060,34 @@ impl Inner {
         }
     }
 
+    /// The lane of service `service` that handles `branch`.
+    fn lane(&self, service: u16, branch: BranchId) -> &Arc<Service> {
+        self.handles[usize::from(service)].for_branch(branch.tx, branch.index)
+    }
+
+    /// The kind of participant behind service `service`.
+    fn kind_of(&self, service: u16) -> ParticipantKind {
+        self.handles[usize::from(service)].first().kind
+    }
+
+    /// True if some branch of `plan` goes to a service with several lanes,
+    /// where FIFO does not order conflicting transactions.
+    fn touches_concurrent(&self, plan: &Plan) -> bool {
+        (0..plan.branches.len()).any(|b| self.handles[usize::from(plan.service_of(b))].is_concurrent())
+    }
+
     /// True if some branch of `plan` goes to an external participant.
     fn has_external(&self, plan: &Plan) -> bool {
-        (0..plan.branches.len())
-            .any(|b| self.handles[usize::from(plan.service_of(b))].kind == ParticipantKind::External)
+        (0..plan.branches.len()).any(|b| self.kind_of(plan.service_of(b)) == ParticipantKind::External)
     }
 
     /// The begin record of `plan`: its external branches.
+    /// The begin record of `plan`: its external branches, with their
+    /// requests (what recovery gives `prepared_from_request`).
     fn begin_entry(&self, plan: &Plan) -> Encoded {
         let branches = (0..plan.branches.len())
-            .filter(|&b| self.handles[usize::from(plan.service_of(b))].kind == ParticipantKind::External)
-            .map(|b| (&*self.services[usize::from(plan.service_of(b))].name, b as u16))
+            .filter(|&b| self.kind_of(plan.service_of(b)) == ParticipantKind::External)
+            .map(|b| (&*self.services[usize::from(plan.service_of(b))].name, b as u16, plan.payload(b)))
             .collect::<SmallVec<[_; 4]>>();
         Encoded { kind: codec::KIND_BEGIN, bytes: encode_begin(plan.tx, branches.into_iter()) }
     }
@@ -1052,7 +1108,16 @@ impl Inner {
             // branches are durable in the log before any prepare is sent,
             // so recovery can roll back each one (presumed abort). Under the
             // locks, so a checkpoint never falls between this and the decision.
-            let lsn = self.log_or_fail(journal.append(&self.begin_entry(plan)))?;
+            let begin = self.begin_entry(plan);
+            if begin.bytes.len() as u64 + 40 > journal.max_record_bytes() {
+                let outcome = Outcome::Aborted(too_large(
+                    "coordinator",
+                    "the begin record is larger than the log's largest record",
+                ));
+                let lsn = self.decided(plan, &outcome, None, tracked)?;
+                return Ok(Decided { outcome, lsn, acks: Acks::default() });
+            }
+            let lsn = self.log_or_fail(journal.append(&begin))?;
             self.durable(Some(lsn))?;
         }
         let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
@@ -1229,7 +1294,7 @@ impl Inner {
         let mut acks = Acks { started: plan.timed.then(Instant::now), ..Acks::default() };
         self.owe_commits(plan, votes);
         for branch in 0..plan.branches.len() {
-            let service = &self.handles[usize::from(plan.service_of(branch))];
+            let service = self.lane(plan.service_of(branch), plan.branch_id(branch));
             let after = if service.early_commit { None } else { lsn };
             match self.submit(plan, branch, Step::Commit, &reply, None, after) {
                 Submitted::Inline(Answer::Done) => {}
@@ -1248,15 +1313,15 @@ impl Inner {
         acks
     }
 
-    /// Waits (after the locks dropped) for the commits still in queues,
-    /// up to the call timeout: `Committed` if all applied it, else
-    /// `CommitPending` (redelivery continues).
-    fn acknowledged(&self, plan: &Plan, decided: Decided) -> Outcome {
-        let Decided { outcome, acks, .. } = decided;
-        if outcome != Outcome::Committed {
-            return outcome;
+    /// Waits (after the locks dropped, unless a service has several lanes)
+    /// for the commits still in queues, up to the call timeout: the outcome
+    /// stays `Committed` if all applied it, else becomes `CommitPending`
+    /// (redelivery continues). Waits only once.
+    fn acknowledged(&self, plan: &Plan, decided: &mut Decided) {
+        if decided.outcome != Outcome::Committed {
+            return;
         }
-        let Acks { replies, mut awaiting, mut pending, started } = acks;
+        let Acks { replies, mut awaiting, mut pending, started } = std::mem::take(&mut decided.acks);
         if let Some(replies) = replies {
             let deadline = Instant::now() + self.config.call_timeout;
             while !awaiting.is_empty() {
@@ -1279,7 +1344,9 @@ impl Inner {
             }
         }
         self.timed(Stage::Commit, started);
-        if pending { Outcome::CommitPending } else { Outcome::Committed }
+        if pending {
+            decided.outcome = Outcome::CommitPending;
+        }
     }
 
     /// With a log, commits to non-ledger branches are tracked until each
@@ -1314,8 +1381,13 @@ impl Inner {
             return;
         }
         let branches: Vec<OwedBranch> = (0..plan.branches.len())
-            .filter(|&b| self.handles[usize::from(plan.service_of(b))].kind == ParticipantKind::External)
-            .map(|b| OwedBranch { service: plan.service_of(b), branch: plan.branch_id(b).index, prepared: None })
+            .filter(|&b| self.kind_of(plan.service_of(b)) == ParticipantKind::External)
+            .map(|b| OwedBranch {
+                service: plan.service_of(b),
+                branch: plan.branch_id(b).index,
+                // For a rollback: the request, which a restart needs.
+                prepared: plan.payload(b).map(Into::into),
+            })
             .collect();
         self.outstanding.expect(plan.tx, Owed { step: Step::Rollback, branches });
     }
@@ -1361,7 +1433,8 @@ impl Inner {
             return Err(Error::AuditTimeout);
         };
         let (reply, replies) = replies();
-        for service in &self.handles {
+        for lanes in &self.handles {
+            let service = lanes.first();
             if !matches!(service.enqueue(Request::Audit { reply: reply.clone() }, Some(deadline)), Submitted::Queued) {
                 return Err(Error::AuditTimeout);
             }
@@ -1419,7 +1492,7 @@ impl Inner {
         {
             tracing::warn!(%error, "final checkpoint failed; recovery will replay the log");
         }
-        for service in &self.handles {
+        for service in self.handles.iter().flat_map(Lanes::all) {
             // A worker that is gone already is fine.
             let _ = service.enqueue(Request::Shutdown, None);
         }

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::operator::{
     ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx, age_seconds, check_reason,
 };
+use crate::participant::BranchId;
 use crate::txn::{AbortReason, Outcome, TxId, unix_nanos};
 
 impl Inner {
@@ -133,7 +134,7 @@ impl Inner {
     fn deliver(&self, stall: &Stall) {
         let plan = Arc::new(Plan::bare(stall.key, stall.service));
         let (reply, _ignored) = crossbeam_channel::bounded(1);
-        let handle = &self.handles[usize::from(stall.service)];
+        let handle = self.lane(stall.service, BranchId { tx: stall.key.tx, index: stall.key.branch });
         // A parked commit was delivered once already, so its decision is durable.
         let after = (stall.step == Step::Commit).then_some(crate::wal::Lsn(0));
         if matches!(handle.submit(&plan, 0, stall.step, &reply, None, after), Submitted::Full) {
@@ -190,8 +191,8 @@ impl Inner {
                 for stall in self.outstanding.resolve(tx) {
                     let request = Request::Settle { key: stall.key, step: stall.step };
                     let deadline = Some(std::time::Instant::now() + self.config.call_timeout);
-                    if !matches!(self.handles[usize::from(stall.service)].enqueue(request, deadline), Submitted::Queued)
-                    {
+                    let lane = self.lane(stall.service, BranchId { tx: stall.key.tx, index: stall.key.branch });
+                    if !matches!(lane.enqueue(request, deadline), Submitted::Queued) {
                         tracing::error!(%tx, service = %self.name(stall.service), "worker gone: settle not delivered");
                     }
                 }

@@ -166,6 +166,12 @@ impl Plan {
         self.branches[branch].service
     }
 
+    /// The payload of `branch`, if it is a payload branch.
+    pub(crate) fn payload(&self, branch: usize) -> Option<&[u8]> {
+        let b = self.branches[branch];
+        (b.carries == Carries::Payload).then(|| &self.payloads[b.start as usize..b.end as usize])
+    }
+
     /// True if `branch` carries transfer legs (false: a payload).
     pub(crate) fn is_transfer(&self, branch: usize) -> bool {
         self.branches[branch].carries == Carries::Ops

@@ -11,11 +11,14 @@
 //! fall between the two tiers while it moves (a spill removes ids from the
 //! table only after the run holding them is durable).
 //!
-//! Without a log there is no archive: the table forgets its oldest finished
-//! ids beyond its bound, and an id at or below the newest forgotten one is
-//! refused (`Begin::Expired`) rather than run a second time.
+//! Without a log there is no archive: beyond its bound the table forgets
+//! the finished ids with the oldest timestamps, and an unknown id at or
+//! below the newest forgotten one is refused (`Begin::Expired`) rather than
+//! run a second time. Forgetting by timestamp rather than by finish order
+//! keeps fresh ids from being refused: one is refused only if the table
+//! already holds `capacity` newer ones.
 
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -57,8 +60,8 @@ struct Slot {
 #[derive(Default)]
 struct Shard {
     map: HashMap<TxId, Slot>,
-    /// Finished ids in the order they finished (no log: the forgetting order).
-    order: VecDeque<TxId>,
+    /// Finished ids by timestamp (no log: the oldest are forgotten first).
+    order: BTreeSet<TxId>,
     /// The largest id this shard forgot (no log): ids at or below it may
     /// have an outcome nobody remembers.
     forgotten: Option<TxId>,
@@ -67,7 +70,7 @@ struct Shard {
 impl Shard {
     fn trim(&mut self, per_shard: usize) {
         while self.order.len() > per_shard {
-            if let Some(old) = self.order.pop_front()
+            if let Some(old) = self.order.pop_first()
                 && self.map.get(&old).is_some_and(|s| s.outcome.is_some())
             {
                 self.map.remove(&old);
@@ -166,7 +169,7 @@ impl RecentIds {
             self.finished.fetch_add(1, Ordering::Relaxed);
         }
         if self.archive.is_none() {
-            shard.order.push_back(tx);
+            shard.order.insert(tx);
             let before = shard.map.len();
             shard.trim(self.per_shard);
             // Relaxed: see above.
@@ -196,7 +199,7 @@ impl RecentIds {
         // Relaxed: see `finish`.
         self.finished.fetch_add(1, Ordering::Relaxed);
         if self.archive.is_none() {
-            shard.order.push_back(tx);
+            shard.order.insert(tx);
             shard.trim(self.per_shard);
         }
         Ok(None)

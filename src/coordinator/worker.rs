@@ -206,6 +206,49 @@ pub(crate) struct Service {
     redeliver: Option<(u64, u32)>,
 }
 
+/// The lanes of one service: a service registered with
+/// [`Builder::concurrent_service`](crate::Builder::concurrent_service) has
+/// several, each a `Service` with its own participant instance, queue,
+/// worker thread and barrier, so calls to it run concurrently. A branch
+/// always takes the lane its (transaction, branch) hashes to, so its barrier
+/// entry lives in one place. FIFO holds per lane
+/// only, so the coordinator keeps a transaction's locks until such a
+/// service acknowledged its decision (see `Inner::drive`).
+pub(crate) struct Lanes(Box<[Arc<Service>]>);
+
+impl Lanes {
+    pub(crate) fn new(lanes: Vec<Arc<Service>>) -> Self {
+        assert!(!lanes.is_empty(), "a service has at least one lane");
+        Lanes(lanes.into_boxed_slice())
+    }
+
+    /// Lane 0: the service's description (name, kind) and its single lane
+    /// for everything that is not one transaction's (audit, recovery).
+    pub(crate) fn first(&self) -> &Arc<Service> {
+        &self.0[0]
+    }
+
+    /// The lane of one branch: always the same for it, and the branches of
+    /// one transaction spread over the lanes, so they are called at once.
+    pub(crate) fn for_branch(&self, tx: TxId, branch: u16) -> &Arc<Service> {
+        if self.0.len() == 1 {
+            return &self.0[0];
+        }
+        let v = tx.as_u128();
+        let h = ((v as u64) ^ ((v >> 64) as u64) ^ u64::from(branch)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.0[(h >> 32) as usize % self.0.len()]
+    }
+
+    pub(crate) fn all(&self) -> &[Arc<Service>] {
+        &self.0
+    }
+
+    /// More than one lane: FIFO does not hold across them.
+    pub(crate) fn is_concurrent(&self) -> bool {
+        self.0.len() > 1
+    }
+}
+
 /// What became of a submitted request.
 pub(crate) enum Submitted {
     /// Ran on the caller's thread; here is the answer.
@@ -288,27 +331,30 @@ impl Service {
     }
 
     /// Asks the participant for branches it holds prepared from before a
-    /// restart and records them as prepared, so a commit or rollback can
-    /// follow. Call before any transaction runs.
-    pub(crate) fn recover_in_doubt(&self) -> Vec<BranchId> {
+    /// restart. Call before any transaction runs, then `adopt` each in the
+    /// lane of its transaction.
+    pub(crate) fn recover_in_doubt(&self) -> Vec<(BranchId, Kept)> {
         let mut core = self.core.lock();
-        let found = match catch_unwind(AssertUnwindSafe(|| core.participant.recover())) {
+        match catch_unwind(AssertUnwindSafe(|| core.participant.recover())) {
             Ok(found) => found,
             Err(_) => {
                 self.metrics.panics.add(1);
                 tracing::error!(service = %self.name, "participant panicked in recover()");
                 Vec::new()
             }
-        };
-        let mut ids = Vec::with_capacity(found.len());
-        for (branch, prepared) in found {
-            let key = TxKey::recovered(branch);
-            if core.barrier.decide(key, Phase::Prepare) == Decision::Call {
-                core.barrier.prepared_ok(key, Some(prepared));
-                ids.push(branch);
-            }
         }
-        ids
+    }
+
+    /// Records a recovered branch as prepared, so a commit or rollback can
+    /// follow. False if this lane already knew it.
+    pub(crate) fn adopt(&self, branch: BranchId, prepared: Kept) -> bool {
+        let mut core = self.core.lock();
+        let key = TxKey::recovered(branch);
+        if core.barrier.decide(key, Phase::Prepare) != Decision::Call {
+            return false;
+        }
+        core.barrier.prepared_ok(key, Some(prepared));
+        true
     }
 
     /// Records a branch as prepared with the value rebuilt from the commit
@@ -334,15 +380,23 @@ impl Service {
         }
     }
 
-    /// Records a branch as possibly prepared without a value (an external
-    /// participant after a restart, no decision): its rollback must reach
-    /// the participant.
-    pub(crate) fn restore_unknown(&self, branch: BranchId) {
+    /// Records a branch as possibly prepared (an external participant after
+    /// a restart, no decision), with what the participant rebuilds from the
+    /// logged request, if anything: its rollback must reach the participant.
+    pub(crate) fn restore_unknown(&self, branch: BranchId, request: Option<&[u8]>) {
         let mut core = self.core.lock();
         let key = TxKey::recovered(branch);
-        if core.barrier.decide(key, Phase::Prepare) == Decision::Call {
-            core.barrier.prepared_ok(key, None);
+        if core.barrier.decide(key, Phase::Prepare) != Decision::Call {
+            return;
         }
+        let participant = &core.participant;
+        let kept = request.and_then(|r| {
+            catch_unwind(AssertUnwindSafe(|| participant.rebuild_from_request(branch, r))).unwrap_or_else(|_| {
+                self.metrics.panics.add(1);
+                None
+            })
+        });
+        core.barrier.prepared_ok(key, kept);
     }
 
     /// Copies of one phase request to deliver (1 unless testing redelivery).
@@ -743,6 +797,7 @@ impl Service {
         mut f: impl FnMut(&mut Core) -> Result<(), crate::Failure>,
     ) -> Option<bool> {
         let what = if step == Step::Commit { "commit" } else { "rollback" };
+        let mut definite = false;
         let branch = BranchId { tx: key.tx, index: key.branch };
         let max_attempts = self.retry.max_attempts.max(1);
         let mut calls = 0u32;
@@ -753,7 +808,10 @@ impl Service {
                     self.outstanding.cleared(key, self.index);
                     return Some(true);
                 }
-                Ok(Err(failure)) => CallError { code: failure.code, message: failure.message },
+                Ok(Err(failure)) => {
+                    definite = !failure.retryable;
+                    CallError { code: failure.code, message: failure.message }
+                }
                 Err(_) => {
                     self.metrics.panics.add(1);
                     CallError { code: "panicked".into(), message: "participant panicked".into() }
@@ -764,7 +822,7 @@ impl Service {
             if resolved {
                 return self.resolved_meanwhile(key);
             }
-            let retryable = self.retry.is_retryable(&code);
+            let retryable = !definite && self.retry.is_retryable(&code);
             let exhausted = !retryable || round >= max_attempts;
             if inline && !exhausted {
                 self.metrics.retries.add(1);

@@ -139,14 +139,13 @@ fn read_branch(r: &mut Reader<'_>) -> Result<BranchRecord, DecodeError> {
 }
 
 /// The payload of a begin record: the external branches about to be asked
-/// to prepare.
-pub(crate) fn encode_begin<'a>(tx: TxId, branches: impl ExactSizeIterator<Item = (&'a str, u16)>) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(32 + branches.len() * 16));
+/// to prepare, each with its request (a payload branch's bytes).
+pub(crate) fn encode_begin<'a>(tx: TxId, branches: impl ExactSizeIterator<Item = NamedBranch<'a>>) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(32 + branches.len() * 24));
     w.u128(tx.as_u128());
     w.u64(branches.len() as u64);
-    for (service, index) in branches {
-        w.str(service);
-        w.u16(index);
+    for (service, index, request) in branches {
+        write_branch(&mut w, service, index, request);
     }
     w.0
 }
@@ -370,7 +369,10 @@ impl Entry {
                 return encode_decision(*tx, *fingerprint, changes, branches);
             }
             Entry::Begin { tx, branches } => {
-                return encode_begin(*tx, branches.iter().map(|b| (b.service.as_str(), b.index)));
+                return encode_begin(
+                    *tx,
+                    branches.iter().map(|b| (b.service.as_str(), b.index, b.prepared.as_deref())),
+                );
             }
             Entry::Abort { tx, fingerprint, reason } => {
                 w.u128(tx.as_u128());
@@ -417,10 +419,10 @@ impl Entry {
             }
             KIND_BEGIN => {
                 let tx = TxId::from_u128(r.u128()?);
-                let n = r.count(4)?;
+                let n = r.count(5)?;
                 let mut branches = Vec::with_capacity(n);
                 for _ in 0..n {
-                    branches.push(BranchRecord { service: r.str()?, index: r.u16()?, prepared: None });
+                    branches.push(read_branch(&mut r)?);
                 }
                 Entry::Begin { tx, branches }
             }
@@ -637,7 +639,14 @@ mod tests {
             },
             Entry::Begin {
                 tx: TxId::from_u128(7 << 64 | 5),
-                branches: vec![BranchRecord { service: "flights".into(), index: 0, prepared: None }],
+                branches: vec![
+                    BranchRecord {
+                        service: "flights".into(),
+                        index: 0,
+                        prepared: Some(b"{\"seat\":\"12A\"}".to_vec()),
+                    },
+                    BranchRecord { service: "hotel".into(), index: 1, prepared: None },
+                ],
             },
             Entry::Abort {
                 tx: TxId::from_u128(8),
