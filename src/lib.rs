@@ -40,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+mod branch_store;
 mod closures;
 mod coordinator;
 mod durable;
@@ -55,6 +56,10 @@ mod sync;
 mod txn;
 mod wal;
 
+pub use branch_store::{
+    BranchFilter, BranchInfo, BranchState, BranchStore, BranchStoreOptions, CommitVerdict, MAX_PREPARED_BYTES,
+    PrepareVerdict, RecordingParticipant, RollbackVerdict, StoreError, StoreStats, StoredParticipant,
+};
 pub use closures::{
     ClosureError, ClosureOutcome, ClosureParticipant, ClosureStats, ClosureTx, DEFAULT_PREPARE_TIMEOUT,
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,
