@@ -47,6 +47,7 @@ mod durable;
 mod error;
 mod fault;
 mod handlers;
+pub mod http;
 mod ledger;
 mod metrics;
 mod operator;
