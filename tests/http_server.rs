@@ -215,6 +215,19 @@ fn malformed_requests_get_json_errors_and_the_connection_closes() {
 }
 
 #[test]
+fn a_head_request_gets_no_body() {
+    let router = Router::new().route("HEAD", "/hello", |_: &Request| Response::json(200, &"x"));
+    let server = Server::start("127.0.0.1:0", ServerConfig::default(), router).unwrap();
+    let mut stream = connect(server.local_addr());
+    stream.write_all(b"HEAD /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("Content-Length: 3\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text:?}");
+}
+
+#[test]
 fn a_panicking_handler_is_answered_500_and_the_pool_goes_on() {
     let server = start(ServerConfig { handler_threads: 1, ..ServerConfig::default() });
     for _ in 0..3 {

@@ -28,7 +28,8 @@
 //!   `finished_horizon` and at most `max_finished` of them; prepared ones are
 //!   never dropped. When a finished branch is forgotten, the store raises a
 //!   watermark, `forgotten_below_ns`, past the timestamp of its transaction id
-//!   (dtc ids start with a clock, see [`TxId`](crate::TxId)); a prepare of an
+//!   (dtc ids start with a clock, see [`TxId`](crate::TxId); the watermark
+//!   never passes the store's own clock); a prepare of an
 //!   unknown branch whose transaction is older than the watermark is answered
 //!   [`PrepareVerdict::Expired`] instead of reserving anything, because it may
 //!   be a late duplicate of a forgotten one. A commit of a forgotten branch
@@ -928,8 +929,9 @@ impl BranchStore {
             let Some((at_ns, branch)) = next else { return };
             removed += 1;
             // Raise the watermark before the branch leaves its shard (see
-            // the field's comment).
-            let below = branch.tx.timestamp_ns().saturating_add(1);
+            // the field's comment). Never past now: one future-dated id
+            // must not expire every prepare to come.
+            let below = branch.tx.timestamp_ns().saturating_add(1).min(now_ns);
             self.forgotten_below_ns.fetch_max(below, Ordering::AcqRel);
             let mut table = self.shard(branch).table.lock();
             let forget = table

@@ -133,8 +133,14 @@ impl Connection {
         }
     }
 
-    pub(super) fn write_response(&mut self, response: &Response, close: bool) -> io::Result<()> {
-        self.write_all(&response.encode(close))
+    /// Writes the answer; for a `HEAD` request (`head_only`) without its
+    /// body, as HTTP requires.
+    pub(super) fn write_response(&mut self, response: &Response, close: bool, head_only: bool) -> io::Result<()> {
+        let mut bytes = response.encode(close);
+        if head_only {
+            bytes.truncate(bytes.len() - response.body().len());
+        }
+        self.write_all(&bytes)
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -147,7 +153,7 @@ impl Connection {
     /// not reset the connection before the client has read the answer.
     pub(super) fn close_after(&mut self, response: Option<&Response>, linger: Duration) {
         if let Some(response) = response
-            && self.write_response(response, true).is_err()
+            && self.write_response(response, true, false).is_err()
         {
             return;
         }

@@ -286,6 +286,9 @@ impl Server {
     /// in progress is finished and answered (its connection then closes);
     /// returns once every server thread has been joined. Bounded by the
     /// read and write timeouts plus the longest handler call. Idempotent.
+    ///
+    /// Not from inside a handler: it waits for that handler's own request
+    /// (call it from a thread the handler spawns instead).
     pub fn stop(&self) {
         let Some(threads) = self.threads.lock().take() else {
             self.wait();
@@ -446,10 +449,11 @@ fn serve_connection(mut connection: Connection, id: u64, shared: &Shared) {
             }
         };
         let stopping = !set_idle(shared, id, false);
+        let head_only = incoming.request.method() == "HEAD";
         let response = call_handler(shared, incoming.request);
         bump(&shared.counters.requests);
         let close = incoming.close || stopping || shared.registry.lock().stopping;
-        if connection.write_response(&response, close).is_err() || close {
+        if connection.write_response(&response, close, head_only).is_err() || close {
             break;
         }
     }
