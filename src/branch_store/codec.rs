@@ -246,7 +246,24 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any payload of any kind decodes or is an error; never a panic.
+        #[test]
+        fn any_record_bytes_decode_or_fail(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
+            if let Ok((branch, state)) = decode_record(kind, &payload) {
+                prop_assert_eq!(encode_record(branch, &state), (kind, payload));
+            }
+        }
+
+        #[test]
+        fn any_snapshot_bytes_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_snapshot(&bytes);
+        }
+    }
 
     fn branch(n: u128) -> BranchId {
         BranchId { tx: TxId::from_u128(n << 64 | 7), index: n as u16 }

@@ -258,7 +258,31 @@ fn body_length(headers: &[(String, String)], max_body_bytes: usize) -> Result<us
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any bytes: a head, "not yet", or a typed answer; never a panic.
+        #[test]
+        fn any_bytes_parse_or_get_an_answer(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            match parse_head(&bytes) {
+                Ok(Some((len, _))) => prop_assert!(len <= bytes.len()),
+                Ok(None) => {}
+                Err(ReadError::Answer(response)) => prop_assert!([400, 431, 505].contains(&response.status())),
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+
+        /// Heads that are HTTP with random header values still parse or are refused.
+        #[test]
+        fn random_header_values_never_panic(value in "[ -~]{0,64}", length in "[0-9a-z-]{0,24}") {
+            let text = format!("POST /prepare HTTP/1.1\r\nX-Any: {value}\r\nContent-Length: {length}\r\n\r\n");
+            if let Ok(Some((_, head))) = parse_head(text.as_bytes()) {
+                let _ = body_length(&head.headers, 1 << 20);
+            }
+        }
+    }
 
     fn head(text: &str) -> Result<Option<(usize, Head)>, ReadError> {
         parse_head(text.as_bytes())
