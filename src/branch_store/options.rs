@@ -69,7 +69,12 @@ impl BranchStoreOptions {
         self
     }
 
-    /// Log growth after which a checkpoint is written (at least 4 KiB).
+    /// Log growth after which a checkpoint is written (at least 4 KiB). A
+    /// checkpoint rewrites every remembered branch (prepared values and
+    /// finished entries, ~40 bytes each): a service that holds many large
+    /// prepared values at once should raise this so that the rewrite stays
+    /// small next to the log written between two of them. The log keeps
+    /// room for twice this much plus a segment.
     pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_every_bytes = bytes;
         self
