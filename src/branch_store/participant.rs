@@ -36,6 +36,10 @@ pub type RecordingParticipant = StoredParticipant<PrepareFn, CommitFn, RollbackF
 /// A store error is a refusal in prepare (a safe "no") and a retryable
 /// failure in commit and rollback.
 ///
+/// A coordinator asks `recover()` when it opens with a data directory
+/// ([`Durability::Sync`](crate::Durability::Sync)); without one, branches
+/// left prepared by an earlier process stay prepared in the store.
+///
 /// Use it for crash tests of a coordinator: open the store on a directory,
 /// run transactions, kill the process, reopen both; the coordinator's
 /// recovery sees exactly the branches that were durably prepared.
@@ -171,5 +175,64 @@ where
 
     fn decode_prepared(&self, _branch: BranchId, bytes: &[u8]) -> Option<Vec<u8>> {
         Some(bytes.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::txn::{Branch, Outcome, Transaction, TxId};
+    use crate::wal::MemStorage;
+    use crate::{BranchState, BranchStoreOptions, Coordinator, PrepareVerdict, Refusal};
+
+    use super::*;
+
+    fn store() -> Arc<BranchStore> {
+        Arc::new(BranchStoreOptions::default().open_storage(Arc::new(MemStorage::new())).unwrap())
+    }
+
+    #[test]
+    fn a_branch_left_prepared_without_a_decision_is_rolled_back_by_the_coordinators_recovery() {
+        let store = store();
+        let orphan = BranchId { tx: TxId::from_u128(5 << 64), index: 0 };
+        let verdict = store.prepare(orphan, || Ok::<_, Refusal>(b"{}".to_vec())).unwrap();
+        assert!(matches!(verdict, PrepareVerdict::Prepared(_)));
+        // A durable coordinator with no record of it: presumed abort.
+        let dir = tempfile::tempdir().unwrap();
+        let dtc = Coordinator::builder()
+            .dir(dir.path())
+            .durability(crate::Durability::Sync)
+            .service("hotel", StoredParticipant::recording(Arc::clone(&store)))
+            .open()
+            .unwrap();
+        // The rollback is delivered by the service's worker: wait (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.state(orphan) == Some(BranchState::Prepared) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(store.state(orphan), Some(BranchState::RolledBack));
+        assert!(store.prepared().is_empty());
+        // And it goes on serving transactions through the store.
+        let booking = Transaction::new().branch(Branch::new("hotel", &b"{\"room\":1}"[..]));
+        assert_eq!(dtc.run(&booking).unwrap(), Outcome::Committed);
+        assert_eq!(store.stats().finished, 2);
+    }
+
+    #[test]
+    fn a_refusal_of_the_closure_aborts_the_transaction_and_is_recorded() {
+        let store = store();
+        let participant = StoredParticipant::new(
+            Arc::clone(&store),
+            |_, _| Err(Refusal::new("full", "no rooms")),
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        );
+        let dtc = Coordinator::builder().service("hotel", participant).open().unwrap();
+        let booking = Transaction::new().branch(Branch::new("hotel", &b"{}"[..]));
+        assert!(matches!(dtc.run(&booking).unwrap(), Outcome::Aborted { .. }));
+        let all = store.branches(crate::BranchFilter::All);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, BranchState::Refused);
     }
 }
