@@ -195,6 +195,13 @@ fn malformed_calls_and_the_service_endpoints() {
         let body: Value = serde_json::from_slice(&answer.body_mut().read_to_vec().unwrap()).unwrap();
         assert!(body["error"]["code"].as_str().unwrap().starts_with("bad_"), "{body}");
     }
+    // Too large for a prepare: a refusal; beyond the server's bound: 413.
+    let big = json!({"blob": "x".repeat(61 << 10)});
+    let (status, body) = call(&agent, base, "prepare", &tx(3), 0, &big);
+    assert_eq!((status, code(&body)), (409, "payload_too_large"));
+    let huge = json!({"blob": "x".repeat(65 << 10)});
+    let (status, body) = call(&agent, base, "prepare", &tx(3), 1, &huge);
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")));
     let (status, body) = get(&agent, &format!("{base}/healthz"));
     assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["status"].clone()), (200, json!("ok")));
     assert_eq!(get(&agent, &format!("{base}/branches?state=bogus")).0, 400);

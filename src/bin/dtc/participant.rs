@@ -70,8 +70,13 @@ fn rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Largest prepare payload (and so prepared value) accepted.
+/// Largest prepare payload accepted (a refusal beyond): its prepared value,
+/// the payload wrapped with the name, then stays within the protocol's
+/// 64 KiB.
 const MAX_PAYLOAD_BYTES: usize = 60 << 10;
+
+/// Longest `--name`.
+const MAX_NAME_BYTES: usize = 256;
 
 /// The phases counted in the metrics.
 const PHASES: [&str; 3] = ["prepare", "commit", "rollback"];
@@ -106,6 +111,9 @@ struct Service {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.name.is_empty() || args.name.len() > MAX_NAME_BYTES {
+        return Err(format!("--name must be 1 to {MAX_NAME_BYTES} bytes").into());
+    }
     let store = BranchStore::open(&args.dir)?;
     let held = store.prepared().iter().map(|(_, value)| amount_of_prepared(value)).sum();
     let seed = args.seed.unwrap_or_else(rand::random);
@@ -130,7 +138,8 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let config = ServerConfig {
         handler_threads: args.handler_threads as usize,
         max_connections: args.max_connections as usize,
-        max_body_bytes: MAX_PAYLOAD_BYTES,
+        // A commit's body is the prepared value, up to the protocol's bound.
+        max_body_bytes: dtc::MAX_PREPARED_BYTES,
         ..ServerConfig::default()
     };
     let server = Server::start(args.listen.as_str(), config, router(service))?;
@@ -241,6 +250,12 @@ impl Service {
     fn prepare(&self, branch: BranchId, request: &Request) -> Response {
         let mut held_now = 0;
         let reserve = || -> Result<Vec<u8>, Refusal> {
+            if request.body().len() > MAX_PAYLOAD_BYTES {
+                return Err(Refusal::new(
+                    "payload_too_large",
+                    format!("a payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}", request.body().len()),
+                ));
+            }
             let payload: serde_json::Value = serde_json::from_slice(request.body())
                 .map_err(|e| Refusal::new("invalid_payload", format!("the payload is not JSON: {e}")))?;
             if !payload.is_object() {
