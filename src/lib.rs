@@ -40,12 +40,14 @@
 
 #![warn(missing_docs)]
 
+mod branch_store;
 mod closures;
 mod coordinator;
 mod durable;
 mod error;
 mod fault;
 mod handlers;
+pub mod http;
 mod ledger;
 mod metrics;
 mod operator;
@@ -56,6 +58,10 @@ mod sync;
 mod txn;
 mod wal;
 
+pub use branch_store::{
+    BranchFilter, BranchInfo, BranchState, BranchStore, BranchStoreOptions, CommitVerdict, MAX_PREPARED_BYTES,
+    PrepareVerdict, RecordingParticipant, RollbackVerdict, StoreError, StoreStats, StoredParticipant,
+};
 pub use closures::{
     ClosureError, ClosureOutcome, ClosureParticipant, ClosureStats, ClosureTx, DEFAULT_PREPARE_TIMEOUT,
     MAX_CLOSURE_PARTICIPANTS, PrepareResult, PreparedClosureTx, RollbackCause, closure_stats,

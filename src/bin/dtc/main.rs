@@ -5,6 +5,7 @@ mod demo;
 mod limits;
 mod naive;
 mod ops;
+mod participant;
 mod workload;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     /// Refused with exit 1 when it would break atomicity: --commit without a recorded commit
     /// decision, --abort of a recorded commit.
     Resolve(ops::ResolveArgs),
+    /// Runs the reference participant service of the HTTP protocol, with durable branches in --dir and injected faults.
+    Participant(participant::Args),
     /// Checks a data directory offline without changing it. Exit 1 on problems, 2 if recovery would refuse.
     Verify(ops::VerifyArgs),
 }
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::RetryNow(args) => ops::retry_now(args),
         Command::Resolve(args) => ops::resolve(args),
         Command::Verify(args) => ops::verify(args),
+        Command::Participant(args) => participant::run(args),
     };
     match result {
         Ok(code) => code,
