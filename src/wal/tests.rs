@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
+use super::format;
 use super::record::{self, HEADER_BYTES};
 use super::segment::segment_name;
 use super::*;
@@ -756,6 +757,240 @@ proptest! {
         prop_assert!(storage.set_bytes(&segment_name(0), 0, &bytes));
         if let Ok((_, recovery)) = try_open(&storage, &config) {
             prop_assert!(recovery.records.is_empty());
+        }
+    }
+}
+
+// ---- The format file: the directory describes its own log ----
+
+fn format_bytes(storage: &MemStorage) -> Vec<u8> {
+    storage.read_written(FORMAT_FILE).expect("format file")
+}
+
+#[test]
+fn a_new_log_records_its_format_and_every_opener_uses_it() {
+    let written = config(TINY_SEGMENT_BYTES, 7);
+    let (storage, appended) = durable_log(&written, 40);
+    assert_eq!(format_bytes(&storage).len(), format::FORMAT_BYTES);
+    assert_eq!(format::Format::decode(&format_bytes(&storage)).expect("valid"), format::Format::of(&written));
+    // Openers configured otherwise (the defaults, or other values) get the
+    // directory's parameters, and the records.
+    for asked in [WalConfig { preallocate_next: false, ..WalConfig::default() }, config(SMALL_SEGMENT_BYTES, 3)] {
+        let inspection = Wal::inspect(&storage.crash(), &asked).expect("inspect");
+        assert_eq!(inspection.verdict, Verdict::Clean);
+        assert_eq!(inspection.records, as_records(&appended));
+        assert_eq!(inspection.config.segment_size_bytes, TINY_SEGMENT_BYTES);
+        assert_eq!(inspection.config.max_segments, 7);
+        let (wal, recovery) = open(&storage.crash(), &asked);
+        assert_eq!(recovery.records, as_records(&appended));
+        assert_eq!((wal.config().segment_size_bytes, wal.config().max_segments), (TINY_SEGMENT_BYTES, 7));
+        // Non-format settings stay the caller's.
+        assert_eq!(wal.config().gather_limit, asked.gather_limit);
+        wal.append(1, b"more").expect("append with the directory's format");
+    }
+}
+
+#[test]
+fn a_directory_without_format_file_is_inferred_and_recorded_on_open_only() {
+    let written = config(TINY_SEGMENT_BYTES, 6);
+    let (storage, appended) = durable_log(&written, 200);
+    let old = storage.crash();
+    old.remove(FORMAT_FILE).expect("remove");
+    old.sync_dir().expect("sync");
+    let segment_files = old.file_names().iter().filter(|n| n.starts_with("seg-")).count();
+    assert!(segment_files >= 2, "{segment_files}");
+
+    let asked = WalConfig { preallocate_next: false, ..WalConfig::default() };
+    let inspection = Wal::inspect(&old, &asked).expect("inspect");
+    assert_eq!(inspection.verdict, Verdict::Clean);
+    assert_eq!(inspection.records, as_records(&appended));
+    assert_eq!(inspection.config.segment_size_bytes, TINY_SEGMENT_BYTES);
+    assert!(old.read_written(FORMAT_FILE).is_none(), "inspect wrote the format file");
+
+    let (_, recovery) = open(&old, &asked);
+    assert_eq!(recovery.records, as_records(&appended));
+    let recorded = format::Format::decode(&format_bytes(&old)).expect("written on open");
+    assert_eq!(recorded.segment_size_bytes, TINY_SEGMENT_BYTES);
+    // The caller's 4 or the files found, whichever is more.
+    assert_eq!(recorded.max_segments, asked.max_segments.max(segment_files));
+    // Durable: a crash right after the open keeps it.
+    assert_eq!(old.crash().read_written(FORMAT_FILE), Some(recorded.encode().to_vec()));
+}
+
+#[test]
+fn a_damaged_format_file_is_a_typed_error_never_a_panic() {
+    let written = config(TINY_SEGMENT_BYTES, 4);
+    let (storage, _) = durable_log(&written, 5);
+    let good = format_bytes(&storage);
+    let replace = |bytes: &[u8]| {
+        let copy = storage.crash();
+        copy.write_file_atomic(FORMAT_FILE, &[bytes]).expect("write");
+        copy
+    };
+    // Every single bit flip is caught.
+    for bit in 0..good.len() * 8 {
+        let mut bytes = good.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        let copy = replace(&bytes);
+        for result in [try_open(&copy, &written).map(|_| ()), Wal::inspect(&copy, &written).map(|_| ())] {
+            match result {
+                Err(WalError::Corrupt { file, .. }) => assert_eq!(file, FORMAT_FILE),
+                // Bits of the version field: an unknown version.
+                Err(WalError::Config { .. }) => assert!((32..64).contains(&bit), "bit {bit}"),
+                other => panic!("bit {bit}: {other:?}"),
+            }
+        }
+    }
+    // Truncated, extended, empty, huge: typed errors.
+    for bytes in [&good[..8], &[good.as_slice(), &[0u8; 4]].concat()[..], &[][..], &vec![7u8; 1 << 20][..]] {
+        assert!(matches!(try_open(&replace(bytes), &written), Err(WalError::Corrupt { .. })), "{} bytes", bytes.len());
+    }
+    // A newer version is "unsupported", even with another layout.
+    let mut newer = good.clone();
+    newer[4..8].copy_from_slice(&2u32.to_le_bytes());
+    newer.extend_from_slice(&[0u8; 16]);
+    match try_open(&replace(&newer), &written) {
+        Err(WalError::Config { reason }) => assert!(reason.contains("version 2"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Valid checksum, unusable parameters.
+    let bad = format::Format { segment_size_bytes: 5000, max_segments: 4 }.encode();
+    assert!(matches!(try_open(&replace(&bad), &written), Err(WalError::Corrupt { .. })));
+    let bad = format::Format { segment_size_bytes: TINY_SEGMENT_BYTES, max_segments: 1 }.encode();
+    assert!(matches!(try_open(&replace(&bad), &written), Err(WalError::Corrupt { .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn format_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(format) = format::Format::decode(&bytes) {
+            prop_assert_eq!(format.encode().to_vec(), bytes);
+        }
+    }
+}
+
+// ---- Hostile names in the directory ----
+
+/// A durable log on the real file system, in a fresh directory.
+fn fs_log(backend: LogBackend, count: u64) -> (tempfile::TempDir, WalConfig, Appended) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WalConfig { backend, ..config(TINY_SEGMENT_BYTES, 4) };
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(dir.path()).expect("storage"));
+    let (wal, _) = Wal::open(storage, config.clone()).expect("open");
+    let mut appended = Vec::new();
+    for i in 0..count {
+        let end = append(&wal, &mut appended, 1 + (i % 3) as u8, payload(i, (i * 13 % 50) as usize));
+        wal.wait_durable(end).expect("durable");
+    }
+    (dir, config, appended)
+}
+
+fn fs_open(dir: &std::path::Path, config: &WalConfig) -> Result<(Wal, Recovery), WalError> {
+    Wal::open(Arc::new(FsStorage::new(dir).expect("storage")), config.clone())
+}
+
+fn fs_inspect(dir: &std::path::Path, config: &WalConfig) -> Inspection {
+    Wal::inspect(&FsStorage::new(dir).expect("storage"), config).expect("inspect")
+}
+
+fn has_problem(inspection: &Inspection, file: &str, kind: &str) -> bool {
+    inspection.problems.iter().any(|p| p.file == file && p.kind == kind)
+}
+
+#[test]
+fn hostile_names_are_ignored_and_reported() {
+    let (dir, config, appended) = fs_log(LogBackend::Pwrite, 20);
+    let path = dir.path();
+    let far = "seg-fffffffffffffff0.wal";
+    std::fs::write(path.join(far), vec![0u8; TINY_SEGMENT_BYTES as usize]).expect("write");
+    for name in ["seg-zz.wal", "seg-1.wal", "seg-000000000000000A.wal", "seg-+000000000000001.wal", "checkpoint-1.ckpt"]
+    {
+        std::fs::write(path.join(name), b"junk").expect("write");
+    }
+    std::fs::create_dir(path.join("seg-0000000000000005.wal")).expect("mkdir");
+    std::os::unix::fs::symlink(path.join(segment_name(0)), path.join("seg-0000000000000006.wal")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent", path.join("checkpoint-0000000000000000.ckpt")).expect("symlink");
+    // Another component's side files: not ours, not reported.
+    std::fs::write(path.join("ids-00000000000000ff.run"), b"ids").expect("write");
+
+    let inspection = fs_inspect(path, &config);
+    assert_eq!(inspection.verdict, Verdict::Clean, "{:?}", inspection.problems);
+    assert_eq!(inspection.records, as_records(&appended));
+    assert!(has_problem(&inspection, far, "stray_segment_name"));
+    for name in ["seg-zz.wal", "seg-1.wal", "seg-000000000000000A.wal", "seg-+000000000000001.wal", "checkpoint-1.ckpt"]
+    {
+        assert!(has_problem(&inspection, name, "malformed_name"), "{name}: {:?}", inspection.problems);
+    }
+    assert!(has_problem(&inspection, "seg-0000000000000005.wal", "not_a_regular_file"));
+    assert!(has_problem(&inspection, "seg-0000000000000006.wal", "not_a_regular_file"));
+    assert!(has_problem(&inspection, "checkpoint-0000000000000000.ckpt", "not_a_regular_file"));
+    assert!(!inspection.problems.iter().any(|p| p.file.starts_with("ids-")));
+
+    let (wal, recovery) = fs_open(path, &config).expect("open ignores them");
+    assert_eq!(recovery.records, as_records(&appended));
+    wal.wait_durable(wal.append(1, b"after").expect("append")).expect("durable");
+    drop(wal);
+    // Left alone: the log never removes or follows what it does not own.
+    for name in [far, "seg-zz.wal", "seg-0000000000000005.wal", "seg-0000000000000006.wal", "ids-00000000000000ff.run"]
+    {
+        assert!(std::fs::symlink_metadata(path.join(name)).is_ok(), "{name} removed");
+    }
+    assert_eq!(std::fs::read(path.join("ids-00000000000000ff.run")).expect("side file"), b"ids");
+    assert_eq!(fs_open(path, &config).expect("reopen").1.records.len(), appended.len() + 1);
+}
+
+#[test]
+fn far_future_segment_in_memory_storage_costs_one_entry() {
+    // An in-range id far beyond the log: a file after a gap, holding no
+    // valid record, so a torn tail (removed by open), found without
+    // iterating over the ids in between.
+    let config = config(TINY_SEGMENT_BYTES, 4);
+    let (storage, appended) = durable_log(&config, 10);
+    let copy = storage.crash();
+    let far = segment_name(1 << 40);
+    copy.write_file_atomic(&far, &[&vec![0u8; TINY_SEGMENT_BYTES as usize]]).expect("write");
+    let inspection = Wal::inspect(&copy, &config).expect("inspect");
+    assert_eq!(inspection.records, as_records(&appended));
+    let (_, recovery) = open(&copy, &config);
+    assert_eq!(recovery.records, as_records(&appended));
+    assert!(!copy.file_names().contains(&far), "a file after a gap is removed");
+    // One holding garbage is the same.
+    let copy = storage.crash();
+    copy.write_file_atomic(&far, &[&vec![0x5au8; TINY_SEGMENT_BYTES as usize]]).expect("write");
+    assert_eq!(open(&copy, &config).1.records, as_records(&appended));
+}
+
+#[test]
+fn zero_length_and_wrong_size_segments_are_typed_errors() {
+    for backend in [LogBackend::Pwrite, LogBackend::Mmap] {
+        let (dir, config, _) = fs_log(backend, 30);
+        let path = dir.path();
+        // A zero-length live segment: corrupt, named, never mapped.
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(path, copy.path());
+        std::fs::write(copy.path().join(segment_name(0)), b"").expect("truncate");
+        match fs_open(copy.path(), &config) {
+            Err(WalError::Corrupt { file, .. }) => assert_eq!(file, segment_name(0)),
+            other => panic!("{backend}: {other:?}"),
+        }
+        assert!(matches!(fs_inspect(copy.path(), &config).verdict, Verdict::Corrupt { kind: "segment_size", .. }));
+        // A wrong-size far-future segment: also corrupt (not silently removed).
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(path, copy.path());
+        std::fs::write(copy.path().join(segment_name(1 << 30)), vec![0u8; 4096]).expect("write");
+        assert!(matches!(fs_open(copy.path(), &config), Err(WalError::Corrupt { .. })), "{backend}");
+        let inspection = fs_inspect(copy.path(), &config);
+        assert!(has_problem(&inspection, &segment_name(1 << 30), "segment_size"));
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
         }
     }
 }
