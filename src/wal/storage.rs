@@ -16,11 +16,11 @@ use super::pwrite::PwriteFile;
 /// default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogBackend {
-    /// `pwrite` into the page cache, `fdatasync` to make it durable.
+    /// `pwrite` into the page cache, `fdatasync` to make it durable (default).
+    #[default]
     Pwrite,
     /// Stores into a shared writable mapping, `msync(MS_SYNC)` to make it
-    /// durable (default).
-    #[default]
+    /// durable.
     Mmap,
 }
 

@@ -660,10 +660,19 @@ fn torn_checkpoint_after_recycling_refuses() {
     assert!(matches!(try_open(&storage.crash(), &config), Err(WalError::Corrupt { .. })));
 }
 
+/// Both write backends; every test on the real file system runs with each.
+const BACKENDS: [LogBackend; 2] = [LogBackend::Pwrite, LogBackend::Mmap];
+
 #[test]
 fn fs_storage_round_trip_with_rollover_and_recycling() {
+    for backend in BACKENDS {
+        fs_round_trip(backend);
+    }
+}
+
+fn fs_round_trip(backend: LogBackend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = WalConfig { segment_size_bytes: TINY_SEGMENT_BYTES, max_segments: 3, ..WalConfig::default() };
+    let config = WalConfig { segment_size_bytes: TINY_SEGMENT_BYTES, max_segments: 3, backend, ..WalConfig::default() };
     let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(dir.path()).expect("storage"));
     let mut appended = Vec::new();
     let mut checkpoint = Lsn(0);
@@ -901,44 +910,49 @@ fn has_problem(inspection: &Inspection, file: &str, kind: &str) -> bool {
 
 #[test]
 fn hostile_names_are_ignored_and_reported() {
-    let (dir, config, appended) = fs_log(LogBackend::Pwrite, 20);
-    let path = dir.path();
-    let far = "seg-fffffffffffffff0.wal";
-    std::fs::write(path.join(far), vec![0u8; TINY_SEGMENT_BYTES as usize]).expect("write");
-    for name in ["seg-zz.wal", "seg-1.wal", "seg-000000000000000A.wal", "seg-+000000000000001.wal", "checkpoint-1.ckpt"]
-    {
-        std::fs::write(path.join(name), b"junk").expect("write");
-    }
-    std::fs::create_dir(path.join("seg-0000000000000005.wal")).expect("mkdir");
-    std::os::unix::fs::symlink(path.join(segment_name(0)), path.join("seg-0000000000000006.wal")).expect("symlink");
-    std::os::unix::fs::symlink("/nonexistent", path.join("checkpoint-0000000000000000.ckpt")).expect("symlink");
-    // Another component's side files: not ours, not reported.
-    std::fs::write(path.join("ids-00000000000000ff.run"), b"ids").expect("write");
+    for backend in BACKENDS {
+        let (dir, config, appended) = fs_log(backend, 20);
+        let path = dir.path();
+        let far = "seg-fffffffffffffff0.wal";
+        std::fs::write(path.join(far), vec![0u8; TINY_SEGMENT_BYTES as usize]).expect("write");
+        for name in
+            ["seg-zz.wal", "seg-1.wal", "seg-000000000000000A.wal", "seg-+000000000000001.wal", "checkpoint-1.ckpt"]
+        {
+            std::fs::write(path.join(name), b"junk").expect("write");
+        }
+        std::fs::create_dir(path.join("seg-0000000000000005.wal")).expect("mkdir");
+        std::os::unix::fs::symlink(path.join(segment_name(0)), path.join("seg-0000000000000006.wal")).expect("symlink");
+        std::os::unix::fs::symlink("/nonexistent", path.join("checkpoint-0000000000000000.ckpt")).expect("symlink");
+        // Another component's side files: not ours, not reported.
+        std::fs::write(path.join("ids-00000000000000ff.run"), b"ids").expect("write");
 
-    let inspection = fs_inspect(path, &config);
-    assert_eq!(inspection.verdict, Verdict::Clean, "{:?}", inspection.problems);
-    assert_eq!(inspection.records, as_records(&appended));
-    assert!(has_problem(&inspection, far, "stray_segment_name"));
-    for name in ["seg-zz.wal", "seg-1.wal", "seg-000000000000000A.wal", "seg-+000000000000001.wal", "checkpoint-1.ckpt"]
-    {
-        assert!(has_problem(&inspection, name, "malformed_name"), "{name}: {:?}", inspection.problems);
-    }
-    assert!(has_problem(&inspection, "seg-0000000000000005.wal", "not_a_regular_file"));
-    assert!(has_problem(&inspection, "seg-0000000000000006.wal", "not_a_regular_file"));
-    assert!(has_problem(&inspection, "checkpoint-0000000000000000.ckpt", "not_a_regular_file"));
-    assert!(!inspection.problems.iter().any(|p| p.file.starts_with("ids-")));
+        let inspection = fs_inspect(path, &config);
+        assert_eq!(inspection.verdict, Verdict::Clean, "{:?}", inspection.problems);
+        assert_eq!(inspection.records, as_records(&appended));
+        assert!(has_problem(&inspection, far, "stray_segment_name"));
+        for name in
+            ["seg-zz.wal", "seg-1.wal", "seg-000000000000000A.wal", "seg-+000000000000001.wal", "checkpoint-1.ckpt"]
+        {
+            assert!(has_problem(&inspection, name, "malformed_name"), "{name}: {:?}", inspection.problems);
+        }
+        assert!(has_problem(&inspection, "seg-0000000000000005.wal", "not_a_regular_file"));
+        assert!(has_problem(&inspection, "seg-0000000000000006.wal", "not_a_regular_file"));
+        assert!(has_problem(&inspection, "checkpoint-0000000000000000.ckpt", "not_a_regular_file"));
+        assert!(!inspection.problems.iter().any(|p| p.file.starts_with("ids-")));
 
-    let (wal, recovery) = fs_open(path, &config).expect("open ignores them");
-    assert_eq!(recovery.records, as_records(&appended));
-    wal.wait_durable(wal.append(1, b"after").expect("append")).expect("durable");
-    drop(wal);
-    // Left alone: the log never removes or follows what it does not own.
-    for name in [far, "seg-zz.wal", "seg-0000000000000005.wal", "seg-0000000000000006.wal", "ids-00000000000000ff.run"]
-    {
-        assert!(std::fs::symlink_metadata(path.join(name)).is_ok(), "{name} removed");
+        let (wal, recovery) = fs_open(path, &config).expect("open ignores them");
+        assert_eq!(recovery.records, as_records(&appended));
+        wal.wait_durable(wal.append(1, b"after").expect("append")).expect("durable");
+        drop(wal);
+        // Left alone: the log never removes or follows what it does not own.
+        for name in
+            [far, "seg-zz.wal", "seg-0000000000000005.wal", "seg-0000000000000006.wal", "ids-00000000000000ff.run"]
+        {
+            assert!(std::fs::symlink_metadata(path.join(name)).is_ok(), "{name} removed");
+        }
+        assert_eq!(std::fs::read(path.join("ids-00000000000000ff.run")).expect("side file"), b"ids");
+        assert_eq!(fs_open(path, &config).expect("reopen").1.records.len(), appended.len() + 1);
     }
-    assert_eq!(std::fs::read(path.join("ids-00000000000000ff.run")).expect("side file"), b"ids");
-    assert_eq!(fs_open(path, &config).expect("reopen").1.records.len(), appended.len() + 1);
 }
 
 #[test]
@@ -964,7 +978,7 @@ fn far_future_segment_in_memory_storage_costs_one_entry() {
 
 #[test]
 fn zero_length_and_wrong_size_segments_are_typed_errors() {
-    for backend in [LogBackend::Pwrite, LogBackend::Mmap] {
+    for backend in BACKENDS {
         let (dir, config, _) = fs_log(backend, 30);
         let path = dir.path();
         // A zero-length live segment: corrupt, named, never mapped.
@@ -992,5 +1006,81 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         if entry.file_type().expect("type").is_file() {
             std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
         }
+    }
+}
+
+// ---- Torn writes and bit flips on the real file system, both backends ----
+
+/// `dir`'s files copied into a fresh directory.
+fn fs_copy(dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir, copy.path());
+    copy
+}
+
+fn patch(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).expect("open");
+    file.write_all_at(bytes, offset).expect("patch");
+}
+
+#[test]
+fn fs_torn_tail_at_every_byte_of_the_last_record() {
+    for written_by in BACKENDS {
+        let (dir, config, appended) = fs_log(written_by, 6);
+        let (last_start, _, _, last_payload) = appended[appended.len() - 1].clone();
+        let kept = as_records(&appended[..appended.len() - 1].to_vec());
+        let total = HEADER_BYTES as usize + last_payload.len();
+        for keep in 0..total {
+            // Read back with the other backend half of the time: the bytes
+            // on disk do not depend on the backend.
+            let read_by = BACKENDS[keep % 2];
+            let config = WalConfig { backend: read_by, ..config.clone() };
+            let copy = fs_copy(dir.path());
+            patch(&copy.path().join(segment_name(0)), last_start.0 + keep as u64, &vec![0u8; total - keep]);
+            let (_, recovery) =
+                fs_open(copy.path(), &config).unwrap_or_else(|e| panic!("{written_by}/{read_by} keep {keep}: {e}"));
+            assert_eq!(recovery.records, kept, "{written_by}/{read_by} keep {keep}");
+            assert_eq!(recovery.end_lsn, last_start);
+            let (_, again) = fs_open(copy.path(), &config).expect("reopen");
+            assert_eq!((again.records.len(), again.torn_tail_bytes), (kept.len(), 0), "truncation is durable");
+        }
+    }
+}
+
+#[test]
+fn fs_bit_flips_in_the_durable_log_are_detected() {
+    for written_by in BACKENDS {
+        let (dir, config, appended) = fs_log(written_by, 8);
+        let originals = as_records(&appended);
+        // Every bit of one record in the middle (header and payload): inside
+        // the synced log, so each flip refuses or truncates, never accepts.
+        // (The alignment bytes after the payload are not covered by the crc.)
+        let (start, _, _, payload) = &appended[3];
+        let end = start.0 + HEADER_BYTES + payload.len() as u64;
+        let (mut refused, mut truncated) = (0, 0);
+        for bit in start.0 * 8..end * 8 {
+            let read_by = BACKENDS[(bit % 2) as usize];
+            let config = WalConfig { backend: read_by, ..config.clone() };
+            let copy = fs_copy(dir.path());
+            let path = copy.path().join(segment_name(0));
+            let mut byte = [0u8];
+            std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&path).expect("open"), &mut byte, bit / 8)
+                .expect("read");
+            patch(&path, bit / 8, &[byte[0] ^ (1 << (bit % 8))]);
+            match fs_open(copy.path(), &config) {
+                Err(WalError::Corrupt { file, .. }) => {
+                    assert_eq!(file, segment_name(0));
+                    refused += 1;
+                }
+                Err(e) => panic!("{written_by}/{read_by} bit {bit}: {e}"),
+                Ok((_, recovery)) => {
+                    assert_eq!(recovery.records[..], originals[..recovery.records.len()], "bit {bit}");
+                    assert!(recovery.records.len() < originals.len(), "{written_by}/{read_by} bit {bit} accepted");
+                    truncated += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "{written_by}: refused {refused}, truncated {truncated}");
     }
 }
