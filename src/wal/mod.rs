@@ -93,6 +93,10 @@ pub struct WalConfig {
     /// more than half the recent sync time; see `group::GroupCommit::gather`).
     /// Zero: sync at once.
     pub gather_limit: std::time::Duration,
+    /// Group-commit syncs allowed in flight at once (1 ..= 4): the next
+    /// group's sync starts while earlier ones run; acknowledgements stay in
+    /// log order (docs/design.md, "Overlapping syncs"). 1: one at a time.
+    pub syncs_in_flight: usize,
 }
 
 impl Default for WalConfig {
@@ -103,9 +107,13 @@ impl Default for WalConfig {
             backend: LogBackend::default(),
             preallocate_next: true,
             gather_limit: DEFAULT_GATHER_LIMIT,
+            syncs_in_flight: DEFAULT_SYNCS_IN_FLIGHT,
         }
     }
 }
+
+/// See `WalConfig::syncs_in_flight`.
+pub const DEFAULT_SYNCS_IN_FLIGHT: usize = 2;
 
 /// See `WalConfig::gather_limit`.
 pub const DEFAULT_GATHER_LIMIT: std::time::Duration = std::time::Duration::from_micros(200);
@@ -125,6 +133,8 @@ impl WalConfig {
             "max_segments must be between 2 and 2^20"
         } else if self.gather_limit > std::time::Duration::from_millis(10) {
             "gather_limit must be at most 10 ms"
+        } else if !(1..=group::MAX_SYNCS_IN_FLIGHT).contains(&self.syncs_in_flight) {
+            "syncs_in_flight must be between 1 and 4"
         } else {
             return Ok(());
         };
@@ -340,8 +350,9 @@ impl Shared {
     /// Leader hook: appends a sync marker stating `durable`, if it fits in
     /// the current segment without preparing or sealing anything.
     fn write_marker(&self, durable: u64) {
-        // Relaxed: only the current leader (serialized by the leader mutex,
-        // which orders successive leaders) reads and writes it.
+        // Relaxed: only the preparing leader reads and writes it; there is
+        // one at a time, and the leader mutex (which sets and clears
+        // `preparing`) orders successive ones.
         if durable == 0 || durable <= self.last_marker.load(Ordering::Relaxed) {
             return;
         }
@@ -502,7 +513,7 @@ impl Wal {
             storage,
             segment_bytes,
             reserved: AtomicU64::new(end),
-            group: GroupCommit::new(end).with_gather(config.gather_limit),
+            group: GroupCommit::new(end).with_gather(config.gather_limit).with_syncs_in_flight(config.syncs_in_flight),
             ring,
             last_marker: AtomicU64::new(0),
             checkpoint: Mutex::new(newest_checkpoint),
