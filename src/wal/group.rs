@@ -37,6 +37,12 @@ struct LeaderState {
     started_to: u64,
     /// Mirror of `GroupCommit::durable` under the lock.
     durable: u64,
+    /// Highest position any waiter went to sleep for. Positions only grow,
+    /// and a waiter above `durable` is still asleep (or about to wake), so a
+    /// newly registered sync ending at `to` needs to wake waiters only when
+    /// this exceeds `to`: everyone else is covered and waits for the
+    /// publication anyway. Saves a wake-up of the whole group per sync.
+    highest_waiter: u64,
     /// Kind of the first storage error; set once, never cleared.
     failure: Option<std::io::ErrorKind>,
 }
@@ -98,6 +104,7 @@ impl GroupCommit {
                 front_seq: 0,
                 started_to: start,
                 durable: start,
+                highest_waiter: start,
                 failure: None,
             }),
             wakeup: Condvar::new(),
@@ -266,6 +273,7 @@ impl GroupCommit {
                     if !state.preparing && state.syncs.len() < self.max_in_flight && state.started_to < position {
                         break;
                     }
+                    state.highest_waiter = state.highest_waiter.max(position);
                     state = self.wakeup.wait(state);
                 }
                 state.preparing = true;
@@ -377,9 +385,13 @@ impl GroupCommit {
         state.started_to = to;
         state.syncs.push_back((to, false));
         let seq = state.front_seq + state.syncs.len() as u64 - 1;
+        let someone_beyond = state.highest_waiter > to;
         drop(state);
-        // A waiter beyond `to` may prepare the next sync now.
-        self.wakeup.notify_all();
+        // A waiter beyond `to` may prepare the next sync now; the others
+        // wait for the publication (see `highest_waiter`).
+        if someone_beyond {
+            self.wakeup.notify_all();
+        }
         seq
     }
 
