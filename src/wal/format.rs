@@ -121,8 +121,10 @@ pub fn read(storage: &dyn Storage, names: &[String]) -> Result<Option<Format>, W
     }
     // A format file is 32 bytes; a much larger file under its name is not
     // read into memory.
-    let len_bytes =
-        storage.regular_file_len(FORMAT_FILE).map_err(|e| WalError::io("read format file", FORMAT_FILE, e))?;
+    let len_bytes = storage
+        .open_read(FORMAT_FILE)
+        .map(|file| file.len())
+        .map_err(|e| WalError::io("read format file", FORMAT_FILE, e))?;
     if len_bytes > 4096 {
         return Err(WalError::Corrupt {
             file: FORMAT_FILE.into(),

@@ -396,18 +396,6 @@ impl Storage for MemStorage {
         Ok(state.names.keys().cloned().collect())
     }
 
-    fn regular_file_len(&self, name: &str) -> io::Result<u64> {
-        let file = {
-            let state = self.inner.state.lock();
-            if state.dead {
-                return Err(FaultKind::Io.error());
-            }
-            state.file(name)?
-        };
-        let images = file.images.lock();
-        Ok(images.written.len() as u64)
-    }
-
     // The backend is a property of the file system path; this storage models
     // the medium, which both backends see the same way.
     fn create_segment(&self, name: &str, len: u64, _backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {

@@ -465,7 +465,10 @@ impl Wal {
         // the wrong size (never opened: a zero-length file cannot be mapped)
         // is only removed.
         for (&id, name) in &scan.obsolete {
-            let len = storage.regular_file_len(name).map_err(|e| WalError::io("open segment", name.clone(), e))?;
+            let len = storage
+                .open_read(name)
+                .map(|file| file.len())
+                .map_err(|e| WalError::io("open segment", name.clone(), e))?;
             if len != segment_bytes {
                 remove.push(name.clone());
                 continue;
@@ -734,7 +737,7 @@ fn directory_config(
 fn infer_format(storage: &dyn Storage, config: &WalConfig, segments: &[&String]) -> Format {
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
     for name in segments {
-        let Ok(len) = storage.regular_file_len(name) else { continue };
+        let Ok(len) = storage.open_read(name).map(|file| file.len()) else { continue };
         let probe = WalConfig { segment_size_bytes: len, ..config.clone() };
         if probe.validate().is_ok() {
             *counts.entry(len).or_default() += 1;

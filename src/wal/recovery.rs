@@ -165,7 +165,7 @@ fn scan_segment(storage: &dyn Storage, name: &str, id: u64, from: u64, segment_b
     let mut out = SegmentScan::default();
     // The length first: a hostile huge file under a segment name is
     // reported, never read into memory.
-    match storage.regular_file_len(name) {
+    match storage.open_read(name).map(|file| file.len()) {
         Ok(len) if len == segment_bytes => {}
         Ok(len) => {
             out.wrong_size = Some(len);
@@ -241,7 +241,8 @@ fn scan_segment(storage: &dyn Storage, name: &str, id: u64, from: u64, segment_b
 }
 
 /// Prefix of the immutable side files another part of the engine keeps in
-/// the data directory (`ids-<16 hex>.run`): not log files, never touched.
+/// the data directory (`ids-<16 hex>.run`, `durable::ids`): not log files,
+/// never read or removed (their leftover temps are, like every `*.tmp`).
 const SIDE_FILE_PREFIX: &str = "ids-";
 
 /// The directory sorted into what the log owns, with the names it ignores
@@ -276,11 +277,13 @@ fn classify(names: Vec<String>, non_files: Vec<String>, segment_bytes: u64) -> L
         }
     }
     for name in names {
-        if name.starts_with(SIDE_FILE_PREFIX) || name == FORMAT_FILE {
-            continue;
-        }
+        // Temp files first: every `*.tmp` is a leftover of an interrupted
+        // atomic write (the id archive's included, which relies on the log's
+        // open to remove them).
         if name.ends_with(TEMP_SUFFIX) {
             listing.temps.push(name);
+        } else if name.starts_with(SIDE_FILE_PREFIX) || name == FORMAT_FILE {
+            continue;
         } else if let Some(id) = parse_segment_name(&name) {
             if segment_base(id, segment_bytes).is_some() {
                 listing.segment_files.insert(id, name);

@@ -102,9 +102,6 @@ pub trait Storage: Send + Sync + 'static {
     fn list_non_files(&self) -> io::Result<Vec<String>> {
         Ok(Vec::new())
     }
-    /// Length of the regular file `name`, without reading it (and without
-    /// following a symlink): bounds what a scan reads of a hostile file.
-    fn regular_file_len(&self, name: &str) -> io::Result<u64>;
     /// Creates `name` holding `len` zero bytes, really written (never sparse),
     /// synced with its directory, written through `backend` from now on.
     fn create_segment(&self, name: &str, len: u64, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>>;
@@ -235,14 +232,6 @@ impl Storage for FsStorage {
         }
         names.sort();
         Ok(names)
-    }
-
-    fn regular_file_len(&self, name: &str) -> io::Result<u64> {
-        let metadata = fs::symlink_metadata(self.path(name)?)?;
-        if !metadata.file_type().is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name} is not a regular file")));
-        }
-        Ok(metadata.len())
     }
 
     fn create_segment(&self, name: &str, len: u64, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {

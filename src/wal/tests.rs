@@ -923,8 +923,10 @@ fn hostile_names_are_ignored_and_reported() {
         std::fs::create_dir(path.join("seg-0000000000000005.wal")).expect("mkdir");
         std::os::unix::fs::symlink(path.join(segment_name(0)), path.join("seg-0000000000000006.wal")).expect("symlink");
         std::os::unix::fs::symlink("/nonexistent", path.join("checkpoint-0000000000000000.ckpt")).expect("symlink");
-        // Another component's side files: not ours, not reported.
+        // The id archive's side files: not ours, not reported; its leftover
+        // temp files are removed by open like every temp.
         std::fs::write(path.join("ids-00000000000000ff.run"), b"ids").expect("write");
+        std::fs::write(path.join("ids-0000000000000100.run.tmp"), b"half").expect("write");
 
         let inspection = fs_inspect(path, &config);
         assert_eq!(inspection.verdict, Verdict::Clean, "{:?}", inspection.problems);
@@ -938,7 +940,7 @@ fn hostile_names_are_ignored_and_reported() {
         assert!(has_problem(&inspection, "seg-0000000000000005.wal", "not_a_regular_file"));
         assert!(has_problem(&inspection, "seg-0000000000000006.wal", "not_a_regular_file"));
         assert!(has_problem(&inspection, "checkpoint-0000000000000000.ckpt", "not_a_regular_file"));
-        assert!(!inspection.problems.iter().any(|p| p.file.starts_with("ids-")));
+        assert!(!inspection.problems.iter().any(|p| p.file.starts_with("ids-") && p.kind != "leftover_temp_file"));
 
         let (wal, recovery) = fs_open(path, &config).expect("open ignores them");
         assert_eq!(recovery.records, as_records(&appended));
@@ -951,6 +953,7 @@ fn hostile_names_are_ignored_and_reported() {
             assert!(std::fs::symlink_metadata(path.join(name)).is_ok(), "{name} removed");
         }
         assert_eq!(std::fs::read(path.join("ids-00000000000000ff.run")).expect("side file"), b"ids");
+        assert!(!path.join("ids-0000000000000100.run.tmp").exists(), "leftover temp kept");
         assert_eq!(fs_open(path, &config).expect("reopen").1.records.len(), appended.len() + 1);
     }
 }
