@@ -43,6 +43,8 @@ struct LeaderState {
     /// this exceeds `to`: everyone else is covered and waits for the
     /// publication anyway. Saves a wake-up of the whole group per sync.
     highest_waiter: u64,
+    /// When the oldest sync in flight started (registration order).
+    oldest_started_at: VecDeque<std::time::Instant>,
     /// Kind of the first storage error; set once, never cleared.
     failure: Option<std::io::ErrorKind>,
 }
@@ -105,6 +107,7 @@ impl GroupCommit {
                 started_to: start,
                 durable: start,
                 highest_waiter: start,
+                oldest_started_at: VecDeque::new(),
                 failure: None,
             }),
             wakeup: Condvar::new(),
@@ -258,7 +261,7 @@ impl GroupCommit {
             if self.durable() >= position {
                 return Ok(());
             }
-            let (from, durable) = {
+            let from = {
                 let mut state = self.leader.lock();
                 loop {
                     if let Some(kind) = state.failure {
@@ -277,12 +280,14 @@ impl GroupCommit {
                     state = self.wakeup.wait(state);
                 }
                 state.preparing = true;
-                (state.started_to, state.durable)
+                state.started_to
             };
-            self.gather();
+            if !self.wait_unless_late() {
+                self.gather();
+            }
             // The marker states the published watermark, never `from`: bytes
             // below `from` may still be in flight.
-            before_sync(durable);
+            before_sync(self.durable());
             let to = match self.wait_for_progress(from) {
                 Ok(to) => to,
                 Err(failed) => {
@@ -301,6 +306,39 @@ impl GroupCommit {
                     return Err(WaitError::Sync(error));
                 }
             }
+        }
+    }
+
+    /// Preparing leader only: how groups are sized when a sync is in flight.
+    /// Starting the next sync at once would split the workload into small
+    /// groups (the writers of the sync in flight cannot join before it
+    /// ends), costing more syncs and wake-ups per record. So the leader
+    /// sleeps until the sync in flight ends — then it gathers and syncs as
+    /// usual (returns false) — or until that sync is late, older than the
+    /// recent average sync time: then the disk stalls and the next group's
+    /// sync starts at once, overlapping it (returns true). With gathering
+    /// disabled (and in the loom models) an overlapping sync starts at once.
+    fn wait_unless_late(&self) -> bool {
+        if self.gather_limit.is_zero() {
+            return false;
+        }
+        // Relaxed: a heuristic (see `note_sync_time`).
+        let average = std::time::Duration::from_nanos(self.sync_ns.load(Ordering::Relaxed));
+        let mut state = self.leader.lock();
+        loop {
+            if state.failure.is_some() {
+                return false;
+            }
+            let Some(&oldest) = state.oldest_started_at.front() else {
+                return false; // nothing in flight (any more): a normal sync
+            };
+            let late_at = oldest + average;
+            let now = std::time::Instant::now();
+            if now >= late_at {
+                return true;
+            }
+            // Bounded: woken by the sync's completion, or at the deadline.
+            state = self.wakeup.wait_for(state, late_at - now).0;
         }
     }
 
@@ -384,6 +422,7 @@ impl GroupCommit {
         state.preparing = false;
         state.started_to = to;
         state.syncs.push_back((to, false));
+        state.oldest_started_at.push_back(std::time::Instant::now());
         let seq = state.front_seq + state.syncs.len() as u64 - 1;
         let someone_beyond = state.highest_waiter > to;
         drop(state);
@@ -432,6 +471,7 @@ impl GroupCommit {
         let mut durable = state.durable;
         while let Some(&(to, true)) = state.syncs.front() {
             state.syncs.pop_front();
+            state.oldest_started_at.pop_front();
             state.front_seq += 1;
             durable = durable.max(to);
         }
