@@ -1,7 +1,7 @@
 //! Criterion benchmark of the write-ahead log alone: append + group commit
 //! (wait until durable) from 1, 4 and 16 threads on a real directory, with
-//! each write backend (`pwrite` + `fdatasync`, the default, and the mapping
-//! + `msync`), so the sync path of both is measured side by side; and with
+//! each write backend (`pwrite` and `fdatasync`, the default, or the mapping
+//! and `msync`), so the sync path of both is measured side by side; and with
 //! one sync at a time against overlapping syncs (the default, 2 in flight).
 
 use std::sync::Arc;
