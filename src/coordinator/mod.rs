@@ -253,6 +253,16 @@ impl Builder {
         self
     }
 
+    /// How the log writes its segment files (default
+    /// [`LogBackend::Pwrite`](crate::LogBackend): `pwrite` + `fdatasync`;
+    /// [`LogBackend::Mmap`](crate::LogBackend) stores into a shared mapping
+    /// and syncs with `msync`). Not part of the on-disk format: a directory
+    /// written with one is read with either. See `docs/design.md`, "Sync path".
+    pub fn log_backend(mut self, backend: crate::LogBackend) -> Self {
+        self.config.journal.wal.backend = backend;
+        self
+    }
+
     /// Log bytes between checkpoints (default: one segment).
     pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
         self.config.journal.checkpoint_every_bytes = bytes.max(1);
