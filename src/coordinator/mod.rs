@@ -253,6 +253,15 @@ impl Builder {
         self
     }
 
+    /// Group-commit syncs allowed in flight at once (default 2, 1..=4): the
+    /// next group's sync starts while earlier ones run; outcomes are still
+    /// acknowledged in log order. 1 syncs one group at a time. See
+    /// `docs/design.md`, "Overlapping syncs".
+    pub fn group_commit_syncs_in_flight(mut self, syncs: usize) -> Self {
+        self.config.journal.wal.syncs_in_flight = syncs;
+        self
+    }
+
     /// How the log writes its segment files (default
     /// [`LogBackend::Pwrite`](crate::LogBackend): `pwrite` + `fdatasync`;
     /// [`LogBackend::Mmap`](crate::LogBackend) stores into a shared mapping
