@@ -95,6 +95,7 @@ pub use saga::{
 pub use txn::{
     AbortReason, AccountRef, Branch, MAX_ID_CLOCK_SKEW, Outcome, ParseTxIdError, Transaction, Transfer, TxId,
 };
+pub use wal::LogBackend;
 
 /// Testing aids (fault-injecting storage for crash simulations). Not API.
 #[doc(hidden)]
@@ -102,7 +103,7 @@ pub use txn::{
 pub mod testing {
     pub use crate::durable::codec::Remembered;
     pub use crate::durable::ids::{ArchiveStats, IdArchive, Lookup, RunInfo};
-    pub use crate::wal::{FaultKind, FaultOp, FsStorage, Lsn, MemStorage, Storage, Wal, WalConfig};
+    pub use crate::wal::{FaultKind, FaultOp, FsStorage, LogBackend, Lsn, MemStorage, Storage, Wal, WalConfig};
 }
 
 /// Internals exposed to the loom models in `tests/loom_*.rs` (not API).

@@ -3,7 +3,8 @@
 //! every kill, every acknowledged outcome is recorded as acknowledged, money is
 //! conserved and no balance is negative.
 //!
-//! `DTC_CRASH_KILLS` sets the number of kills (default 100); the ignored test
+//! Runs once with each log backend (`--log-backend pwrite`, the default, and
+//! `mmap`). `DTC_CRASH_KILLS` sets the number of kills (default 100); the ignored test
 //! `ten_thousand_kills` runs 10 000 (`cargo test --release --test
 //! crash_process -- --ignored`).
 
@@ -75,7 +76,7 @@ fn check(dir: &Path, ack_log: &Path, kill: usize, seed: u64) {
     assert_eq!(summary["negative_balances"], 0, "kill {kill} (seed {seed})");
 }
 
-fn run(kills: usize, seed: u64) {
+fn run(kills: usize, seed: u64, log_backend: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -84,6 +85,7 @@ fn run(kills: usize, seed: u64) {
         let mut child = dtc()
             .args(["bench", "--durability", "sync", "--threads", "4", "--services", "4", "--seconds", "60"])
             .args(["--accounts", &ACCOUNTS.to_string(), "--balance", &BALANCE.to_string()])
+            .args(["--log-backend", log_backend])
             .args(["--seed", &rng.random::<u32>().to_string(), "--dir"])
             .arg(&dir)
             .arg("--ack-log")
@@ -103,11 +105,19 @@ fn run(kills: usize, seed: u64) {
 fn acknowledged_outcomes_survive_sigkill() {
     let kills = std::env::var("DTC_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let seed = std::env::var("DTC_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
-    run(kills, seed);
+    run(kills, seed, "pwrite");
+}
+
+/// The same with the log written through the mapping (the other backend).
+#[test]
+fn acknowledged_outcomes_survive_sigkill_with_the_mapped_log() {
+    let kills = std::env::var("DTC_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let seed = std::env::var("DTC_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    run(kills, seed ^ 0x3a3a, "mmap");
 }
 
 #[test]
 #[ignore = "long: 10 000 kills"]
 fn ten_thousand_kills() {
-    run(10_000, 0xdead);
+    run(10_000, 0xdead, "pwrite");
 }

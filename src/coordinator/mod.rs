@@ -278,6 +278,25 @@ impl Builder {
         self
     }
 
+    /// Group-commit syncs allowed in flight at once (default 2, 1..=4): the
+    /// next group's sync starts while earlier ones run; outcomes are still
+    /// acknowledged in log order. 1 syncs one group at a time. See
+    /// `docs/design.md`, "Overlapping syncs".
+    pub fn group_commit_syncs_in_flight(mut self, syncs: usize) -> Self {
+        self.config.journal.wal.syncs_in_flight = syncs;
+        self
+    }
+
+    /// How the log writes its segment files (default
+    /// [`LogBackend::Pwrite`](crate::LogBackend): `pwrite` + `fdatasync`;
+    /// [`LogBackend::Mmap`](crate::LogBackend) stores into a shared mapping
+    /// and syncs with `msync`). Not part of the on-disk format: a directory
+    /// written with one is read with either. See `docs/design.md`, "Sync path".
+    pub fn log_backend(mut self, backend: crate::LogBackend) -> Self {
+        self.config.journal.wal.backend = backend;
+        self
+    }
+
     /// Log bytes between checkpoints (default: one segment).
     pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
         self.config.journal.checkpoint_every_bytes = bytes.max(1);

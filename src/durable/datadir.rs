@@ -104,18 +104,6 @@ fn holds_sagas(inspection: &Inspection) -> bool {
     }
 }
 
-/// The log configuration matching the segment files already in `dir`.
-pub(crate) fn config_for(dir: &Path, mut config: WalConfig) -> WalConfig {
-    let sizes = std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("seg-") && name.ends_with(".wal") { e.metadata().ok().map(|m| m.len()) } else { None }
-    });
-    if let Some(size) = sizes.max() {
-        config.segment_size_bytes = size;
-    }
-    config
-}
-
 impl DataDir {
     /// A handle on `path` (nothing is read yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -136,8 +124,9 @@ impl DataDir {
     /// Scans the log without changing anything.
     fn inspect(&self) -> Result<Inspection> {
         let storage = self.storage()?;
-        let config = config_for(&self.path, WalConfig::default());
-        Wal::inspect(&storage as &dyn Storage, &config).map_err(wal_error)
+        // The directory's format file (or its segment files) decides the
+        // on-disk parameters; the defaults only fill in the rest.
+        Wal::inspect(&storage as &dyn Storage, &WalConfig::default()).map_err(wal_error)
     }
 
     /// Reads the checkpoint and the records after it without changing anything.
@@ -342,8 +331,8 @@ impl DataDir {
     }
 
     fn resolve_offline(&self, tx: TxId, resolution: Resolution, reason: &str) -> Result<ResolveReport> {
-        let config = JournalConfig { wal: config_for(&self.path, WalConfig::default()), ..JournalConfig::default() };
-        let (journal, replayed) = Journal::open_dir(&self.path, config)?;
+        // The log opens with the directory's own format (see `Wal::open`).
+        let (journal, replayed) = Journal::open_dir(&self.path, JournalConfig::default())?;
         let entries = replayed.entries.iter().map(|(_, e)| e);
         let outcomes = recorded_outcomes(replayed.checkpoint.as_ref(), entries.clone());
         let archive = IdArchive::open_read_only(journal.storage(), crate::coordinator::DEFAULT_IDEMPOTENCY_HORIZON)?;
@@ -615,20 +604,25 @@ impl DataDir {
     /// I/O errors); damage is reported in `VerifyReport::problems`.
     pub fn verify(&self) -> Result<VerifyReport> {
         let storage = self.storage()?;
-        let config = config_for(&self.path, WalConfig::default());
         let mut findings = Findings {
             report: VerifyReport { recoverable: true, ..VerifyReport::default() },
-            segment_bytes: config.segment_size_bytes,
+            segment_bytes: WalConfig::default().segment_size_bytes,
         };
-        let inspection = match Wal::inspect(&storage as &dyn Storage, &config) {
+        let inspection = match Wal::inspect(&storage as &dyn Storage, &WalConfig::default()) {
             Ok(inspection) => inspection,
             Err(WalError::Config { reason }) => {
-                // Segment files whose size no log could have written.
-                findings.problem(String::new(), 0, None, "segment_size", reason, true);
+                // A format file of a version this dtc cannot read.
+                findings.problem(crate::wal::FORMAT_FILE.into(), 0, None, "format_unsupported", reason, true);
+                return Ok(finish(findings.report));
+            }
+            Err(WalError::Corrupt { file, offset, reason }) => {
+                // A damaged format file: the log's parameters are unknown.
+                findings.problem(file, offset, None, "format_invalid", reason, true);
                 return Ok(finish(findings.report));
             }
             Err(other) => return Err(wal_error(other)),
         };
+        findings.segment_bytes = inspection.config.segment_size_bytes;
         check_scan(&mut findings, &inspection);
         let checkpoint = check_checkpoint(&mut findings, &inspection);
         let entries = decode_records(&mut findings, &inspection);

@@ -206,8 +206,14 @@ impl Journal {
         Ok((journal, replayed))
     }
 
-    pub(crate) fn open(storage: Arc<dyn Storage>, config: JournalConfig) -> Result<(Journal, Replayed)> {
+    pub(crate) fn open(storage: Arc<dyn Storage>, mut config: JournalConfig) -> Result<(Journal, Replayed)> {
         let (wal, recovery) = Wal::open(storage.clone(), config.wal.clone()).map_err(wal_error)?;
+        // The log runs with the directory's own format, whatever was asked:
+        // backpressure and the checkpoint cadence follow it, so a directory
+        // with smaller segments than asked checkpoints before it is full.
+        config.wal = wal.config().clone();
+        let capacity_bytes = config.wal.segment_size_bytes * (config.wal.max_segments as u64).saturating_sub(2).max(1);
+        config.checkpoint_every_bytes = config.checkpoint_every_bytes.min(capacity_bytes);
         let mut report = RecoveryReport {
             fresh: recovery.checkpoint.is_none() && recovery.records.is_empty(),
             segments: recovery.segments_scanned,

@@ -24,10 +24,8 @@ pub fn checkpoint_name(lsn: u64) -> String {
 
 pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("checkpoint-")?.strip_suffix(".ckpt")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
+    // Canonical spelling only (see `parse_segment_name`).
+    super::segment::parse_hex16(hex)
 }
 
 fn header(lsn: u64, snapshot: &[u8]) -> [u8; HEADER_BYTES] {

@@ -7,25 +7,51 @@
 //! end of the longest prefix whose ranges are all complete; out-of-order
 //! completions wait in `pending` until the gap before them closes.
 //!
-//! One waiter at a time is the sync leader: it takes the completed prefix,
-//! syncs it with no lock held, publishes the new durable watermark and wakes
-//! everyone. A failed sync marks the log failed for good.
+//! A waiter whose position no started sync covers becomes a sync leader: it
+//! takes the completed prefix, registers its sync, syncs with no lock held,
+//! and on completion publishes the watermark and wakes everyone. Up to
+//! `max_in_flight` syncs run at once (the next group's sync starts while one
+//! is in flight), but the watermark only moves in registration order: a
+//! sync's end is published once it and every sync registered before it
+//! completed. A failed sync marks the log failed for good.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, thread};
 
 /// Leader election and the durable watermark, guarded by one mutex so that a
-/// waiter's check-then-sleep cannot miss the leader's notify.
+/// waiter's check-then-sleep cannot miss a leader's notify.
 #[derive(Debug)]
 struct LeaderState {
-    /// A leader is between taking the prefix and publishing its sync.
-    active: bool,
+    /// A leader was elected and has not registered its sync yet (it is
+    /// gathering, writing the marker, taking the prefix). At most one, so
+    /// registered syncs take strictly growing prefixes.
+    preparing: bool,
+    /// Registered syncs in registration order: (end position, completed
+    /// successfully). At most `max_in_flight` entries.
+    syncs: VecDeque<(u64, bool)>,
+    /// Sequence number of `syncs.front()`; a sync's number is its key.
+    front_seq: u64,
+    /// End of the newest registered sync (`durable` if none is in flight):
+    /// bytes below it are covered by a sync that was started.
+    started_to: u64,
     /// Mirror of `GroupCommit::durable` under the lock.
     durable: u64,
+    /// Highest position any waiter went to sleep for. Positions only grow,
+    /// and a waiter above `durable` is still asleep (or about to wake), so a
+    /// newly registered sync ending at `to` needs to wake waiters only when
+    /// this exceeds `to`: everyone else is covered and waits for the
+    /// publication anyway. Saves a wake-up of the whole group per sync.
+    highest_waiter: u64,
+    /// When the oldest sync in flight started (registration order).
+    oldest_started_at: VecDeque<std::time::Instant>,
     /// Kind of the first storage error; set once, never cleared.
     failure: Option<std::io::ErrorKind>,
 }
+
+/// Most syncs in flight at once (`WalConfig::syncs_in_flight` is checked
+/// against it).
+pub const MAX_SYNCS_IN_FLIGHT: usize = 4;
 
 /// Why a wait ended without reaching its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +81,14 @@ pub struct GroupCommit {
     /// Longest a leader waits for more writers to join its group; zero
     /// disables gathering (the loom models run without it).
     gather_limit: std::time::Duration,
-    /// Moving average of recent sync times, in nanoseconds (leader only
-    /// writes it): gathering never waits more than half of it.
+    /// Moving average of recent sync times, in nanoseconds (leaders write
+    /// it): gathering never waits more than half of it.
     sync_ns: AtomicU64,
+    /// Syncs allowed in flight at once (1: one sync at a time).
+    max_in_flight: usize,
+    /// False only in the deliberately broken loom variant, which publishes a
+    /// sync's end as soon as it completes, ahead of earlier syncs.
+    publish_in_order: bool,
 }
 
 impl GroupCommit {
@@ -69,13 +100,40 @@ impl GroupCommit {
             pending_count: AtomicUsize::new(0),
             durable: AtomicU64::new(start),
             failed: AtomicBool::new(false),
-            leader: Mutex::new(LeaderState { active: false, durable: start, failure: None }),
+            leader: Mutex::new(LeaderState {
+                preparing: false,
+                syncs: VecDeque::new(),
+                front_seq: 0,
+                started_to: start,
+                durable: start,
+                highest_waiter: start,
+                oldest_started_at: VecDeque::new(),
+                failure: None,
+            }),
             wakeup: Condvar::new(),
             waiting: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             gather_limit: std::time::Duration::ZERO,
             sync_ns: AtomicU64::new(0),
+            max_in_flight: 1,
+            publish_in_order: true,
         }
+    }
+
+    /// Lets up to `syncs` syncs run at once (clamped to
+    /// 1..=`MAX_SYNCS_IN_FLIGHT`).
+    pub fn with_syncs_in_flight(mut self, syncs: usize) -> Self {
+        self.max_in_flight = syncs.clamp(1, MAX_SYNCS_IN_FLIGHT);
+        self
+    }
+
+    /// The deliberately broken variant for the loom models: a completed
+    /// sync publishes its end at once, even while an earlier sync (covering
+    /// the bytes below it) is still in flight.
+    #[cfg(loom)]
+    pub fn with_out_of_order_publication(mut self) -> Self {
+        self.publish_in_order = false;
+        self
     }
 
     /// A leader waits up to `limit` for more writers to join its sync (see
@@ -212,33 +270,75 @@ impl GroupCommit {
                     if state.durable >= position {
                         return Ok(());
                     }
-                    if !state.active {
+                    // Lead when no started sync covers `position` and there
+                    // is room for another sync; otherwise a started sync (or
+                    // the one being prepared) will publish and wake us.
+                    if !state.preparing && state.syncs.len() < self.max_in_flight && state.started_to < position {
                         break;
                     }
+                    state.highest_waiter = state.highest_waiter.max(position);
                     state = self.wakeup.wait(state);
                 }
-                state.active = true;
-                state.durable
+                state.preparing = true;
+                state.started_to
             };
-            self.gather();
-            before_sync(from);
+            if !self.wait_unless_late() {
+                self.gather();
+            }
+            // The marker states the published watermark, never `from`: bytes
+            // below `from` may still be in flight.
+            before_sync(self.durable());
             let to = match self.wait_for_progress(from) {
                 Ok(to) => to,
                 Err(failed) => {
-                    self.resign(None, None);
+                    self.abandon();
                     return Err(WaitError::Failed(failed));
                 }
             };
+            let seq = self.register(to);
             let sync_started = std::time::Instant::now();
             let synced = sync(from, to);
             self.note_sync_time(sync_started.elapsed());
             match synced {
-                Ok(()) => self.resign(Some(to), None),
+                Ok(()) => self.finish(seq, None),
                 Err(error) => {
-                    self.resign(None, Some(error.kind()));
+                    self.finish(seq, Some(error.kind()));
                     return Err(WaitError::Sync(error));
                 }
             }
+        }
+    }
+
+    /// Preparing leader only: how groups are sized when a sync is in flight.
+    /// Starting the next sync at once would split the workload into small
+    /// groups (the writers of the sync in flight cannot join before it
+    /// ends), costing more syncs and wake-ups per record. So the leader
+    /// sleeps until the sync in flight ends — then it gathers and syncs as
+    /// usual (returns false) — or until that sync is late, older than the
+    /// recent average sync time: then the disk stalls and the next group's
+    /// sync starts at once, overlapping it (returns true). With gathering
+    /// disabled (and in the loom models) an overlapping sync starts at once.
+    fn wait_unless_late(&self) -> bool {
+        if self.gather_limit.is_zero() {
+            return false;
+        }
+        // Relaxed: a heuristic (see `note_sync_time`).
+        let average = std::time::Duration::from_nanos(self.sync_ns.load(Ordering::Relaxed));
+        let mut state = self.leader.lock();
+        loop {
+            if state.failure.is_some() {
+                return false;
+            }
+            let Some(&oldest) = state.oldest_started_at.front() else {
+                return false; // nothing in flight (any more): a normal sync
+            };
+            let late_at = oldest + average;
+            let now = std::time::Instant::now();
+            if now >= late_at {
+                return true;
+            }
+            // Bounded: woken by the sync's completion, or at the deadline.
+            state = self.wakeup.wait_for(state, late_at - now).0;
         }
     }
 
@@ -289,7 +389,8 @@ impl GroupCommit {
     /// Leader only: folds one sync's duration into the moving average (1/8).
     fn note_sync_time(&self, took: std::time::Duration) {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        // Relaxed: only leaders write, one at a time (`active`).
+        // Relaxed: a heuristic; two leaders finishing together may lose one
+        // sample, which only delays the average by one sync.
         let average = self.sync_ns.load(Ordering::Relaxed);
         let next = if average == 0 { took } else { average - average / 8 + took / 8 };
         self.sync_ns.store(next, Ordering::Relaxed);
@@ -311,23 +412,77 @@ impl GroupCommit {
         }
     }
 
-    /// Leader only: ends the leadership, publishing a new watermark or a failure.
-    fn resign(&self, durable: Option<u64>, failure: Option<std::io::ErrorKind>) {
+    /// Preparing leader only: registers its sync of everything below `to`
+    /// (a completed prefix beyond `started_to`) and lets the next leader
+    /// prepare. Returns the sync's sequence number.
+    fn register(&self, to: u64) -> u64 {
         let mut state = self.leader.lock();
-        state.active = false;
-        if let Some(to) = durable {
-            debug_assert!(to >= state.durable, "watermark moved back");
-            state.durable = to;
-            // Release: a waiter that sees the watermark without the lock also
-            // sees everything the leader did before (the sync completed).
-            self.durable.store(to, Ordering::Release);
+        debug_assert!(state.preparing && to > state.started_to, "registered a sync out of order");
+        debug_assert!(state.syncs.len() < self.max_in_flight, "too many syncs in flight");
+        state.preparing = false;
+        state.started_to = to;
+        state.syncs.push_back((to, false));
+        state.oldest_started_at.push_back(std::time::Instant::now());
+        let seq = state.front_seq + state.syncs.len() as u64 - 1;
+        let someone_beyond = state.highest_waiter > to;
+        drop(state);
+        // A waiter beyond `to` may prepare the next sync now; the others
+        // wait for the publication (see `highest_waiter`).
+        if someone_beyond {
+            self.wakeup.notify_all();
         }
+        seq
+    }
+
+    /// Preparing leader only: gives up preparing (the log failed meanwhile).
+    fn abandon(&self) {
+        let mut state = self.leader.lock();
+        state.preparing = false;
+        drop(state);
+        self.wakeup.notify_all();
+    }
+
+    /// Leader only: its sync `seq` ended. A success publishes the end of the
+    /// longest run of completed syncs at the front of the registration
+    /// order, so nothing is acknowledged before every earlier sync
+    /// completed; a failure fails the log (every waiter, now and later).
+    fn finish(&self, seq: u64, failure: Option<std::io::ErrorKind>) {
+        let mut state = self.leader.lock();
+        let index = usize::try_from(seq - state.front_seq).unwrap_or(usize::MAX);
         if let Some(kind) = failure {
             if state.failure.is_none() {
                 state.failure = Some(kind);
             }
             // Release: see `fail`.
             self.failed.store(true, Ordering::Release);
+        }
+        match state.syncs.get_mut(index) {
+            Some(entry) => entry.1 = failure.is_none(),
+            None => debug_assert!(false, "sync {seq} finished twice"),
+        }
+        if !self.publish_in_order && failure.is_none() {
+            // The broken variant (loom only): publish this sync's end now.
+            let to = state.syncs.get(index).map_or(state.durable, |entry| entry.0);
+            if to > state.durable {
+                state.durable = to;
+                self.durable.store(to, Ordering::Release);
+            }
+        }
+        let mut durable = state.durable;
+        while let Some(&(to, true)) = state.syncs.front() {
+            state.syncs.pop_front();
+            state.oldest_started_at.pop_front();
+            state.front_seq += 1;
+            durable = durable.max(to);
+        }
+        if state.failure.is_some() {
+            // Nothing is published after a failure; the failed entry stays,
+            // so no later sync is ever published either.
+        } else if durable > state.durable {
+            state.durable = durable;
+            // Release: a waiter that sees the watermark without the lock also
+            // sees everything the leaders did before (their syncs completed).
+            self.durable.store(durable, Ordering::Release);
         }
         drop(state);
         self.wakeup.notify_all();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::storage::{SegmentFile, Storage, TEMP_SUFFIX};
+use super::storage::{LogBackend, SegmentFile, Storage, TEMP_SUFFIX};
 
 /// Operations that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -396,14 +396,16 @@ impl Storage for MemStorage {
         Ok(state.names.keys().cloned().collect())
     }
 
-    fn create_segment(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
+    // The backend is a property of the file system path; this storage models
+    // the medium, which both backends see the same way.
+    fn create_segment(&self, name: &str, len: u64, _backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {
         let size =
             usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
         let file = self.make_durable(FaultOp::Create, name, vec![0; size])?;
         Ok(Arc::new(MemSegment { storage: self.clone(), file, len_bytes: len }))
     }
 
-    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>> {
+    fn open_segment(&self, name: &str, _backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {
         let state = self.inner.state.lock();
         if state.dead {
             return Err(FaultKind::Io.error());

@@ -1,8 +1,9 @@
-//! The write-ahead log: fixed-size memory-mapped segments, lock-free
-//! appends, group commit, crash recovery and checkpoints.
+//! The write-ahead log: fixed-size segment files (written with `pwrite` or
+//! through a mapping, read with `pread`), lock-free appends, group commit,
+//! crash recovery and checkpoints.
 //!
-//! Layout, invariants and crash analysis are in WAL_NOTES.md (to be merged
-//! into docs/design.md). In short:
+//! Layout, invariants and crash analysis are in docs/design.md Part II. In
+//! short:
 //!
 //! - A position (`Lsn`) is a byte of one unbounded log; segment `id` holds
 //!   positions `[id * S, (id + 1) * S)`. Positions are never reused: a
@@ -24,9 +25,11 @@
 
 mod checkpoint;
 mod error;
+mod format;
 pub mod group;
 mod memory;
 mod mmap;
+mod pwrite;
 mod record;
 mod recovery;
 mod segment;
@@ -34,6 +37,7 @@ mod storage;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,14 +50,16 @@ use parking_lot::Mutex;
 pub use storage::ReadFile;
 
 pub use error::WalError;
+pub use format::FORMAT_FILE;
 pub use memory::{FaultKind, FaultOp, MemStorage};
 pub use record::{KIND_PADDING, KIND_SYNC_MARKER};
 pub use recovery::{Inspection, Problem, Record, Recovery, Verdict};
-pub use storage::{FsStorage, SegmentFile, Storage};
+pub use storage::{FsStorage, LogBackend, SegmentFile, Storage};
 
+use format::Format;
 use group::{GroupCommit, WaitError};
 use record::{HEADER_BYTES, encode_header, encode_padding, record_bytes};
-use segment::{Ring, segment_name};
+use segment::{Ring, parse_segment_name, segment_name};
 
 /// A byte position in the log. Monotonic, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -66,19 +72,31 @@ impl fmt::Display for Lsn {
 }
 
 /// Log configuration. Build it with `..WalConfig::default()`.
+///
+/// `segment_size_bytes` and `max_segments` are the on-disk format: they only
+/// matter when a new log is created. A directory records them in its format
+/// file (`FORMAT_FILE`), and `Wal::open` / `Wal::inspect` use the recorded
+/// values whatever is asked here (`Wal::config` tells which).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalConfig {
     /// Size of every segment file: a multiple of 4096, 8 KiB ..= 1 GiB.
     pub segment_size_bytes: u64,
-    /// Live segment files at most (>= 2); appending past them returns
+    /// Live segment files at most (2 ..= 2^20); appending past them returns
     /// `WalError::LogFull` until a checkpoint frees segments.
     pub max_segments: usize,
+    /// How segment files are written (`pwrite` + `fdatasync` by default, or
+    /// through a shared mapping + `msync`); not part of the on-disk format.
+    pub backend: LogBackend,
     /// A background thread creates or recycles the next segment ahead of need.
     pub preallocate_next: bool,
     /// Longest a sync leader waits for more writers to join its sync (never
     /// more than half the recent sync time; see `group::GroupCommit::gather`).
     /// Zero: sync at once.
     pub gather_limit: std::time::Duration,
+    /// Group-commit syncs allowed in flight at once (1 ..= 4): the next
+    /// group's sync starts while earlier ones run; acknowledgements stay in
+    /// log order (docs/design.md, "Overlapping syncs"). 1: one at a time.
+    pub syncs_in_flight: usize,
 }
 
 impl Default for WalConfig {
@@ -86,28 +104,37 @@ impl Default for WalConfig {
         WalConfig {
             segment_size_bytes: 64 << 20,
             max_segments: 4,
+            backend: LogBackend::default(),
             preallocate_next: true,
             gather_limit: DEFAULT_GATHER_LIMIT,
+            syncs_in_flight: DEFAULT_SYNCS_IN_FLIGHT,
         }
     }
 }
+
+/// See `WalConfig::syncs_in_flight`.
+pub const DEFAULT_SYNCS_IN_FLIGHT: usize = 2;
 
 /// See `WalConfig::gather_limit`.
 pub const DEFAULT_GATHER_LIMIT: std::time::Duration = std::time::Duration::from_micros(200);
 
 const PAGE_BYTES: u64 = 4096;
+/// Most live segments a log may have.
+const MAX_SEGMENTS_LIMIT: usize = 1 << 20;
 
 impl WalConfig {
-    fn validate(&self) -> Result<(), WalError> {
+    pub(crate) fn validate(&self) -> Result<(), WalError> {
         let size = self.segment_size_bytes;
         let reason = if !size.is_multiple_of(PAGE_BYTES) {
             "segment_size_bytes must be a multiple of 4096"
         } else if !(8 << 10..=1 << 30).contains(&size) {
             "segment_size_bytes must be between 8 KiB and 1 GiB"
-        } else if self.max_segments < 2 || self.max_segments > 1 << 20 {
+        } else if self.max_segments < 2 || self.max_segments > MAX_SEGMENTS_LIMIT {
             "max_segments must be between 2 and 2^20"
         } else if self.gather_limit > std::time::Duration::from_millis(10) {
             "gather_limit must be at most 10 ms"
+        } else if !(1..=group::MAX_SYNCS_IN_FLIGHT).contains(&self.syncs_in_flight) {
+            "syncs_in_flight must be between 1 and 4"
         } else {
             return Ok(());
         };
@@ -323,8 +350,9 @@ impl Shared {
     /// Leader hook: appends a sync marker stating `durable`, if it fits in
     /// the current segment without preparing or sealing anything.
     fn write_marker(&self, durable: u64) {
-        // Relaxed: only the current leader (serialized by the leader mutex,
-        // which orders successive leaders) reads and writes it.
+        // Relaxed: only the preparing leader reads and writes it; there is
+        // one at a time, and the leader mutex (which sets and clears
+        // `preparing`) orders successive ones.
         if durable == 0 || durable <= self.last_marker.load(Ordering::Relaxed) {
             return;
         }
@@ -391,18 +419,27 @@ impl Shared {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `storage` and recovers it. See the
-    /// module docs and WAL_NOTES.md for the rules. Running it again after a
-    /// crash during open gives the same records.
+    /// Opens (or creates) the log in `storage` and recovers it, with the
+    /// directory's own format (see `WalConfig`). See docs/design.md Part II
+    /// for the rules. Running it again after a crash during open gives the
+    /// same records.
     pub fn open(storage: Arc<dyn Storage>, config: WalConfig) -> Result<(Wal, Recovery), WalError> {
         config.validate()?;
-        let scan = recovery::scan(&*storage, &config)?;
+        let names = storage.list().map_err(|e| WalError::io("list directory", "", e))?;
+        let (config, recorded) = directory_config(&*storage, &config, &names)?;
+        let scan = recovery::scan(&*storage, &config, names)?;
         if let Some(error) = scan.corrupt {
             return Err(error);
         }
+        if !recorded {
+            // A new directory, or one written before format files existed:
+            // record the format before anything else is written, so that
+            // every later opener uses it.
+            format::write(&*storage, Format::of(&config))?;
+        }
         let segment_bytes = config.segment_size_bytes;
         let first_live = scan.start / segment_bytes;
-        let ring = Ring::new(config.max_segments, segment_bytes, first_live);
+        let ring = Ring::new(config.max_segments, segment_bytes, first_live, config.backend);
 
         // Segments first_live.. that exist without a gap stay; after a gap
         // (nothing valid there, or the scan would have refused) they go.
@@ -415,17 +452,31 @@ impl Wal {
                         reason: format!("more live segment files than max_segments = {}", config.max_segments),
                     });
                 }
-                let file = storage.open_segment(name).map_err(|e| WalError::io("open segment", name.clone(), e))?;
+                let file = storage
+                    .open_segment(name, config.backend)
+                    .map_err(|e| WalError::io("open segment", name.clone(), e))?;
                 ring.install(id, file);
                 ready_end += 1;
             } else {
                 remove.push(name.clone());
             }
         }
-        // Obsolete files become recycling candidates for their slot.
+        // Obsolete files become recycling candidates for their slot; one of
+        // the wrong size (never opened: a zero-length file cannot be mapped)
+        // is only removed.
         for (&id, name) in &scan.obsolete {
-            let file = storage.open_segment(name).map_err(|e| WalError::io("open segment", name.clone(), e))?;
-            if file.len() != segment_bytes || !ring.install(id, file) {
+            let len = storage
+                .open_read(name)
+                .map(|file| file.len())
+                .map_err(|e| WalError::io("open segment", name.clone(), e))?;
+            if len != segment_bytes {
+                remove.push(name.clone());
+                continue;
+            }
+            let file = storage
+                .open_segment(name, config.backend)
+                .map_err(|e| WalError::io("open segment", name.clone(), e))?;
+            if !ring.install(id, file) {
                 remove.push(name.clone());
             }
         }
@@ -465,7 +516,7 @@ impl Wal {
             storage,
             segment_bytes,
             reserved: AtomicU64::new(end),
-            group: GroupCommit::new(end).with_gather(config.gather_limit),
+            group: GroupCommit::new(end).with_gather(config.gather_limit).with_syncs_in_flight(config.syncs_in_flight),
             ring,
             last_marker: AtomicU64::new(0),
             checkpoint: Mutex::new(newest_checkpoint),
@@ -482,7 +533,9 @@ impl Wal {
     /// every problem found instead of stopping at the first.
     pub fn inspect(storage: &dyn Storage, config: &WalConfig) -> Result<Inspection, WalError> {
         config.validate()?;
-        let scan = recovery::scan(storage, config)?;
+        let names = storage.list().map_err(|e| WalError::io("list directory", "", e))?;
+        let (config, _) = directory_config(storage, config, &names)?;
+        let scan = recovery::scan(storage, &config, names)?;
         let verdict = match &scan.corrupt {
             Some(WalError::Corrupt { file, offset, reason }) => Verdict::Corrupt {
                 file: file.clone(),
@@ -501,7 +554,14 @@ impl Wal {
             records_after_break: scan.records_after_break,
             end_lsn: Lsn(scan.end),
             verdict,
+            config,
         })
+    }
+
+    /// The configuration in force: the caller's, with the directory's
+    /// recorded format.
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.config
     }
 
     /// Asks the background thread (if any) to get segment `id` ready.
@@ -646,6 +706,47 @@ impl Wal {
             end_lsn: self.end_lsn(),
             failed: self.shared.group.failure().is_some(),
         }
+    }
+}
+
+/// The caller's configuration with the directory's format, and whether the
+/// directory records it (false: open must write the format file). Without a
+/// format file, the parameters are inferred from the segment files (an
+/// older directory) or are the caller's (a new one).
+fn directory_config(
+    storage: &dyn Storage,
+    config: &WalConfig,
+    names: &[String],
+) -> Result<(WalConfig, bool), WalError> {
+    if let Some(format) = format::read(storage, names)? {
+        return Ok((format.apply(config), true));
+    }
+    let segments: Vec<&String> = names.iter().filter(|n| parse_segment_name(n).is_some()).collect();
+    if segments.is_empty() {
+        return Ok((config.clone(), false));
+    }
+    let inferred = infer_format(storage, config, &segments);
+    Ok((inferred.apply(config), false))
+}
+
+/// The format of a directory written before format files existed: the size
+/// most of its segment files have (among sizes a log could have written;
+/// ties go to the larger), and at least as many segments as there are
+/// files. A stray file of another size is then reported as the wrong size
+/// instead of making every real segment look wrong.
+fn infer_format(storage: &dyn Storage, config: &WalConfig, segments: &[&String]) -> Format {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for name in segments {
+        let Ok(len) = storage.open_read(name).map(|file| file.len()) else { continue };
+        let probe = WalConfig { segment_size_bytes: len, ..config.clone() };
+        if probe.validate().is_ok() {
+            *counts.entry(len).or_default() += 1;
+        }
+    }
+    let size = counts.iter().max_by_key(|&(size, count)| (*count, *size)).map(|(size, _)| *size);
+    Format {
+        segment_size_bytes: size.unwrap_or(config.segment_size_bytes),
+        max_segments: config.max_segments.max(segments.len().min(MAX_SEGMENTS_LIMIT)),
     }
 }
 

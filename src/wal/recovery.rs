@@ -1,7 +1,7 @@
 //! The recovery scan, shared by `Wal::open` (which then acts on it) and
 //! `Wal::inspect` (which only reports).
 //!
-//! Rules (see WAL_NOTES.md):
+//! Rules (see docs/design.md Part II, "Recovery rules"):
 //! - Start at the newest valid checkpoint's position (or 0); segments wholly
 //!   below it are obsolete and ignored.
 //! - Follow the record chain from there across segments. A segment ends
@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::checkpoint::{self, parse_checkpoint_name};
+use super::format::FORMAT_FILE;
 use super::record::{self, HEADER_BYTES, Invalid, KIND_SYNC_MARKER};
-use super::segment::{parse_segment_name, segment_name};
+use super::segment::{looks_like_segment, parse_segment_name, segment_base, segment_name};
 use super::storage::{Storage, TEMP_SUFFIX};
 use super::{Lsn, WalConfig, WalError};
 
@@ -63,7 +64,10 @@ pub struct Problem {
     pub offset: u64,
     /// Stable kind: `leftover_temp_file`, `checkpoint_invalid`,
     /// `segment_size`, `missing_segment` (the log ends at a missing file),
-    /// `torn_tail` (it ends at an invalid record), `bytes_after_end`.
+    /// `torn_tail` (it ends at an invalid record), `bytes_after_end`; and
+    /// names the log ignores: `malformed_name` (`seg-1.wal`),
+    /// `stray_segment_name` (an id beyond any position),
+    /// `not_a_regular_file` (a directory or symlink named like a log file).
     pub kind: &'static str,
     pub what: String,
 }
@@ -93,6 +97,9 @@ pub struct Inspection {
     pub records_after_break: usize,
     pub end_lsn: Lsn,
     pub verdict: Verdict,
+    /// The configuration the scan used: the caller's with the directory's
+    /// recorded (or, for an older directory, inferred) format.
+    pub config: WalConfig,
 }
 
 /// Bound on the problems one inspection lists.
@@ -156,6 +163,19 @@ struct SegmentScan {
 
 fn scan_segment(storage: &dyn Storage, name: &str, id: u64, from: u64, segment_bytes: u64) -> SegmentScan {
     let mut out = SegmentScan::default();
+    // The length first: a hostile huge file under a segment name is
+    // reported, never read into memory.
+    match storage.open_read(name).map(|file| file.len()) {
+        Ok(len) if len == segment_bytes => {}
+        Ok(len) => {
+            out.wrong_size = Some(len);
+            return out;
+        }
+        Err(e) => {
+            out.read_error = Some(e.to_string());
+            return out;
+        }
+    }
     let bytes = match storage.read_file(name) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -220,30 +240,75 @@ fn scan_segment(storage: &dyn Storage, name: &str, id: u64, from: u64, segment_b
     out
 }
 
-/// Scans the log in `storage` without modifying anything.
-pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, WalError> {
-    let segment_bytes = config.segment_size_bytes;
-    let names = storage.list().map_err(|e| WalError::io("list directory", "", e))?;
-    let mut segment_files = BTreeMap::new();
-    let mut checkpoints = BTreeMap::new();
-    let mut temps = Vec::new();
-    for name in names {
-        if name.ends_with(TEMP_SUFFIX) {
-            temps.push(name);
-        } else if let Some(id) = parse_segment_name(&name) {
-            segment_files.insert(id, name);
-        } else if let Some(lsn) = parse_checkpoint_name(&name) {
-            checkpoints.insert(lsn, name);
+/// Prefix of the immutable side files another part of the engine keeps in
+/// the data directory (`ids-<16 hex>.run`, `durable::ids`): not log files,
+/// never read or removed (their leftover temps are, like every `*.tmp`).
+const SIDE_FILE_PREFIX: &str = "ids-";
+
+/// The directory sorted into what the log owns, with the names it ignores
+/// reported as problems.
+struct Listing {
+    segment_files: BTreeMap<u64, String>,
+    checkpoints: BTreeMap<u64, String>,
+    temps: Vec<String>,
+    problems: Vec<Problem>,
+}
+
+fn ignored(problems: &mut Vec<Problem>, name: &str, kind: &'static str, what: String) {
+    if problems.len() < MAX_PROBLEMS {
+        problems.push(Problem { file: name.to_owned(), offset: 0, kind, what });
+    }
+}
+
+/// Sorts `names` (regular files) and `non_files` (everything else). Any
+/// name is accepted: the ones that are not exactly what the log writes are
+/// ignored, and reported when they look like log files.
+fn classify(names: Vec<String>, non_files: Vec<String>, segment_bytes: u64) -> Listing {
+    let mut listing = Listing {
+        segment_files: BTreeMap::new(),
+        checkpoints: BTreeMap::new(),
+        temps: Vec::new(),
+        problems: Vec::new(),
+    };
+    for name in non_files {
+        if looks_like_segment(&name) || name.starts_with("checkpoint-") || name.starts_with(FORMAT_FILE) {
+            let what = "named like a log file but not a regular file (ignored, never followed)".to_string();
+            ignored(&mut listing.problems, &name, "not_a_regular_file", what);
         }
     }
-    let mut problems = Vec::new();
+    for name in names {
+        // Temp files first: every `*.tmp` is a leftover of an interrupted
+        // atomic write (the id archive's included, which relies on the log's
+        // open to remove them).
+        if name.ends_with(TEMP_SUFFIX) {
+            listing.temps.push(name);
+        } else if name.starts_with(SIDE_FILE_PREFIX) || name == FORMAT_FILE {
+            continue;
+        } else if let Some(id) = parse_segment_name(&name) {
+            if segment_base(id, segment_bytes).is_some() {
+                listing.segment_files.insert(id, name);
+            } else {
+                let what = format!("segment id {id:#x} lies beyond the last position of any log (ignored)");
+                ignored(&mut listing.problems, &name, "stray_segment_name", what);
+            }
+        } else if let Some(lsn) = parse_checkpoint_name(&name) {
+            listing.checkpoints.insert(lsn, name);
+        } else if looks_like_segment(&name) || name.starts_with("checkpoint-") {
+            let what = "not a name the log writes (ignored)".to_string();
+            ignored(&mut listing.problems, &name, "malformed_name", what);
+        }
+    }
+    listing
+}
+
+/// Scans the log in `storage` without modifying anything. `config` holds
+/// the directory's own format (see `format.rs`).
+pub(super) fn scan(storage: &dyn Storage, config: &WalConfig, names: Vec<String>) -> Result<Scan, WalError> {
+    let segment_bytes = config.segment_size_bytes;
+    let non_files = storage.list_non_files().map_err(|e| WalError::io("list directory", "", e))?;
+    let Listing { mut segment_files, checkpoints, temps, mut problems } = classify(names, non_files, segment_bytes);
     for temp in &temps {
-        problems.push(Problem {
-            file: temp.clone(),
-            offset: 0,
-            kind: "leftover_temp_file",
-            what: "leftover temporary file (removed on open)".into(),
-        });
+        ignored(&mut problems, temp, "leftover_temp_file", "leftover temporary file (removed on open)".into());
     }
 
     // The newest valid checkpoint; newer invalid ones are reported.
@@ -291,41 +356,53 @@ pub(super) fn scan(storage: &dyn Storage, config: &WalConfig) -> Result<Scan, Wa
     let mut torn_end = start;
     let mut records_after_break = 0usize;
     let mut marker_after_break = 0u64;
-    let last_id = segments.keys().next_back().copied().unwrap_or(first_id);
     let mut corrupt = None;
     let mut corrupt_kind = "invalid_record";
-    for id in first_id..=last_id.max(first_id) {
-        let base = id * segment_bytes;
-        let name = segment_name(id);
+    // Over the files found, in id order, never over an id range: a stray
+    // far-future name costs one entry, not 2^64 iterations. `expected` is
+    // the id the chain needs next; a file beyond it means the ones between
+    // are missing.
+    let mut expected = first_id;
+    for (&id, name) in &segments {
+        let base = id * segment_bytes; // fits: `classify` checked `segment_base`
         let scan = scans.get(&id);
+        if broke.is_none() && id > expected {
+            let position = (expected * segment_bytes).max(start);
+            broke = Some(Break {
+                position,
+                segment: expected,
+                reason: "segment file missing".into(),
+                missing_segment: true,
+                kind: "missing_segment",
+            });
+            end = position;
+            torn_end = end;
+        }
+        expected = id + 1;
         if let Some(size) = scan.and_then(|s| s.wrong_size) {
             let reason = format!("segment has {size} bytes, expected {segment_bytes}");
-            problems.push(Problem { file: name.clone(), offset: 0, kind: "segment_size", what: reason.clone() });
+            ignored(&mut problems, name, "segment_size", reason.clone());
             if corrupt.is_none() {
                 corrupt = Some(WalError::Corrupt { file: name.clone(), offset: 0, reason });
                 corrupt_kind = "segment_size";
             }
         }
         if let Some(error) = scan.and_then(|s| s.read_error.as_ref()) {
-            return Err(WalError::io("read segment", name, std::io::Error::other(error.clone())));
+            return Err(WalError::io("read segment", name.clone(), std::io::Error::other(error.clone())));
         }
         let scan = scan.filter(|s| s.wrong_size.is_none());
         match (&broke, scan) {
             (None, None) => {
-                if segments.range(id..).next().is_some() {
-                    broke = Some(Break {
-                        position: base.max(start),
-                        segment: id,
-                        reason: "segment file missing".into(),
-                        missing_segment: true,
-                        kind: "missing_segment",
-                    });
-                    end = base.max(start);
-                    torn_end = end;
-                } else {
-                    // No file at or after this id: the chain ran off the end.
-                    break;
-                }
+                // A file of the wrong size counts as missing (and is corrupt).
+                broke = Some(Break {
+                    position: base.max(start),
+                    segment: id,
+                    reason: "segment file missing".into(),
+                    missing_segment: true,
+                    kind: "missing_segment",
+                });
+                end = base.max(start);
+                torn_end = end;
             }
             (None, Some(scan)) => {
                 for (offset, kind, payload) in &scan.chain {

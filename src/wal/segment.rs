@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use super::WalError;
-use super::storage::{SegmentFile, Storage};
+use super::storage::{LogBackend, SegmentFile, Storage};
 
 const NO_SEGMENT: u64 = u64::MAX;
 
@@ -22,12 +22,35 @@ pub fn segment_name(id: u64) -> String {
     format!("seg-{id:016x}.wal")
 }
 
+/// The id of a segment file name, only for the canonical spelling
+/// `segment_name` writes (16 lowercase hex digits): `seg-1.wal`,
+/// `seg-000000000000000A.wal` or `seg-+00000000000001.wal` would otherwise
+/// alias a real segment under another name.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("seg-")?.strip_suffix(".wal")?;
-    if hex.len() != 16 {
+    parse_hex16(hex)
+}
+
+/// Exactly 16 lowercase hex digits.
+pub fn parse_hex16(hex: &str) -> Option<u64> {
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
+}
+
+/// True for names the log would take for a segment file but cannot be one
+/// (reported by `inspect`, otherwise ignored).
+pub fn looks_like_segment(name: &str) -> bool {
+    name.starts_with("seg-") && name.ends_with(".wal")
+}
+
+/// First position of segment `id`, if every position of the segment fits a
+/// u64 (a stray `seg-fffffffffffffff0.wal` does not).
+pub fn segment_base(id: u64, segment_bytes: u64) -> Option<u64> {
+    let base = id.checked_mul(segment_bytes)?;
+    base.checked_add(segment_bytes)?;
+    Some(base)
 }
 
 #[derive(Debug)]
@@ -49,10 +72,12 @@ pub struct Ring {
     first_live: AtomicU64,
     /// Serializes preparing segments (creating or recycling files).
     prepare_lock: Mutex<()>,
+    /// How new segment files are written.
+    backend: LogBackend,
 }
 
 impl Ring {
-    pub fn new(max_segments: usize, segment_bytes: u64, first_live: u64) -> Self {
+    pub fn new(max_segments: usize, segment_bytes: u64, first_live: u64, backend: LogBackend) -> Self {
         let slots =
             (0..max_segments).map(|_| Slot { file: OnceLock::new(), hosted: AtomicU64::new(NO_SEGMENT) }).collect();
         Ring {
@@ -61,6 +86,7 @@ impl Ring {
             ready_end: AtomicU64::new(first_live),
             first_live: AtomicU64::new(first_live),
             prepare_lock: Mutex::new(()),
+            backend,
         }
     }
 
@@ -143,7 +169,7 @@ impl Ring {
         let slot = self.slot(id);
         match slot.file.get() {
             None => {
-                let file = storage.create_segment(&segment_name(id), self.segment_bytes)?;
+                let file = storage.create_segment(&segment_name(id), self.segment_bytes, self.backend)?;
                 if slot.file.set(file).is_err() {
                     return Err(io::Error::other("segment slot filled twice"));
                 }

@@ -8,10 +8,53 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::mmap::{MappedFile, write_zeros};
+use super::pwrite::PwriteFile;
+
+/// How segment files are written. Both write the same bytes to the same
+/// offsets (the on-disk format does not depend on it); reads always use
+/// `pread`. See docs/design.md, "Sync path", for the measured reason of the
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogBackend {
+    /// `pwrite` into the page cache, `fdatasync` to make it durable (default).
+    #[default]
+    Pwrite,
+    /// Stores into a shared writable mapping, `msync(MS_SYNC)` to make it
+    /// durable.
+    Mmap,
+}
+
+impl LogBackend {
+    /// The name `FromStr` accepts: `pwrite` or `mmap`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogBackend::Pwrite => "pwrite",
+            LogBackend::Mmap => "mmap",
+        }
+    }
+}
+
+impl std::fmt::Display for LogBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LogBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pwrite" => Ok(LogBackend::Pwrite),
+            "mmap" => Ok(LogBackend::Mmap),
+            other => Err(format!("unknown log backend {other:?} (pwrite or mmap)")),
+        }
+    }
+}
 
 /// One fixed-size segment file, open for writing.
 ///
-/// Contract: `write_at` may be called concurrently for disjoint ranges; bytes
+/// Contract: `write_at` may be called concurrently for disjoint ranges (and
+/// concurrently with `sync`); bytes
 /// written are visible to `read_at` at once but durable only after a `sync`
 /// covering them returns `Ok`. After a failed `sync` nothing is known about
 /// the range (the log never retries: see `WalError::Failed`).
@@ -24,7 +67,9 @@ pub trait SegmentFile: Send + Sync + Debug {
     fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()>;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Makes `[offset, offset + len)` durable (fdatasync semantics: the
-    /// length never changes, so no metadata needs to reach the disk).
+    /// length never changes, so no metadata needs to reach the disk). Every
+    /// byte whose `write_at` returned before this call started is covered
+    /// when it returns `Ok`; an implementation may make more durable.
     fn sync(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Overwrites the whole file with zeros (not durable until `sync`).
     fn zero_fill(&self) -> io::Result<()> {
@@ -49,11 +94,19 @@ pub trait SegmentFile: Send + Sync + Debug {
 /// `remove` and `rename` are atomic but durable only after `sync_dir`.
 /// Names are plain file names, no separators.
 pub trait Storage: Send + Sync + 'static {
+    /// Names of the regular files (symlinks, directories and other entries
+    /// are never listed: the log only ever touches regular files).
     fn list(&self) -> io::Result<Vec<String>>;
+    /// Names of entries that are not regular files (directories, symlinks,
+    /// ...), so that a scan can report the ones named like log files.
+    fn list_non_files(&self) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Creates `name` holding `len` zero bytes, really written (never sparse),
-    /// synced with its directory.
-    fn create_segment(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>>;
-    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>>;
+    /// synced with its directory, written through `backend` from now on.
+    fn create_segment(&self, name: &str, len: u64, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>>;
+    /// Opens the existing regular file `name` for writing through `backend`.
+    fn open_segment(&self, name: &str, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>>;
     fn remove(&self, name: &str) -> io::Result<()>;
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Replaces `name` with the concatenation of `parts`, atomically and durably.
@@ -85,7 +138,8 @@ pub trait ReadFile: Send + Sync + Debug {
 /// Suffix of files being written; never valid, removed on open.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
-/// The real thing: a directory of memory-mapped segment files.
+/// The real thing: a directory of segment files, written with `pwrite` or
+/// through a mapping (`LogBackend`).
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     dir: PathBuf,
@@ -114,6 +168,25 @@ impl FsStorage {
         }
         Ok(self.dir.join(name))
     }
+
+    /// `path(name)` if it is a regular file. Checked without following
+    /// symlinks, so a symlink named like a segment is never written through
+    /// (whoever can swap it between this check and the open can write the
+    /// directory anyway).
+    fn regular_file(&self, name: &str) -> io::Result<PathBuf> {
+        let path = self.path(name)?;
+        if !fs::symlink_metadata(&path)?.file_type().is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name} is not a regular file")));
+        }
+        Ok(path)
+    }
+}
+
+fn segment_file(file: File, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {
+    Ok(match backend {
+        LogBackend::Pwrite => Arc::new(PwriteFile::new(file)?),
+        LogBackend::Mmap => Arc::new(MappedFile::new(file)?),
+    })
 }
 
 impl SegmentFile for MappedFile {
@@ -149,7 +222,19 @@ impl Storage for FsStorage {
         Ok(names)
     }
 
-    fn create_segment(&self, name: &str, len: u64) -> io::Result<Arc<dyn SegmentFile>> {
+    fn list_non_files(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create_segment(&self, name: &str, len: u64, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {
         let path = self.path(name)?;
         let temp = self.path(&format!("{name}{TEMP_SUFFIX}"))?;
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temp)?;
@@ -160,12 +245,12 @@ impl Storage for FsStorage {
         file.sync_all()?;
         fs::rename(&temp, &path)?;
         self.sync_dir()?;
-        Ok(Arc::new(MappedFile::new(file)?))
+        segment_file(file, backend)
     }
 
-    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn SegmentFile>> {
-        let file = OpenOptions::new().read(true).write(true).open(self.path(name)?)?;
-        Ok(Arc::new(MappedFile::new(file)?))
+    fn open_segment(&self, name: &str, backend: LogBackend) -> io::Result<Arc<dyn SegmentFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(self.regular_file(name)?)?;
+        segment_file(file, backend)
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {

@@ -71,6 +71,12 @@ pub struct Args {
     /// Group-commit gather limit in microseconds (durability sync; 0 syncs at once).
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     gather_us: Option<u64>,
+    /// Group-commit syncs in flight at once (durability sync; 1 = one at a time).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    syncs_in_flight: Option<u64>,
+    /// How the log writes its segments (durability sync): `pwrite` (+ fdatasync) or `mmap` (+ msync).
+    #[arg(long, default_value = "pwrite")]
+    log_backend: dtc::LogBackend,
     /// Measure the machine's limits (sync latency, bandwidth, channel, lock) instead.
     #[arg(long)]
     limits: bool,
@@ -136,6 +142,10 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         SystemArg::Dtc => {
             let durability = if sync { Durability::Sync } else { Durability::None };
             let mut builder = Coordinator::builder().durability(durability).max_legs(usize::from(args.legs));
+            builder = builder.log_backend(args.log_backend);
+            if let Some(syncs) = args.syncs_in_flight {
+                builder = builder.group_commit_syncs_in_flight(syncs as usize);
+            }
             if let Some(us) = args.gather_us {
                 builder = builder.group_commit_gather(std::time::Duration::from_micros(us));
             }
