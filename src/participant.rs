@@ -88,7 +88,8 @@ impl<'a> Work<'a> {
 }
 
 /// A participant's "no" vote. A participant that refuses must hold nothing
-/// for the branch afterwards: it will not be asked to roll back.
+/// for the branch afterwards: it will not be asked to roll back — except
+/// after [`Refusal::Unknown`], which says it might.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -114,6 +115,15 @@ pub enum Refusal {
         /// Human explanation.
         message: String,
     },
+    /// The vote is not known (a remote participant did not answer in
+    /// time): counted as a no, but the participant may hold the branch
+    /// prepared, so it is rolled back like any prepared branch.
+    Unknown {
+        /// Stable machine-readable code.
+        code: String,
+        /// Human explanation.
+        message: String,
+    },
 }
 
 impl Refusal {
@@ -129,7 +139,7 @@ impl fmt::Display for Refusal {
             Refusal::InsufficientFunds { account } => write!(f, "insufficient funds in {account}"),
             Refusal::UnknownAccount { account } => write!(f, "unknown account {account}"),
             Refusal::Overflow { account } => write!(f, "balance of {account} would overflow"),
-            Refusal::Other { code, message } => write!(f, "{code}: {message}"),
+            Refusal::Other { code, message } | Refusal::Unknown { code, message } => write!(f, "{code}: {message}"),
         }
     }
 }

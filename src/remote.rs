@@ -443,18 +443,24 @@ impl Participant for HttpParticipant {
                 }
                 Answer::Status(409, body) => {
                     let (code, message) = refusal_of(&body, "refused");
-                    return Err(Refusal::Other { code, message });
+                    return Err(Refusal::Other { code, message: format!("{}: {message}", endpoints.prepare) });
                 }
                 Answer::Status(status, body) if !is_not_known(status) => {
-                    return Err(Refusal::new(format!("http_{status}"), excerpt(&body)));
+                    let message = format!("{}: {}", endpoints.prepare, excerpt(&body));
+                    return Err(Refusal::new(format!("http_{status}"), message));
                 }
-                Answer::Garbage(why) => return Err(Refusal::new("bad_answer", why)),
+                // It answered, with a status that may mean yes: roll it back.
+                Answer::Garbage(why) => return Err(Refusal::Unknown { code: "bad_answer".into(), message: why }),
                 Answer::Status(status, body) => format!("{status}: {}", excerpt(&body)),
                 Answer::Unknown(why) => why,
             };
             // Not known yet: ask again, until the call timeout.
             if Instant::now() + delay >= deadline {
-                return Err(Refusal::new("unavailable", format!("no answer before the call timeout: {why}")));
+                // Not a definite no: the branch may be prepared over there.
+                return Err(Refusal::Unknown {
+                    code: "unavailable".into(),
+                    message: format!("{}: no answer before the call timeout: {why}", endpoints.prepare),
+                });
             }
             std::thread::sleep(delay);
             delay = (delay * 2).min(PREPARE_RETRY_MAX);

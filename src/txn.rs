@@ -246,6 +246,7 @@ impl<'a> Branch<'a> {
 pub struct Transaction<'a> {
     transfers: Vec<Transfer<'a>>,
     branches: Vec<Branch<'a>>,
+    timeout: Option<std::time::Duration>,
 }
 
 impl<'a> Transaction<'a> {
@@ -271,6 +272,20 @@ impl<'a> Transaction<'a> {
     pub fn branch(mut self, branch: Branch<'a>) -> Self {
         self.branches.push(branch);
         self
+    }
+
+    /// A deadline for this transaction, lock waits and votes included,
+    /// shorter than the coordinator's
+    /// [`transaction_timeout`](crate::Builder::transaction_timeout) (a longer
+    /// one is cut to it).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The deadline set with [`timeout`](Self::timeout), if any.
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        self.timeout
     }
 
     /// The transfer legs.

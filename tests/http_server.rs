@@ -168,7 +168,7 @@ fn a_slow_body_and_an_idle_connection_are_cut_off() {
 }
 
 #[test]
-fn connections_over_the_bound_are_answered_503() {
+fn connections_over_the_bound_are_answered_429() {
     let server = start(ServerConfig { max_connections: 2, ..ServerConfig::default() });
     let held: Vec<TcpStream> = (0..2).map(|_| connect(server.local_addr())).collect();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -179,7 +179,7 @@ fn connections_over_the_bound_are_answered_503() {
     let mut third = connect(server.local_addr());
     third.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let (status, _, body) = read_answer(&mut third).unwrap();
-    assert_eq!((status, error_code(&body).as_str()), (503, "too_many_connections"));
+    assert_eq!((status, error_code(&body).as_str()), (429, "too_many_connections"));
     assert!(server.stats().rejected >= 1);
     // Once one closes, a new connection is served again.
     drop(held);

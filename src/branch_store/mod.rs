@@ -636,7 +636,9 @@ fn refusal_parts(refusal: &Refusal) -> (String, String) {
         Refusal::InsufficientFunds { .. } => "insufficient_funds",
         Refusal::UnknownAccount { .. } => "unknown_account",
         Refusal::Overflow { .. } => "overflow",
-        Refusal::Other { code, message } => return (code.clone(), message.clone()),
+        Refusal::Other { code, message } | Refusal::Unknown { code, message } => {
+            return (code.clone(), message.clone());
+        }
     };
     (code.to_owned(), refusal.to_string())
 }

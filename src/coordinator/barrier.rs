@@ -12,8 +12,10 @@
 //!     │  rollback (empty)  ▼
 //!     └──────────────▶ RolledBack  ◀── a later prepare is refused
 //! ```
-//! A prepare that panicked leaves `Prepared(None)`: nothing to commit, but
-//! rollback must still be called so the participant can clean up.
+//! A prepare that panicked, or whose vote is not known, leaves a *failed*
+//! `Prepared`: never committed, a duplicate prepare answered as the first
+//! was, but rollback must still be called so the participant can clean up
+//! (with what it could rebuild from the request, if anything).
 
 use std::collections::VecDeque;
 
@@ -53,7 +55,12 @@ pub(crate) enum Phase {
 /// What the participant has done for one transaction.
 #[derive(Debug)]
 pub(crate) enum Entry<P> {
-    Prepared(Option<P>),
+    /// Prepared with this value; `failed`: the prepare panicked or its vote
+    /// is not known (no commit, but a rollback is owed).
+    Prepared {
+        value: Option<P>,
+        failed: bool,
+    },
     Committed,
     RolledBack,
 }
@@ -123,12 +130,13 @@ impl<P> Barrier<P> {
             (None, Phase::Commit) => Decision::Violation,
             // An empty rollback: record it so a late prepare is refused.
             (None, Phase::Rollback) => Decision::Call,
-            (Some(Entry::Prepared(Some(_))), Phase::Prepare) => Decision::AlreadyDone,
-            // The first prepare panicked: a duplicate must not turn it into a yes.
-            (Some(Entry::Prepared(None)), Phase::Prepare) => Decision::AlreadyFailed,
-            (Some(Entry::Prepared(Some(_))), Phase::Commit) => Decision::Call,
-            (Some(Entry::Prepared(None)), Phase::Commit) => Decision::Violation,
-            (Some(Entry::Prepared(_)), Phase::Rollback) => Decision::Call,
+            // The first prepare failed: a duplicate must not turn it into a yes.
+            (Some(Entry::Prepared { failed: true, .. }), Phase::Prepare) => Decision::AlreadyFailed,
+            (Some(Entry::Prepared { value: Some(_), .. }), Phase::Prepare) => Decision::AlreadyDone,
+            (Some(Entry::Prepared { value: None, .. }), Phase::Prepare) => Decision::AlreadyFailed,
+            (Some(Entry::Prepared { value: Some(_), failed: false }), Phase::Commit) => Decision::Call,
+            (Some(Entry::Prepared { .. }), Phase::Commit) => Decision::Violation,
+            (Some(Entry::Prepared { .. }), Phase::Rollback) => Decision::Call,
             (Some(Entry::Committed), Phase::Prepare | Phase::Commit) => Decision::AlreadyDone,
             (Some(Entry::Committed), Phase::Rollback) => Decision::Violation,
             (Some(Entry::RolledBack), Phase::Prepare) => Decision::RefuseLate,
@@ -140,7 +148,7 @@ impl<P> Barrier<P> {
     /// The prepared value, for a commit call.
     pub(crate) fn prepared(&self, tx: TxKey) -> Option<&P> {
         match self.entries.get(&tx) {
-            Some(Entry::Prepared(p)) => p.as_ref(),
+            Some(Entry::Prepared { value, .. }) => value.as_ref(),
             _ => None,
         }
     }
@@ -148,17 +156,27 @@ impl<P> Barrier<P> {
     /// True if a participant call is needed to roll back (something was
     /// prepared), false for an empty rollback.
     pub(crate) fn holds(&self, tx: TxKey) -> bool {
-        matches!(self.entries.get(&tx), Some(Entry::Prepared(_)))
+        matches!(self.entries.get(&tx), Some(Entry::Prepared { .. }))
     }
 
     pub(crate) fn prepared_ok(&mut self, tx: TxKey, value: Option<P>) {
+        self.insert_prepared(tx, value, false);
+    }
+
+    /// A prepare that panicked or whose vote is not known: never committed,
+    /// rolled back with `value` (what could be rebuilt), if any.
+    pub(crate) fn prepared_failed(&mut self, tx: TxKey, value: Option<P>) {
+        self.insert_prepared(tx, value, true);
+    }
+
+    fn insert_prepared(&mut self, tx: TxKey, value: Option<P>, failed: bool) {
         debug_assert!(!self.entries.contains_key(&tx), "prepare recorded twice for {tx:?}");
-        self.entries.insert(tx, Entry::Prepared(value));
+        self.entries.insert(tx, Entry::Prepared { value, failed });
         self.live += 1;
     }
 
     pub(crate) fn committed(&mut self, tx: TxKey) {
-        debug_assert!(matches!(self.entries.get(&tx), Some(Entry::Prepared(Some(_)))));
+        debug_assert!(matches!(self.entries.get(&tx), Some(Entry::Prepared { value: Some(_), failed: false })));
         self.finish(tx, Entry::Committed);
     }
 
@@ -178,7 +196,7 @@ impl<P> Barrier<P> {
     }
 
     fn finish(&mut self, tx: TxKey, entry: Entry<P>) {
-        if let Some(Entry::Prepared(_)) = self.entries.insert(tx, entry) {
+        if let Some(Entry::Prepared { .. }) = self.entries.insert(tx, entry) {
             self.live -= 1;
         }
         self.finished.push_back(tx);
@@ -214,7 +232,8 @@ mod tests {
     #[test]
     fn a_panicked_prepare_stays_failed_and_executions_are_apart() {
         let mut b = Barrier::<u8>::new(8);
-        b.prepared_ok(T, None);
+        b.prepared_failed(T, Some(5));
+        assert_eq!(b.prepared(T), Some(&5), "the rollback gets what was rebuilt");
         assert_eq!(b.decide(T, Phase::Prepare), Decision::AlreadyFailed);
         assert_eq!(b.decide(T, Phase::Commit), Decision::Violation);
         assert_eq!(b.decide(T, Phase::Rollback), Decision::Call);

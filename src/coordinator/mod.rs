@@ -611,7 +611,7 @@ impl Coordinator {
     /// Returns the outcome, or an error if the input is invalid (checked
     /// before any side effect) or the engine cannot run it.
     pub fn execute(&self, legs: &[Transfer<'_>]) -> Result<Outcome> {
-        self.inner.run(self.inner.ids.next(), legs, &[], false)
+        self.inner.run(self.inner.ids.next(), legs, &[], None, false)
     }
 
     /// Like [`execute`](Self::execute) under a caller-chosen id. Resubmitting
@@ -619,7 +619,7 @@ impl Coordinator {
     /// resubmitting it with other legs is refused with [`Error::TxIdReused`].
     pub fn execute_as(&self, tx: TxId, legs: &[Transfer<'_>]) -> Result<Outcome> {
         self.inner.check_issued(tx)?;
-        self.inner.run(tx, legs, &[], true)
+        self.inner.run(tx, legs, &[], None, true)
     }
 
     /// Runs a [`Transaction`]: its transfer legs and its payload branches,
@@ -656,7 +656,8 @@ impl Coordinator {
     /// assert!(matches!(dtc.run(&book("12A")).unwrap(), Outcome::Aborted(_)));
     /// ```
     pub fn run(&self, transaction: &Transaction<'_>) -> Result<Outcome> {
-        self.inner.run(self.inner.ids.next(), transaction.transfers(), transaction.branches(), false)
+        let t = transaction;
+        self.inner.run(self.inner.ids.next(), t.transfers(), t.branches(), t.deadline(), false)
     }
 
     /// Like [`run`](Self::run) under a caller-chosen id: a resubmission of a
@@ -664,7 +665,8 @@ impl Coordinator {
     /// [`Error::TxIdReused`].
     pub fn run_as(&self, tx: TxId, transaction: &Transaction<'_>) -> Result<Outcome> {
         self.inner.check_issued(tx)?;
-        self.inner.run(tx, transaction.transfers(), transaction.branches(), true)
+        let t = transaction;
+        self.inner.run(tx, t.transfers(), t.branches(), t.deadline(), true)
     }
 
     /// The recorded outcome of a recent id run through
@@ -862,7 +864,14 @@ impl Inner {
         Ok(())
     }
 
-    fn run(&self, tx: TxId, legs: &[Transfer<'_>], branches: &[Branch<'_>], tracked: bool) -> Result<Outcome> {
+    fn run(
+        &self,
+        tx: TxId,
+        legs: &[Transfer<'_>],
+        branches: &[Branch<'_>],
+        timeout: Option<Duration>,
+        tracked: bool,
+    ) -> Result<Outcome> {
         let started = Instant::now();
         let _in_flight = self.enter()?;
         let plan = Arc::new(plan::build(
@@ -892,7 +901,8 @@ impl Inner {
                 }
             }
         }
-        let result = self.drive(&plan, started, tracked);
+        let timeout = timeout.map_or(self.config.tx_timeout, |t| t.min(self.config.tx_timeout));
+        let result = self.drive(&plan, started + timeout, tracked);
         match &result {
             Ok(outcome) => {
                 self.count(outcome);
@@ -917,8 +927,7 @@ impl Inner {
         }
     }
 
-    fn drive(&self, plan: &Arc<Plan>, started: Instant, tracked: bool) -> Result<Outcome> {
-        let deadline = started + self.config.tx_timeout;
+    fn drive(&self, plan: &Arc<Plan>, deadline: Instant, tracked: bool) -> Result<Outcome> {
         if let Some(journal) = &self.journal {
             journal.backpressure(deadline)?;
         }
@@ -1427,7 +1436,7 @@ impl Inner {
                 code: "balance_overflow".into(),
                 message: format!("balance of {account} would overflow"),
             },
-            Answer::No(Refusal::Other { code, message }) => {
+            Answer::No(Refusal::Other { code, message } | Refusal::Unknown { code, message }) => {
                 AbortReason::Refused { service: service_name, code, message }
             }
             Answer::Panicked => AbortReason::ParticipantPanicked { service: service_name },

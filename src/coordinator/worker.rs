@@ -396,7 +396,7 @@ impl Service {
                 None
             })
         });
-        core.barrier.prepared_ok(key, kept);
+        core.barrier.prepared_failed(key, kept);
     }
 
     /// Copies of one phase request to deliver (1 unless testing redelivery).
@@ -680,6 +680,14 @@ impl Service {
                 tracing::trace!(branch = %id, service = %self.name, "prepared");
                 Answer::Yes(self.encoded(core, key))
             }
+            Ok(Err(refusal @ Refusal::Unknown { .. })) => {
+                // It may hold the branch prepared: the rollback must reach it,
+                // with what the participant rebuilds from the request.
+                let kept = self.kept_from_request(core, plan, branch);
+                core.barrier.prepared_failed(key, kept);
+                tracing::debug!(branch = %id, service = %self.name, %refusal, "vote not known; counted as no");
+                Answer::No(refusal)
+            }
             Ok(Err(refusal)) => {
                 core.barrier.rolled_back(key);
                 tracing::debug!(branch = %id, service = %self.name, %refusal, "prepare refused");
@@ -688,11 +696,23 @@ impl Service {
             Err(_) => {
                 self.metrics.panics.add(1);
                 // It may have half-prepared: rollback must still be called.
-                core.barrier.prepared_ok(key, None);
+                let kept = self.kept_from_request(core, plan, branch);
+                core.barrier.prepared_failed(key, kept);
                 tracing::warn!(branch = %id, service = %self.name, "participant panicked in prepare");
                 Answer::Panicked
             }
         }
+    }
+
+    /// What rollback gets for a branch that may be prepared without a value
+    /// (an unknown vote, a panic): rebuilt from its request, if it has one.
+    fn kept_from_request(&self, core: &Core, plan: &Plan, branch: usize) -> Option<Kept> {
+        let request = plan.payload(branch)?;
+        let id = plan.branch_id(branch);
+        catch_unwind(AssertUnwindSafe(|| core.participant.rebuild_from_request(id, request))).unwrap_or_else(|_| {
+            self.metrics.panics.add(1);
+            None
+        })
     }
 
     /// What an external participant wants recorded with the commit decision.

@@ -8,7 +8,7 @@
 //! | bound | how |
 //! | --- | --- |
 //! | handler threads | a fixed pool of [`ServerConfig::handler_threads`] threads takes requests from a bounded queue; a panic in a handler is answered `500` and the thread goes on |
-//! | open connections | at most [`ServerConfig::max_connections`], each on its own thread (only reading and writing: handlers run in the pool). One more is accepted, answered `503 too_many_connections` and closed (after reading briefly, so the answer is not lost to a reset); at most 4 such answers at a time, beyond that a connection is closed unanswered |
+//! | open connections | at most [`ServerConfig::max_connections`], each on its own thread (only reading and writing: handlers run in the pool). One more is accepted, answered `429 too_many_connections` and closed (after reading briefly, so the answer is not lost to a reset); at most 4 such answers at a time, beyond that a connection is closed unanswered |
 //! | body size | `Content-Length` above [`ServerConfig::max_body_bytes`] is answered `413` before any body byte is read; chunked bodies are answered `411` |
 //! | head size | [`ServerConfig::max_head_bytes`] and 64 headers; beyond that `431` |
 //! | slow clients | every read is given the time left until a deadline: a request's head must arrive within [`ServerConfig::head_timeout`] of its first byte, its body within [`ServerConfig::body_timeout`] of its head (else `408` and close: a client trickling one byte at a time cannot hold a connection longer); a connection with no request in progress is closed after [`ServerConfig::idle_timeout`] (its first request must start within `head_timeout`); each write of an answer has [`ServerConfig::write_timeout`] |

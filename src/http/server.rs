@@ -18,7 +18,7 @@ use super::message::{Request, Response};
 use super::router::Handler;
 use crate::sync::{Condvar, Mutex};
 
-/// Connections over the bound that are still answered `503` (each on a
+/// Connections over the bound that are still answered `429` (each on a
 /// short-lived thread of its own); beyond these they are closed unanswered.
 const MAX_REJECTING: usize = 4;
 
@@ -31,7 +31,7 @@ const LINGER: Duration = Duration::from_millis(200);
 pub struct ServerConfig {
     /// Threads running handlers (at least 1); requests beyond them wait.
     pub handler_threads: usize,
-    /// Open connections at most (at least 1); one more is answered `503
+    /// Open connections at most (at least 1); one more is answered `429
     /// too_many_connections` and closed.
     pub max_connections: usize,
     /// Largest request body; a larger `Content-Length` is answered `413`
@@ -120,7 +120,7 @@ pub struct ServerStats {
     pub open_connections: u64,
     /// Connections accepted since start (rejected ones included).
     pub accepted: u64,
-    /// Connections answered `503` (or closed) because of the bound.
+    /// Connections answered `429` (or closed) because of the bound.
     pub rejected: u64,
     /// Requests answered by a handler.
     pub requests: u64,
@@ -385,14 +385,15 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
     if registry.open.len() >= config.max_connections {
         bump(&shared.counters.rejected);
         if registry.rejecting >= MAX_REJECTING {
-            // Under a flood even the 503 is not worth a thread.
+            // Under a flood even the 429 is not worth a thread.
             return;
         }
         registry.rejecting += 1;
         let reject_shared = Arc::clone(shared);
         let spawned = std::thread::Builder::new().name("dtc-http-reject".into()).spawn(move || {
+            // 429: the client (one of too many) should come back later.
             let answer = Response::error(
-                503,
+                429,
                 "too_many_connections",
                 &format!("the server holds {} connections already", reject_shared.config.max_connections),
             );

@@ -22,6 +22,11 @@ pub struct Args {
     /// Seed for the workload and the faults.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Remote participants instead: three reference participant services and a
+    /// coordinator service on loopback ports, bookings through its JSON API, one
+    /// coordinator crash and restart mid-run, then an agreement check.
+    #[arg(long)]
+    http: bool,
 }
 
 const SERVICES: usize = 8;
@@ -29,6 +34,9 @@ const ACCOUNTS: u64 = 100_000;
 const BALANCE: i64 = 1_000;
 
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.http {
+        return crate::demo_http::run(args.seconds, args.threads, args.seed);
+    }
     let shape = Shape { services: SERVICES, accounts: ACCOUNTS, balance: BALANCE, legs: 2, skew: None };
     println!(
         "dtc demo: {SERVICES} services, {ACCOUNTS} accounts of {BALANCE}, {} threads, {} s; faults: 0.2% refusals and 0.05% panics everywhere, 0.02% stalls of 100 ms (past a 50 ms call timeout) on svc-7",

@@ -2,10 +2,13 @@
 
 mod bench;
 mod demo;
+mod demo_http;
 mod limits;
 mod naive;
 mod ops;
 mod participant;
+mod procs;
+mod serve;
 mod workload;
 
 use std::process::ExitCode;
@@ -52,6 +55,8 @@ enum Command {
     Participant(participant::Args),
     /// Checks a data directory offline without changing it. Exit 1 on problems, 2 if recovery would refuse.
     Verify(ops::VerifyArgs),
+    /// The coordinator as a service: JSON transactions over HTTP across remote participants, durable in --dir.
+    Serve(serve::Args),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         Command::Resolve(args) => ops::resolve(args),
         Command::Verify(args) => ops::verify(args),
         Command::Participant(args) => participant::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
