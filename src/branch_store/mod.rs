@@ -310,6 +310,9 @@ impl BranchStore {
     }
 
     fn durable(&self, lsn: Lsn) -> Result<(), StoreError> {
+        if !self.options.sync {
+            return Ok(());
+        }
         self.wal.wait_durable(lsn).map_err(StoreError::log)
     }
 

@@ -25,6 +25,7 @@ pub struct BranchStoreOptions {
     pub(super) segment_size_bytes: u64,
     pub(super) max_prepared_bytes: usize,
     pub(super) clock: Arc<dyn Clock>,
+    pub(super) sync: bool,
 }
 
 impl fmt::Debug for BranchStoreOptions {
@@ -51,11 +52,21 @@ impl Default for BranchStoreOptions {
             segment_size_bytes: 1 << 20,
             max_prepared_bytes: MAX_PREPARED_BYTES,
             clock: Arc::new(SystemClock),
+            sync: true,
         }
     }
 }
 
 impl BranchStoreOptions {
+    /// Whether answers wait until their record is durable (default true).
+    /// `false` is for measuring a service whose state may be lost: a crash
+    /// then loses the latest answers, which breaks the participant contract
+    /// of a `Durable` participant — never use it for real data.
+    pub fn sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
+    }
+
     /// How long a finished branch is remembered for duplicate detection.
     pub fn finished_horizon(mut self, horizon: Duration) -> Self {
         self.finished_horizon = horizon;

@@ -65,6 +65,19 @@ pub struct StoredParticipant<P, C, R> {
     rollback: R,
 }
 
+impl<P: Clone, C: Clone, R: Clone> Clone for StoredParticipant<P, C, R> {
+    /// Another participant on the same store (for
+    /// [`Builder::concurrent_service`](crate::Builder::concurrent_service)).
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            prepare: self.prepare.clone(),
+            commit: self.commit.clone(),
+            rollback: self.rollback.clone(),
+        }
+    }
+}
+
 impl<P, C, R> fmt::Debug for StoredParticipant<P, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoredParticipant").field("store", &self.store).finish_non_exhaustive()

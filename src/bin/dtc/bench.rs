@@ -80,6 +80,19 @@ pub struct Args {
     /// Measure the machine's limits (sync latency, bandwidth, channel, lock) instead.
     #[arg(long)]
     limits: bool,
+    /// Transactions of payload branches to reference participant services over
+    /// loopback HTTP (`dtc participant` processes; their state durable too with
+    /// --durability sync) instead of ledger transfers.
+    #[arg(long)]
+    http: bool,
+    /// With --http: participants per transaction (one process each).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    participants: u16,
+    /// Transactions of this many payload branches to in-process participants
+    /// that record every phase in a durable branch store of their own
+    /// (synced with --durability sync) instead of ledger transfers.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    branches: Option<u16>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -110,6 +123,9 @@ struct Report {
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.limits {
         return crate::limits::run(args.dir.as_deref(), args.json);
+    }
+    if args.http || args.branches.is_some() {
+        return branches(&args);
     }
     if let Some(s) = args.skew
         && !(s.is_finite() && s > 0.0)
@@ -253,6 +269,56 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--http` and `--branches`: payload branches to participants that keep
+/// their own state (see `bench_branches`).
+fn branches(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use crate::bench_branches::{Participants, Spec};
+    let (participants, count) = match args.branches {
+        Some(n) if !args.http => (Participants::Stored, usize::from(n)),
+        Some(_) => return Err("--http and --branches are two workloads: pick one".into()),
+        None => (Participants::Http, usize::from(args.participants)),
+    };
+    let sync = args.durability == DurabilityArg::Sync;
+    let m = crate::bench_branches::run(Spec {
+        participants,
+        count,
+        threads: args.threads,
+        seconds: args.seconds,
+        sync,
+        dir: args.dir.clone(),
+    })?;
+    let report = Report {
+        system: m.system,
+        durability: if sync { "sync" } else { "none" },
+        threads: args.threads,
+        services: count as u16,
+        accounts: 0,
+        legs: 0,
+        committed: m.committed,
+        aborted: m.aborted,
+        tx_per_s: m.tx_per_s,
+        p50_us: m.p50_us,
+        p99_us: m.p99_us,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let per_sync = m.records_per_sync.map(|r| format!(", {r:.1} log records per sync")).unwrap_or_default();
+        println!(
+            "{} ({}), {} threads, {count} participants per transaction: {:.0} tx/s, committed {}, aborted {}, p50 {:.1} µs, p99 {:.1} µs{per_sync}",
+            report.system,
+            report.durability,
+            report.threads,
+            report.tx_per_s,
+            report.committed,
+            report.aborted,
+            report.p50_us,
+            report.p99_us
+        );
+    }
+    Ok(if m.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 #[derive(ClapArgs, Debug)]

@@ -23,6 +23,7 @@ struct Limits {
     write_mb_per_s_sync_every_1m: f64,
     channel_round_trip_ns: f64,
     uncontended_lock_unlock_ns: f64,
+    http: HttpLimits,
 }
 
 fn sync_latency(path: &Path, overwrite: bool, budget: Duration) -> std::io::Result<(f64, f64, f64)> {
@@ -119,6 +120,7 @@ pub fn run(dir: Option<&Path>, json: bool) -> Result<ExitCode, Box<dyn std::erro
         write_mb_per_s_sync_every_1m: bw1m,
         channel_round_trip_ns: channel_round_trip(),
         uncontended_lock_unlock_ns: lock_unlock(),
+        http: http_limits(Duration::from_secs(1))?,
     };
     if json {
         println!("{}", serde_json::to_string(&limits)?);
@@ -131,8 +133,84 @@ pub fn run(dir: Option<&Path>, json: bool) -> Result<ExitCode, Box<dyn std::erro
             "channel round trip: {:.0} ns; uncontended lock/unlock: {:.1} ns",
             limits.channel_round_trip_ns, limits.uncontended_lock_unlock_ns
         );
+        let h = &limits.http;
+        println!(
+            "loopback HTTP, empty handler, kept-alive connection: round trip p50 {:.1} µs, p99 {:.1} µs; {:.0} requests/s from 1 client, {:.0} from {} clients",
+            h.round_trip_p50_us,
+            h.round_trip_p99_us,
+            h.requests_per_s_1_client,
+            h.requests_per_s_many_clients,
+            h.clients
+        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// ---- Loopback HTTP: the ceiling of remote participants on this machine ----
+
+/// What loopback HTTP costs here: `dtc::http::Server` with an empty handler,
+/// `ureq` clients on kept-alive connections, both in this process (the
+/// coordinator and its participants share these cores the same way).
+#[derive(serde::Serialize, Default)]
+pub struct HttpLimits {
+    round_trip_p50_us: f64,
+    round_trip_p99_us: f64,
+    requests_per_s_1_client: f64,
+    requests_per_s_many_clients: f64,
+    clients: u32,
+}
+
+fn http_limits(budget: Duration) -> Result<HttpLimits, Box<dyn std::error::Error>> {
+    use dtc::http::{Request, Response, Server, ServerConfig};
+    const CLIENTS: u32 = 16;
+    let config = ServerConfig { handler_threads: 8, max_connections: 256, ..ServerConfig::default() };
+    let server = Server::start("127.0.0.1:0", config, |_: &Request| Response::empty(200))?;
+    let url = format!("http://{}/", server.local_addr());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections_per_host(CLIENTS as usize)
+        .build()
+        .into();
+    let call = |agent: &ureq::Agent| -> bool { agent.post(&url).send(&b""[..]).is_ok_and(|r| r.status() == 200) };
+    // Warm up the connection, then one client in a loop.
+    call(&agent);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 2).expect("valid bounds");
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < budget && n < 200_000 {
+        let t = Instant::now();
+        if !call(&agent) {
+            return Err("the loopback HTTP probe failed".into());
+        }
+        let _ = h.record(t.elapsed().as_nanos() as u64);
+        n += 1;
+    }
+    let one = n as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (agent, call) = (&agent, &call);
+                scope.spawn(move || {
+                    let mut n = 0u64;
+                    while started.elapsed() < budget && n < 200_000 && call(agent) {
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let many = total as f64 / started.elapsed().as_secs_f64();
+    server.stop();
+    Ok(HttpLimits {
+        round_trip_p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+        round_trip_p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+        requests_per_s_1_client: one,
+        requests_per_s_many_clients: many,
+        clients: CLIENTS,
+    })
 }
 
 // ---- The sync path: where a durable 4 KiB write's time goes ----

@@ -1,6 +1,7 @@
 //! `dtc`: the command-line face of the engine (demo, bench, …).
 
 mod bench;
+mod bench_branches;
 mod demo;
 mod demo_http;
 mod limits;

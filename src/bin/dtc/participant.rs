@@ -61,6 +61,10 @@ pub struct Args {
     /// Open connections at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     max_connections: u32,
+    /// Answer without waiting for the store's records to be durable (for
+    /// benchmarks of a volatile service: a crash loses the latest answers).
+    #[arg(long)]
+    no_sync: bool,
 }
 
 fn rate(text: &str) -> Result<f64, String> {
@@ -114,7 +118,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.name.is_empty() || args.name.len() > MAX_NAME_BYTES {
         return Err(format!("--name must be 1 to {MAX_NAME_BYTES} bytes").into());
     }
-    let store = BranchStore::open(&args.dir)?;
+    let store = dtc::BranchStoreOptions::default().sync(!args.no_sync).open(&args.dir)?;
     let held = store.prepared().iter().map(|(_, value)| amount_of_prepared(value)).sum();
     let seed = args.seed.unwrap_or_else(rand::random);
     let faults = Faults {
