@@ -52,6 +52,8 @@ mod ledger;
 mod metrics;
 mod operator;
 mod participant;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod remote;
 mod saga;
 mod sync;
