@@ -183,9 +183,12 @@ fn open(s: &Scenario, point: Option<Point>) -> (Coordinator, PgParticipant) {
 /// database's history table (a second PostgreSQL branch) and a gate branch.
 /// Its shape is in the id's low bits: account, direction, amount.
 fn transfer(dtc: &Coordinator, s: &Scenario, rng: &mut SmallRng) -> (TxId, dtc::Result<Outcome>) {
-    let (account, to_ledger, amount) = (rng.random_range(0..ACCOUNTS), rng.random_bool(0.5), rng.random_range(1..=400u64));
+    let (account, to_ledger, amount) =
+        (rng.random_range(0..ACCOUNTS), rng.random_bool(0.5), rng.random_range(1..=400u64));
     let tx = dtc.new_tx_id();
-    let tx = TxId::from_u128(tx.as_u128() & !0xffff_ffff | (account as u128) | u128::from(to_ledger) << 4 | u128::from(amount) << 8);
+    let tx = TxId::from_u128(
+        tx.as_u128() & !0xffff_ffff | (account as u128) | u128::from(to_ledger) << 4 | u128::from(amount) << 8,
+    );
     let (pg, led) = (pg_account(account), ledger_account(account));
     let leg = if to_ledger {
         Transfer::new("pg", &pg, "ledger", &led, amount)
@@ -193,13 +196,15 @@ fn transfer(dtc: &Coordinator, s: &Scenario, rng: &mut SmallRng) -> (TxId, dtc::
         Transfer::new("ledger", &led, "pg", &pg, amount)
     };
     let history = PgWork::new()
-        .statement(format!("INSERT INTO {} (tx, to_ledger, amount) VALUES ($1, $2, $3)", s.moves()), [
-            json!(tx.to_string()),
-            json!(to_ledger),
-            json!(amount),
-        ])
+        .statement(
+            format!("INSERT INTO {} (tx, to_ledger, amount) VALUES ($1, $2, $3)", s.moves()),
+            [json!(tx.to_string()), json!(to_ledger), json!(amount)],
+        )
         .expect_rows(1);
-    let t = Transaction::new().transfer(leg).branch(history.branch("pg").unwrap()).branch(dtc::Branch::new("gate", &b""[..]));
+    let t = Transaction::new()
+        .transfer(leg)
+        .branch(history.branch("pg").unwrap())
+        .branch(dtc::Branch::new("gate", &b""[..]));
     (tx, dtc.run_as(tx, &t))
 }
 
@@ -229,11 +234,14 @@ fn acked(dir: &Path) -> Vec<(TxId, bool)> {
         .map_while(Result::ok)
         .filter_map(|line| {
             let (tx, word) = line.split_once(' ')?;
-            Some((tx.parse().ok()?, match word {
-                "committed" => true,
-                "aborted" => false,
-                _ => return None,
-            }))
+            Some((
+                tx.parse().ok()?,
+                match word {
+                    "committed" => true,
+                    "aborted" => false,
+                    _ => return None,
+                },
+            ))
         })
         .collect()
 }
@@ -262,7 +270,10 @@ fn recover_and_check(s: &Scenario, kill: usize) -> Vec<TxId> {
     for (tx, to_ledger, amount) in &moves {
         let tx: TxId = tx.parse().unwrap();
         let outcome = dtc.outcome_of(tx).unwrap();
-        assert!(outcome.as_ref().is_some_and(Outcome::is_committed), "kill {kill}: {tx} is in the database, recorded {outcome:?}");
+        assert!(
+            outcome.as_ref().is_some_and(Outcome::is_committed),
+            "kill {kill}: {tx} is in the database, recorded {outcome:?}"
+        );
         committed.push(tx);
         let signed = if *to_ledger { *amount } else { -amount };
         pg_delta -= signed;
@@ -308,7 +319,12 @@ fn spawn_child(s: &Scenario, point: Point) -> Killed {
 
 fn setup(url: &str, name: &str) -> (Scenario, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let s = Scenario { url: url.to_string(), name: name.to_string(), dir: tmp.path().to_path_buf(), pid: std::process::id() };
+    let s = Scenario {
+        url: url.to_string(),
+        name: name.to_string(),
+        dir: tmp.path().to_path_buf(),
+        pid: std::process::id(),
+    };
     let mut admin = pg_support::connect(url);
     let rows: Vec<(String, i64)> = (0..ACCOUNTS).map(|i| (pg_account(i), BALANCE)).collect();
     let rows: Vec<(&str, i64)> = rows.iter().map(|(a, b)| (a.as_str(), *b)).collect();

@@ -63,7 +63,9 @@ fn commit_and_rollback_across_postgres_a_ledger_and_a_payload_branch() {
     // Rolled back: the payload branch fails (NOT NULL), so the leg into
     // PostgreSQL and the ledger's debit are undone too.
     let bad = PgWork::new().statement("INSERT INTO p_commit_log (note) VALUES ($1)", [json!(null)]);
-    let t2 = Transaction::new().transfer(Transfer::new("ledger", "bob", "pg", "carol", 100)).branch(bad.branch("pg").unwrap());
+    let t2 = Transaction::new()
+        .transfer(Transfer::new("ledger", "bob", "pg", "carol", 100))
+        .branch(bad.branch("pg").unwrap());
     assert_eq!(refused_code(&dtc.run(&t2).unwrap()), "23502");
 
     // Rolled back by the ledger's refusal after PostgreSQL prepared.
@@ -96,12 +98,16 @@ fn a_check_constraint_refusal_rolls_everything_back() {
     let url = require_pg!();
     let mut admin = pg_support::connect(&url);
     pg_support::accounts_table(&mut admin, "p_check", &[("alice", 100)]);
-    admin.batch_execute("DROP TABLE IF EXISTS p_nocheck; CREATE TABLE p_nocheck (id text PRIMARY KEY, balance bigint)").unwrap();
+    admin
+        .batch_execute("DROP TABLE IF EXISTS p_nocheck; CREATE TABLE p_nocheck (id text PRIMARY KEY, balance bigint)")
+        .unwrap();
     admin.batch_execute("INSERT INTO p_nocheck VALUES ('dave', 5)").unwrap();
     let pg = open(&url, "check", "p_check");
-    let unchecked =
-        PgParticipant::open(&url, PgOptions::new(pg_support::coordinator_id("check2")).accounts(Accounts::new("p_nocheck")))
-            .unwrap();
+    let unchecked = PgParticipant::open(
+        &url,
+        PgOptions::new(pg_support::coordinator_id("check2")).accounts(Accounts::new("p_nocheck")),
+    )
+    .unwrap();
     let ledger = Ledger::new();
     ledger.create_account("bob", 1_000).unwrap();
     let dtc = Coordinator::builder()
@@ -117,7 +123,9 @@ fn a_check_constraint_refusal_rolls_everything_back() {
     let debit = PgWork::new()
         .statement("UPDATE p_check SET balance = balance - $1 WHERE id = $2", [json!(500), json!("alice")])
         .expect_rows(1);
-    let t = Transaction::new().transfer(Transfer::new("ledger", "bob", "pg", "alice", 1)).branch(debit.branch("pg").unwrap());
+    let t = Transaction::new()
+        .transfer(Transfer::new("ledger", "bob", "pg", "alice", 1))
+        .branch(debit.branch("pg").unwrap());
     assert_eq!(refused_code(&dtc.run(&t).unwrap()), "23514");
     // Without a CHECK constraint the participant refuses a negative balance itself.
     let outcome = dtc.execute(&[Transfer::new("pg2", "dave", "ledger", "bob", 6)]).unwrap();
@@ -158,10 +166,8 @@ fn statements_that_end_or_prepare_the_transaction_are_refused() {
     let t = Transaction::new().branch(Branch::new("pg", &b"not json"[..]));
     assert_eq!(refused_code(&dtc.run(&t).unwrap()), "pg_bad_payload");
     // SET LOCAL is transaction-scoped, so allowed.
-    let local = one("SET LOCAL lock_timeout = '1s'", vec![]).statement(
-        "UPDATE p_stmts SET balance = balance + $1 WHERE id = $2",
-        [json!(1), json!("alice")],
-    );
+    let local = one("SET LOCAL lock_timeout = '1s'", vec![])
+        .statement("UPDATE p_stmts SET balance = balance + $1 WHERE id = $2", [json!(1), json!("alice")]);
     assert_eq!(dtc.run(&Transaction::new().branch(local.branch("pg").unwrap())).unwrap(), Outcome::Committed);
     assert_eq!(pg_support::balance(&mut admin, "p_stmts", "alice"), 101);
     assert!(pg_support::prepared_with_prefix(&mut admin, pg.gid_prefix()).is_empty());
@@ -224,7 +230,10 @@ fn commit_and_rollback_are_idempotent_and_checked_against_the_server() {
     assert_eq!((failure.code.as_str(), failure.retryable), ("pg_committed_elsewhere", false));
 
     let stats = pg.stats();
-    assert_eq!((stats.committed, stats.commits_already_done, stats.rolled_back, stats.rollbacks_already_done), (1, 1, 1, 2));
+    assert_eq!(
+        (stats.committed, stats.commits_already_done, stats.rolled_back, stats.rollbacks_already_done),
+        (1, 1, 1, 2)
+    );
     assert!(pg_support::prepared_with_prefix(&mut admin, pg.gid_prefix()).is_empty());
 }
 
@@ -239,7 +248,9 @@ fn two_coordinators_on_one_database_never_resolve_each_others_transactions() {
     let mine = branch(10, 0);
     let prepared = a.prepare(mine, Work::Payload(&payload)).unwrap();
     // Another application's prepared transaction, too.
-    admin.batch_execute("BEGIN; UPDATE p_two SET balance = balance WHERE false; PREPARE TRANSACTION 'app:other'").unwrap();
+    admin
+        .batch_execute("BEGIN; UPDATE p_two SET balance = balance WHERE false; PREPARE TRANSACTION 'app:other'")
+        .unwrap();
 
     // B's coordinator recovers a fresh log: presumed abort of everything
     // B lists, which must be nothing of A's.
@@ -331,7 +342,9 @@ fn a_commit_the_database_lost_is_parked_and_listed() {
         .dir(dir.path())
         .open()
         .unwrap();
-    let t = Transaction::new().transfer(Transfer::new("pg", "alice", "ledger", "bob", 10)).branch(Branch::new("gate", &b""[..]));
+    let t = Transaction::new()
+        .transfer(Transfer::new("pg", "alice", "ledger", "bob", 10))
+        .branch(Branch::new("gate", &b""[..]));
     let outcome = dtc.run(&t).unwrap();
     assert!(outcome.is_committed(), "{outcome:?}");
     pg_support::eventually(Duration::from_secs(10), "the parked commit", || dtc.parked_count() == 1);
@@ -362,11 +375,11 @@ fn a_wrong_database_missing_table_or_missing_privileges_are_clear_errors() {
     let (base, _) = url.rsplit_once('/').expect("a URL with a database");
     let error = PgParticipant::open(&format!("{base}/no_such_db"), PgOptions::new("t-x")).unwrap_err();
     assert!(matches!(error, PgError::WrongDatabase { .. }) && error.to_string().contains("no_such_db"), "{error}");
-    let error =
-        PgParticipant::open(&url, PgOptions::new("t-x").accounts(Accounts::new("no_such_table"))).unwrap_err();
+    let error = PgParticipant::open(&url, PgOptions::new("t-x").accounts(Accounts::new("no_such_table"))).unwrap_err();
     assert!(matches!(error, PgError::WrongDatabase { .. }) && error.to_string().contains("no_such_table"), "{error}");
-    let error = PgParticipant::open(&url, PgOptions::new("t-x").accounts(Accounts::new("p_privs").balance_column("cash")))
-        .unwrap_err();
+    let error =
+        PgParticipant::open(&url, PgOptions::new("t-x").accounts(Accounts::new("p_privs").balance_column("cash")))
+            .unwrap_err();
     assert!(matches!(error, PgError::Options(_)), "{error}");
     let error = PgParticipant::open(&url, PgOptions::new("no:colons")).unwrap_err();
     assert!(matches!(error, PgError::Options(_)), "{error}");

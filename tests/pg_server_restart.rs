@@ -26,7 +26,8 @@ fn restart_server() {
 fn a_branch_prepared_across_a_server_restart_is_resolved() {
     let url = require_pg!();
     if std::env::var_os("DTC_PG_BASE").is_none() {
-        let message = "DTC_PG_BASE is not set: the server is not one scripts/pg-cluster.sh started, so it cannot be restarted";
+        let message =
+            "DTC_PG_BASE is not set: the server is not one scripts/pg-cluster.sh started, so it cannot be restarted";
         assert!(std::env::var_os("CI").is_none(), "{message}");
         eprintln!("skipping: {message}");
         return;
@@ -34,8 +35,11 @@ fn a_branch_prepared_across_a_server_restart_is_resolved() {
     let mut admin = pg_support::connect(&url);
     pg_support::accounts_table(&mut admin, "r_accounts", &[("alice", 1_000)]);
     drop(admin);
-    let pg = PgParticipant::open(&url, PgOptions::new(pg_support::coordinator_id("restart")).accounts(Accounts::new("r_accounts")))
-        .unwrap();
+    let pg = PgParticipant::open(
+        &url,
+        PgOptions::new(pg_support::coordinator_id("restart")).accounts(Accounts::new("r_accounts")),
+    )
+    .unwrap();
     let prefix = pg.gid_prefix().to_string();
     let ledger = Ledger::new();
     ledger.create_account("bob", 0).unwrap();
@@ -71,7 +75,11 @@ fn a_branch_prepared_across_a_server_restart_is_resolved() {
         .transaction_timeout(Duration::from_secs(120))
         .open()
         .unwrap();
-    let t = || Transaction::new().transfer(Transfer::new("pg", "alice", "ledger", "bob", 100)).branch(dtc::Branch::new("gate", &b""[..]));
+    let t = || {
+        Transaction::new()
+            .transfer(Transfer::new("pg", "alice", "ledger", "bob", 100))
+            .branch(dtc::Branch::new("gate", &b""[..]))
+    };
     assert_eq!(dtc.run(&t()).unwrap(), Outcome::Committed);
     assert!(matches!(dtc.run(&t()).unwrap(), Outcome::Aborted(_)));
     pg_support::eventually(Duration::from_secs(30), "both resolved", || {

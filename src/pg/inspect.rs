@@ -75,9 +75,15 @@ impl PgGauges {
         let service: String = service.chars().filter(|c| *c != '"' && *c != '\\' && *c != '\n').collect();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: String| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{service=\"{service}\"}} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{service=\"{service}\"}} {value}\n"
+            ));
         };
-        gauge("dtc_pg_prepared", "Prepared transactions of this coordinator in the database.", self.prepared.to_string());
+        gauge(
+            "dtc_pg_prepared",
+            "Prepared transactions of this coordinator in the database.",
+            self.prepared.to_string(),
+        );
         gauge(
             "dtc_pg_prepared_stale",
             "Prepared transactions of this coordinator older than the stale bound (they hold locks and stop VACUUM).",

@@ -72,9 +72,7 @@ use postgres::types::ToSql;
 
 use crate::participant::{BalanceSummary, BranchId, Failure, Operation, Participant, ParticipantKind, Refusal, Work};
 
-pub use error::{
-    CONNECTION_CODE, POOL_EXHAUSTED_CODE, PgError, RETRYABLE_SQLSTATES, is_retryable, is_retryable_code,
-};
+pub use error::{CONNECTION_CODE, POOL_EXHAUSTED_CODE, PgError, RETRYABLE_SQLSTATES, is_retryable, is_retryable_code};
 pub use gid::{GID_PREFIX, MAX_COORDINATOR_ID_BYTES, MAX_GID_BYTES};
 pub use inspect::{PgGauges, PreparedXact};
 pub use options::{Accounts, Isolation, MAX_PG_CONNECTIONS, PgOptions};
@@ -250,7 +248,10 @@ impl PgParticipant {
             if !superuser {
                 return Err(PgError::MissingPrivilege {
                     role,
-                    privilege: format!("ownership of prepared transaction {:?} (owned by {:?})", foreign.gid, foreign.owner),
+                    privilege: format!(
+                        "ownership of prepared transaction {:?} (owned by {:?})",
+                        foreign.gid, foreign.owner
+                    ),
                     fix: format!(
                         "only its owner or a superuser can finish it: connect as {:?} (prepared transactions of \
                          this coordinator must all be finished by the role that prepared them)",
@@ -262,8 +263,7 @@ impl PgParticipant {
         for (other, count) in inspect::elsewhere(&mut lease, &prefix)? {
             tracing::warn!(%server, database = %other, count, prefix = %prefix, "prepared transactions of this coordinator id exist in another database: recovery from this one cannot see them (wrong database, or another service of the coordinator)");
         }
-        let stale: Vec<&PreparedXact> =
-            ours.iter().filter(|p| p.age() > options.stale_after).collect();
+        let stale: Vec<&PreparedXact> = ours.iter().filter(|p| p.age() > options.stale_after).collect();
         if !stale.is_empty() {
             tracing::warn!(%server, %database, stale = stale.len(), oldest_s = stale[0].age_seconds, "prepared transactions of this coordinator are older than stale_after; the coordinator's recovery resolves them when it opens");
         }
@@ -660,7 +660,9 @@ impl Shared {
                     tracing::error!(%gid, "COMMIT PREPARED found nothing, and the transaction was rolled back outside dtc");
                     Err(Failure::definite(
                         "pg_rolled_back_elsewhere",
-                        format!("{gid} was rolled back outside dtc although the decision is commit: fix by hand, then `dtc resolve --commit`"),
+                        format!(
+                            "{gid} was rolled back outside dtc although the decision is commit: fix by hand, then `dtc resolve --commit`"
+                        ),
                     ))
                 }
                 Some("in progress") => {
@@ -690,7 +692,9 @@ impl Shared {
                     tracing::error!(%gid, "ROLLBACK PREPARED found nothing, and the transaction was committed outside dtc");
                     return Err(Failure::definite(
                         "pg_committed_elsewhere",
-                        format!("{gid} was committed outside dtc although the decision is rollback: fix by hand, then `dtc resolve --abort`"),
+                        format!(
+                            "{gid} was committed outside dtc although the decision is rollback: fix by hand, then `dtc resolve --abort`"
+                        ),
                     ));
                 }
                 Counters::add(&self.counters.rollbacks_already_done);
@@ -752,7 +756,9 @@ mod postgres_or_pool {
         /// Retryable, under the server's SQLSTATE where there is one.
         pub(super) fn failure(self, what: &str) -> Failure {
             match self {
-                Error::Pool(e @ PgError::PoolExhausted { .. }) => Failure::with_code(POOL_EXHAUSTED_CODE, e.to_string()),
+                Error::Pool(e @ PgError::PoolExhausted { .. }) => {
+                    Failure::with_code(POOL_EXHAUSTED_CODE, e.to_string())
+                }
                 Error::Pool(e) => Failure::with_code(CONNECTION_CODE, e.to_string()),
                 Error::Pg(e) => super::failure(&e, what),
             }
@@ -767,7 +773,11 @@ fn run_statements(lease: &mut Lease<'_>, work: &PgWork) -> Result<(), Refusal> {
         if statement.params().len() != s.params.len() {
             return Err(Refusal::new(
                 "pg_params",
-                format!("statement {i} takes {} parameters, the payload gives {}", statement.params().len(), s.params.len()),
+                format!(
+                    "statement {i} takes {} parameters, the payload gives {}",
+                    statement.params().len(),
+                    s.params.len()
+                ),
             ));
         }
         let params: Vec<TextParam> = s.params.iter().map(TextParam::from_json).collect();

@@ -190,7 +190,9 @@ pub(crate) fn connect_error(config: &postgres::Config, error: &postgres::Error) 
     let message = describe(error);
     match super::error::sqlstate(error) {
         Some("3D000") => PgError::WrongDatabase {
-            message: format!("database {database:?} does not exist on {server} ({message}): check the connection string"),
+            message: format!(
+                "database {database:?} does not exist on {server} ({message}): check the connection string"
+            ),
             database,
         },
         Some("28000" | "28P01") => PgError::Authentication { role, message },
@@ -199,7 +201,10 @@ pub(crate) fn connect_error(config: &postgres::Config, error: &postgres::Error) 
             privilege: format!("CONNECT on database {database:?}"),
             fix: format!("GRANT CONNECT ON DATABASE {database} TO the role ({message})"),
         },
-        Some("53300") => PgError::Unreachable { server, message: format!("{message} (raise the server's max_connections or lower the pool's)") },
+        Some("53300") => PgError::Unreachable {
+            server,
+            message: format!("{message} (raise the server's max_connections or lower the pool's)"),
+        },
         _ => PgError::Unreachable { server, message },
     }
 }

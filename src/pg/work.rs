@@ -323,7 +323,10 @@ mod tests {
         assert_eq!(code(b"[]"), "pg_bad_payload");
         assert_eq!(code(b"{\"sql\": 1}"), "pg_bad_payload");
         assert_eq!(code(br#"[{"sql": "SELECT 1", "bogus": 1}]"#), "pg_bad_payload");
-        assert_eq!(code(br#"[{"sql": "SELECT 1"}, {"sql": "SELECT 1"}, {"sql": "SELECT 1"}]"#), "pg_too_many_statements");
+        assert_eq!(
+            code(br#"[{"sql": "SELECT 1"}, {"sql": "SELECT 1"}, {"sql": "SELECT 1"}]"#),
+            "pg_too_many_statements"
+        );
         assert_eq!(code(br#"[{"sql": "SELECT $1", "params": [1, 2, 3]}]"#), "pg_too_many_params");
         assert_eq!(code(br#"[{"sql": "SELECT $1", "params": ["123456789"]}]"#), "pg_params_too_large");
         assert_eq!(code(br#"[{"sql": " commit"}]"#), "pg_statement_not_allowed");
@@ -333,10 +336,37 @@ mod tests {
 
     #[test]
     fn only_transaction_scoped_statements_pass() {
-        for ok in ["SELECT 1", "  update t set x = 1", "WITH a AS (SELECT 1) SELECT * FROM a", "SET LOCAL x = 1", "DO $$ BEGIN END $$", "CALL p()", "set constraints all deferred", "startle()"] {
+        for ok in [
+            "SELECT 1",
+            "  update t set x = 1",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "SET LOCAL x = 1",
+            "DO $$ BEGIN END $$",
+            "CALL p()",
+            "set constraints all deferred",
+            "startle()",
+        ] {
             assert_eq!(refused_statement(ok), None, "{ok}");
         }
-        for bad in ["begin", "START TRANSACTION", "End", "abort", "savepoint a", "release a", "set x = 1", "SET SESSION x = 1", "reset all", "discard all", "listen c", "notify c", "copy t from stdin", "declare c cursor with hold for select 1", "vacuum", "((COMMIT))", "/* unterminated COMMIT"] {
+        for bad in [
+            "begin",
+            "START TRANSACTION",
+            "End",
+            "abort",
+            "savepoint a",
+            "release a",
+            "set x = 1",
+            "SET SESSION x = 1",
+            "reset all",
+            "discard all",
+            "listen c",
+            "notify c",
+            "copy t from stdin",
+            "declare c cursor with hold for select 1",
+            "vacuum",
+            "((COMMIT))",
+            "/* unterminated COMMIT",
+        ] {
             let refused = refused_statement(bad);
             assert!(refused.is_some() || bad.starts_with("/*"), "{bad}");
         }
@@ -346,6 +376,9 @@ mod tests {
     fn builder_makes_the_payload_it_parses() {
         let work = PgWork::new().statement("SELECT $1", [serde_json::json!(null)]).expect_rows(1);
         assert_eq!(PgWork::parse(&work.to_payload()).unwrap(), work);
-        assert_eq!(String::from_utf8(work.to_payload()).unwrap(), r#"[{"sql":"SELECT $1","params":[null],"expect_rows":1}]"#);
+        assert_eq!(
+            String::from_utf8(work.to_payload()).unwrap(),
+            r#"[{"sql":"SELECT $1","params":[null],"expect_rows":1}]"#
+        );
     }
 }
