@@ -27,6 +27,14 @@ pub struct Args {
     /// coordinator crash and restart mid-run, then an agreement check.
     #[arg(long)]
     http: bool,
+    /// Runs the bank with one service in PostgreSQL at this URL instead (see demo_pg.rs).
+    #[cfg(feature = "postgres")]
+    #[arg(long)]
+    postgres: Option<String>,
+    /// With --postgres: the coordinator's data directory (a second run recovers it first).
+    #[cfg(feature = "postgres")]
+    #[arg(long, requires = "postgres")]
+    dir: Option<std::path::PathBuf>,
 }
 
 const SERVICES: usize = 8;
@@ -36,6 +44,10 @@ const BALANCE: i64 = 1_000;
 pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.http {
         return crate::demo_http::run(args.seconds, args.threads, args.seed);
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &args.postgres {
+        return crate::demo_pg::run(url, args.dir.as_deref(), args.seconds, args.threads, args.seed);
     }
     let shape = Shape { services: SERVICES, accounts: ACCOUNTS, balance: BALANCE, legs: 2, skew: None };
     println!(

@@ -4,6 +4,8 @@ mod bench;
 mod bench_branches;
 mod demo;
 mod demo_http;
+#[cfg(feature = "postgres")]
+mod demo_pg;
 mod limits;
 mod naive;
 mod ops;
