@@ -73,7 +73,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let audit = dtc.audit()?;
     let alice: i64 = sql.query_one("SELECT balance FROM accounts WHERE id = 'alice'", &[])?.get(0);
     let logged: i64 = sql.query_one("SELECT count(*) FROM transfer_log", &[])?.get(0);
-    println!("alice {alice} (PostgreSQL), bob {} (ledger), {logged} row(s) in transfer_log", ledger.balance("bob").unwrap_or(0));
+    println!(
+        "alice {alice} (PostgreSQL), bob {} (ledger), {logged} row(s) in transfer_log",
+        ledger.balance("bob").unwrap_or(0)
+    );
     println!("audit across both: total {} over {} accounts, {} negative", audit.total, audit.accounts, audit.negative);
     // A rollback is acknowledged in the background once the outcome is
     // returned; shutdown waits for it.

@@ -43,7 +43,10 @@ fn prepare_table(url: &str, fresh: bool) -> Result<(), Box<dyn std::error::Error
     if exists {
         // A fresh log: whatever an earlier run left prepared on this table
         // belongs to a log that is gone; presumed abort.
-        for row in sql.query("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'dtc:demo:%' AND database = current_database()", &[])? {
+        for row in sql.query(
+            "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'dtc:demo:%' AND database = current_database()",
+            &[],
+        )? {
             let gid: String = row.get(0);
             sql.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))?;
         }
@@ -57,14 +60,18 @@ fn prepare_table(url: &str, fresh: bool) -> Result<(), Box<dyn std::error::Error
     Ok(())
 }
 
-pub fn run(url: &str, dir: Option<&Path>, seconds: u64, threads: u32, seed: u64) -> Result<ExitCode, Box<dyn std::error::Error>> {
+pub fn run(
+    url: &str,
+    dir: Option<&Path>,
+    seconds: u64,
+    threads: u32,
+    seed: u64,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let fresh = dir.is_none_or(|d| std::fs::read_dir(d).map_or(true, |mut e| e.next().is_none()));
     prepare_table(url, fresh)?;
     let lanes = (threads as usize).clamp(1, 16);
-    let pg = PgParticipant::open(
-        url,
-        PgOptions::new(COORDINATOR_ID).accounts(Accounts::new(TABLE)).max_connections(lanes),
-    )?;
+    let pg =
+        PgParticipant::open(url, PgOptions::new(COORDINATOR_ID).accounts(Accounts::new(TABLE)).max_connections(lanes))?;
     let in_doubt = pg.prepared_transactions()?.len();
     let mut builder = Coordinator::builder().concurrent_service("pg", pg.clone(), lanes);
     for s in 1..=LEDGERS {
@@ -85,7 +92,10 @@ pub fn run(url: &str, dir: Option<&Path>, seconds: u64, threads: u32, seed: u64)
     );
     if !fresh {
         let r = dtc.recovery();
-        println!("recovered the log first: {} in-doubt branches resolved; PostgreSQL held {in_doubt} prepared transaction(s) of this coordinator", r.in_doubt_resolved);
+        println!(
+            "recovered the log first: {} in-doubt branches resolved; PostgreSQL held {in_doubt} prepared transaction(s) of this coordinator",
+            r.in_doubt_resolved
+        );
     }
 
     let stop = AtomicBool::new(false);
