@@ -9,6 +9,8 @@ mod demo_pg;
 mod limits;
 mod naive;
 mod ops;
+#[cfg(feature = "postgres")]
+mod ops_pg;
 mod participant;
 mod procs;
 mod serve;

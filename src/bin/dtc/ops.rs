@@ -249,6 +249,9 @@ pub struct TxsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[cfg(feature = "postgres")]
+    #[command(flatten)]
+    pg: crate::ops_pg::PgArgs,
 }
 
 /// Lists unfinished transactions: live from a running coordinator, else
@@ -283,6 +286,8 @@ pub fn txs(args: TxsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     println!("{} unfinished", list.len());
+    #[cfg(feature = "postgres")]
+    crate::ops_pg::txs(&args.pg, &args.dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -347,11 +352,16 @@ pub struct ResolveArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[cfg(feature = "postgres")]
+    #[command(flatten)]
+    pg: crate::ops_pg::PgArgs,
 }
 
 /// Resolves a stuck or undecided transaction by an operator's decision.
 pub fn resolve(args: ResolveArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let resolution = if args.commit { Resolution::Commit } else { Resolution::Abort };
+    #[cfg(feature = "postgres")]
+    crate::ops_pg::resolve(&args.pg, &args.dir, args.tx, &resolution)?;
     let report = DataDir::new(&args.dir).resolve(args.tx, resolution, &args.reason)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
