@@ -569,10 +569,13 @@ impl Shared {
                 Counters::add(&self.counters.orphaned);
                 tracing::warn!(%gid, error = %e, "connection lost during PREPARE TRANSACTION: outcome unknown, rolling it back");
                 self.orphan(gid);
-                Err(Refusal::new(
-                    CONNECTION_CODE,
-                    format!("connection lost during PREPARE TRANSACTION ({}); rolled back", error::describe(&e)),
-                ))
+                // It may be prepared: the coordinator rolls it back like a
+                // prepared branch (and the orphan list covers a backend still
+                // preparing when that rollback finds nothing).
+                Err(Refusal::Unknown {
+                    code: CONNECTION_CODE.into(),
+                    message: format!("connection lost during PREPARE TRANSACTION ({})", error::describe(&e)),
+                })
             }
         }
     }
