@@ -114,11 +114,15 @@ impl Participant for StopInCommit {
         self.inner.prepare(branch, work)
     }
     fn commit(&mut self, branch: BranchId, prepared: &PgPrepared) -> Result<(), Failure> {
-        if self.point == Point::BeforeCommitPrepared {
+        // Only the accounts branch (index 0) stops, the one the parent
+        // checks: the history branch commits in another lane at the same
+        // time, so a stop there would say nothing about branch 0's state.
+        let stops = branch.index == 0;
+        if stops && self.point == Point::BeforeCommitPrepared {
             stop_here(&self.marker, branch.tx);
         }
         self.inner.commit(branch, prepared)?;
-        if self.point == Point::AfterCommitPrepared {
+        if stops && self.point == Point::AfterCommitPrepared {
             stop_here(&self.marker, branch.tx);
         }
         Ok(())
