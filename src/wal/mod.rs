@@ -28,6 +28,8 @@ mod error;
 mod format;
 pub mod group;
 mod memory;
+// The crate's only `unsafe` code, audited there (`// SAFETY:` on each block).
+#[allow(unsafe_code)]
 mod mmap;
 mod pwrite;
 mod record;

@@ -1,5 +1,7 @@
 //! `dtc`: the command-line face of the engine (demo, bench, …).
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod bench_branches;
 mod demo;
