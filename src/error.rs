@@ -239,9 +239,49 @@ pub enum Error {
     /// The engine could not take every lock for an audit before its deadline.
     #[error("audit timed out waiting for in-flight transactions")]
     AuditTimeout,
-    /// The write-ahead log failed; the coordinator accepts no more work.
-    #[error("write-ahead log: {0}")]
-    Log(String),
+    /// A sync or a write of the write-ahead log failed: nothing written
+    /// after it is acknowledged and the coordinator accepts no more work.
+    /// Reopening the directory recovers whatever reached the disk.
+    #[error("write-ahead log failed after a storage error ({cause}); reopen the directory to recover")]
+    LogFailed {
+        /// The kind of the I/O error that failed the log.
+        cause: std::io::ErrorKind,
+    },
+    /// Backpressure: the log has no free segment because checkpoints are not
+    /// keeping up. Nothing of this request was done; it may be retried.
+    #[error("log full ({max_segments} live segments): checkpoints are not keeping up")]
+    LogFull {
+        /// The log's bound on live segment files.
+        max_segments: usize,
+    },
+    /// A checkpoint could not get what it needs before its deadline (the
+    /// engine's locks, or an answer from a ledger's worker). Nothing was
+    /// lost; a later checkpoint tries again.
+    #[error("checkpoint timed out waiting for {waiting_for}")]
+    CheckpointTimeout {
+        /// What it waited for.
+        waiting_for: &'static str,
+    },
+    /// A storage operation of the log failed without touching acknowledged
+    /// records (opening, creating a segment, writing a checkpoint).
+    #[error("write-ahead log: {op} {file}: {source}")]
+    LogIo {
+        /// The operation.
+        op: &'static str,
+        /// The file it was applied to.
+        file: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log refused what the engine asked of it (a record larger than a
+    /// segment accepts, an invalid log configuration, ...): a
+    /// misconfiguration or a bug, with the log's reason.
+    #[error("write-ahead log refused: {reason}")]
+    LogRefused {
+        /// The log's reason.
+        reason: String,
+    },
     /// An I/O error outside the log (opening the data directory, …).
     #[error("{op}: {source}")]
     Io {
@@ -289,9 +329,29 @@ impl Error {
             Error::ServiceUnavailable { .. } => "service_unavailable",
             Error::Corrupt { .. } => "corrupt",
             Error::AuditTimeout => "audit_timeout",
-            Error::Log(_) => "log",
+            Error::LogFailed { .. } => "log_failed",
+            Error::LogFull { .. } => "log_full",
+            Error::CheckpointTimeout { .. } => "checkpoint_timeout",
+            Error::LogIo { .. } => "log_io",
+            Error::LogRefused { .. } => "log_refused",
             Error::Io { .. } => "io",
         }
+    }
+}
+
+impl Error {
+    /// True for the errors of the log itself (and corrupt data): a batch
+    /// stops at the first, and a service answers them "unavailable".
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            Error::LogFailed { .. }
+                | Error::LogFull { .. }
+                | Error::LogIo { .. }
+                | Error::LogRefused { .. }
+                | Error::Corrupt { .. }
+                | Error::CheckpointTimeout { .. }
+        )
     }
 }
 

@@ -291,7 +291,13 @@ impl Sim {
                 }
                 self.acked.push((tx, legs, decision));
             }
-            Err(_) => {
+            Err(e) => {
+                // Only an injected log fault makes a valid transaction fail,
+                // and it says so with a typed log error.
+                assert!(
+                    matches!(e, dtc::Error::LogFailed { .. } | dtc::Error::LogIo { .. } | dtc::Error::ShuttingDown),
+                    "step {step}: {tx} failed with {e:?}"
+                );
                 self.stats.failed_calls += 1;
                 self.unknown.push((tx, legs));
                 self.broken = true;

@@ -125,10 +125,10 @@ impl Inner {
                     decided.outcome
                 })
             });
-            if let Err(error @ (Error::Log(_) | Error::Corrupt { .. })) = &outcome {
-                return Err(Error::Log(error.to_string()));
+            match outcome {
+                Err(error) if error.is_storage() => return Err(error),
+                outcome => outcomes.push(outcome),
             }
-            outcomes.push(outcome);
         }
         drop(cores);
         if let Some(journal) = &self.journal

@@ -209,7 +209,7 @@ impl Inner {
         let _one_at_a_time = self.checkpoint_lock.lock();
         let deadline = Instant::now() + self.config.tx_timeout;
         let Some(locks) = self.locks.acquire_all(deadline) else {
-            return Err(Error::Log("checkpoint could not take the locks before its deadline".into()));
+            return Err(Error::CheckpointTimeout { waiting_for: "the engine's locks" });
         };
         // Every commit enqueued so far must be applied before the snapshot:
         // a flush request behind them in each ledger's queue proves it.
@@ -272,7 +272,7 @@ impl Inner {
             if self.ledgers[i].is_some() {
                 match lanes.first().enqueue(Request::Audit { reply: reply.clone() }, Some(deadline)) {
                     Submitted::Queued => waiting += 1,
-                    _ => return Err(Error::Log("checkpoint could not reach a ledger worker".into())),
+                    _ => return Err(Error::CheckpointTimeout { waiting_for: "a ledger worker (gone)" }),
                 }
             }
         }
@@ -280,7 +280,7 @@ impl Inner {
             match replies.recv_deadline(deadline) {
                 Ok(super::Reply::Audit { .. }) => waiting -= 1,
                 Ok(_) => {}
-                Err(_) => return Err(Error::Log("checkpoint timed out waiting for a ledger worker".into())),
+                Err(_) => return Err(Error::CheckpointTimeout { waiting_for: "a ledger worker" }),
             }
         }
         Ok(())

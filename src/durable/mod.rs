@@ -62,7 +62,10 @@ pub struct RecoveryReport {
 pub(crate) fn wal_error(error: WalError) -> Error {
     match error {
         WalError::Corrupt { file, offset, reason } => Error::Corrupt { file, offset, reason },
-        other => Error::Log(other.to_string()),
+        WalError::Failed { cause } => Error::LogFailed { cause },
+        WalError::LogFull { max_segments } => Error::LogFull { max_segments },
+        WalError::Io { op, file, source } => Error::LogIo { op, file, source },
+        other => Error::LogRefused { reason: other.to_string() },
     }
 }
 
@@ -308,7 +311,7 @@ impl Journal {
         let limit = self.config.wal.segment_size_bytes * (self.config.wal.max_segments as u64).saturating_sub(2).max(1);
         while self.since_checkpoint() >= limit {
             if Instant::now() >= deadline {
-                return Err(Error::Log("log full: checkpoints are not keeping up".into()));
+                return Err(Error::LogFull { max_segments: self.config.wal.max_segments });
             }
             std::thread::sleep(Duration::from_micros(200));
         }

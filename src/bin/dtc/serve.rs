@@ -114,7 +114,8 @@ fn status_of(e: &Error) -> u16 {
         Error::NotStuck { .. } => 404,
         Error::PayloadTooLarge { .. } => 413,
         Error::UrlNotAllowed { .. } => 403,
-        Error::ShuttingDown | Error::Log(_) | Error::ServiceUnavailable { .. } | Error::Io { .. } => 503,
+        e if e.is_storage() => 503,
+        Error::ShuttingDown | Error::ServiceUnavailable { .. } | Error::Io { .. } => 503,
         _ => 400,
     }
 }
@@ -212,7 +213,7 @@ impl State {
         let id = id.unwrap_or_else(|| dtc.new_tx_id());
         let outcome = match dtc.run_as(id, &tx) {
             Ok(outcome) => outcome,
-            Err(e @ (Error::ShuttingDown | Error::Log(_) | Error::ServiceUnavailable { .. } | Error::Io { .. })) => {
+            Err(e) if status_of(&e) == 503 => {
                 let answer = TransactionAnswer {
                     transaction_id: id.to_string(),
                     status: "failed",
