@@ -10,7 +10,7 @@
 //!
 //! | answer | prepare | commit / rollback |
 //! | --- | --- | --- |
-//! | 2xx | yes; the body is the prepared value | done |
+//! | 2xx | yes; the body is the prepared value (JSON or empty; any other body is an unknown vote: `bad_answer`, rolled back) | done |
 //! | 409 | a definite no, with the body's `{"code", "message"}` | cannot be applied: parked for an operator at once |
 //! | other 4xx | a definite no (`http_<status>`: the request is wrong) | parked for an operator at once |
 //! | 425, 429, 5xx, timeout, refused connection, unreadable answer | not known yet: asked again until the call timeout, then a no (`unavailable`) | not known yet: retried with the service's retry policy, parked after its attempts |
@@ -438,6 +438,20 @@ impl Participant for HttpParticipant {
         loop {
             let why = match self.post(&endpoints.prepare, branch, &body, deadline) {
                 Answer::Status(status, value) if (200..300).contains(&status) => {
+                    // A prepared value is JSON or empty (the protocol, §3).
+                    // Anything else is not taken as a yes: a web server at a
+                    // wrong URL answers 200 to any POST, and committing on
+                    // its word would commit a branch nobody holds. It may be
+                    // a participant that did prepare, so the vote is unknown
+                    // and the branch rolled back.
+                    if !value.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_err() {
+                        let message = format!(
+                            "{}: answer {status} is not JSON (a prepared value is JSON or empty): {}",
+                            endpoints.prepare,
+                            excerpt(&value)
+                        );
+                        return Err(Refusal::Unknown { code: "bad_answer".into(), message });
+                    }
                     let endpoints = self.endpoints.is_none().then_some(endpoints);
                     return Ok(RemotePrepared { endpoints, value });
                 }

@@ -337,6 +337,25 @@ fn stalls_outlast_a_call_timeout_and_the_work_is_done_anyway() {
 }
 
 #[test]
+fn stall_phase_stalls_only_the_phase_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &["--stall", "1", "--stall-ms", "3000", "--stall-phase", "commit"]);
+    let impatient = agent(Duration::from_millis(1000));
+    let t = tx(13);
+    // Prepares and rollbacks answer at once.
+    for branch in 0..2u16 {
+        assert_eq!(call(&impatient, &p.base, "prepare", &t, branch, &json!({"n": branch})).0, 200);
+    }
+    assert_eq!(call(&impatient, &p.base, "rollback", &t, 1, &json!(null)).0, 200);
+    // A commit does its work, then outlasts the call timeout.
+    assert!(try_call(&impatient, &p.base, "commit", &t, 0, &json!(null)).is_err(), "the commit stalls");
+    let patient = agent(Duration::from_secs(10));
+    let committed = branches(&patient, &p.base, "committed");
+    assert_eq!((committed.len(), committed[0]["branch"].as_u64()), (1, Some(0)), "{committed:?}");
+    assert_eq!(branches(&patient, &p.base, "rolled_back").len(), 1);
+}
+
+#[test]
 fn the_capacity_bounds_held_units_and_is_rebuilt_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(Duration::from_secs(10));

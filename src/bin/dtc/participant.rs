@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 use dtc::http::{Request, Response, Router, Server, ServerConfig};
 use dtc::{
     BranchFilter, BranchId, BranchStore, CommitVerdict, PrepareVerdict, Refusal, RollbackVerdict, StoreError, TxId,
@@ -40,13 +40,19 @@ pub struct Args {
     /// anything is done: "not known yet", the coordinator retries.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     fail: f64,
-    /// Rate of calls that sleep --stall-ms after doing their work and before
-    /// answering (past the coordinator's call timeout: the answer is lost).
+    /// Rate of calls (of the phases --stall-phase names) that sleep
+    /// --stall-ms after doing their work and before answering (past the
+    /// coordinator's call timeout: the answer is lost).
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     stall: f64,
     /// How long a stalled call sleeps.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     stall_ms: u64,
+    /// Which calls --stall may stall: one phase (prepare, commit or
+    /// rollback), or any (the default). Calls of the other phases answer at
+    /// once.
+    #[arg(long, value_enum, default_value_t = StallPhase::Any)]
+    stall_phase: StallPhase,
     /// Seed of the fault injection (random when absent).
     #[arg(long)]
     seed: Option<u64>,
@@ -65,6 +71,26 @@ pub struct Args {
     /// benchmarks of a volatile service: a crash loses the latest answers).
     #[arg(long)]
     no_sync: bool,
+}
+
+/// The phases `--stall` applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StallPhase {
+    Prepare,
+    Commit,
+    Rollback,
+    Any,
+}
+
+impl StallPhase {
+    fn covers(self, phase: &str) -> bool {
+        match self {
+            StallPhase::Prepare => phase == "prepare",
+            StallPhase::Commit => phase == "commit",
+            StallPhase::Rollback => phase == "rollback",
+            StallPhase::Any => true,
+        }
+    }
 }
 
 fn rate(text: &str) -> Result<f64, String> {
@@ -92,6 +118,7 @@ struct Faults {
     fail: f64,
     stall: f64,
     stall_for: Duration,
+    stall_phase: StallPhase,
     refused: AtomicU64,
     failed: AtomicU64,
     stalled: AtomicU64,
@@ -127,6 +154,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         fail: args.fail,
         stall: args.stall,
         stall_for: Duration::from_millis(args.stall_ms),
+        stall_phase: args.stall_phase,
         refused: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         stalled: AtomicU64::new(0),
@@ -227,7 +255,7 @@ impl Service {
     fn phase(&self, phase: &'static str, request: &Request) -> Response {
         let response = self.answer(phase, request);
         *self.answers.lock().entry((phase, response.status())).or_default() += 1;
-        if self.faults.draw(self.faults.stall) {
+        if self.faults.stall_phase.covers(phase) && self.faults.draw(self.faults.stall) {
             self.faults.stalled.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(self.faults.stall_for);
         }

@@ -33,7 +33,7 @@ pub struct Args {
     /// Data directory: the coordinator's durable log (recovered on start).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Address to listen on (loopback unless told otherwise).
+    /// Address to listen on (loopback unless told otherwise); port 0 picks a free one (printed at start).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
     /// Hosts participants may be on: comma-separated `host`, `host:port` or `*.domain`.
