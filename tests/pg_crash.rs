@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use dtc::pg::{Accounts, PgOptions, PgParticipant, PgPrepared, PgWork};
 use dtc::{
-    BalanceSummary, BranchId, Coordinator, Durability, Failure, Ledger, Outcome, Participant, ParticipantKind, Refusal,
-    Transaction, Transfer, TxId, Work,
+    BranchId, Coordinator, Durability, Failure, Ledger, Outcome, Participant, ParticipantKind, Refusal, Transaction,
+    Transfer, TxId, Work, participant::BalanceSummary,
 };
 use pg_support::Gate;
 use rand::rngs::SmallRng;
@@ -330,6 +330,11 @@ fn setup(url: &str, name: &str) -> (Scenario, tempfile::TempDir) {
         pid: std::process::id(),
     };
     let mut admin = pg_support::connect(url);
+    // What an earlier, failed run of this scenario left prepared (under
+    // another pid) holds locks on its tables: finish it, and never wait
+    // for a lock without a bound.
+    pg_support::clear_prepared(&mut admin, &format!("dtc:t-crash-{name}-"));
+    admin.batch_execute("SET lock_timeout = '20s'").unwrap();
     let rows: Vec<(String, i64)> = (0..ACCOUNTS).map(|i| (pg_account(i), BALANCE)).collect();
     let rows: Vec<(&str, i64)> = rows.iter().map(|(a, b)| (a.as_str(), *b)).collect();
     pg_support::accounts_table(&mut admin, &s.accounts(), &rows);
@@ -345,7 +350,8 @@ fn setup(url: &str, name: &str) -> (Scenario, tempfile::TempDir) {
 /// Kills the child at `point` (once it is there) `kills` times.
 fn kill_at(point: Point, kills: usize) {
     let url = require_pg!();
-    let (s, _tmp) = setup(&url, point.name().replace('-', "_").as_str());
+    // Tables and gids per test (the two load tests share a point).
+    let (s, _tmp) = setup(&url, &format!("{}_{kills}", point.name().replace('-', "_")));
     let mut rng = SmallRng::seed_from_u64(pg_support_seed());
     let mut admin = pg_support::connect(&url);
     for kill in 0..kills {

@@ -145,6 +145,25 @@ pub(crate) fn elsewhere(conn: &mut Conn, prefix: &str) -> Result<Vec<(String, i6
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Other sessions executing a `PREPARE TRANSACTION` of this prefix right
+/// now. After a coordinator crash its server sessions live on until they
+/// notice the closed socket, and one that was running its branch's
+/// `PREPARE TRANSACTION` (an fsync on the server) finishes it first: a
+/// listing taken before it ends would miss that gid, and the restarted
+/// coordinator would leave it prepared, its rows locked.
+pub(crate) fn prepares_in_flight(conn: &mut Conn, prefix: &str) -> Result<i64, PgError> {
+    let needle = format!("PREPARE TRANSACTION '{prefix}");
+    let row = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND state = 'active' AND position($1 in query) > 0",
+            &[&needle],
+        )
+        .map_err(|e| query_error("reading pg_stat_activity", &e))?;
+    Ok(row.get(0))
+}
+
 /// The 64-bit transaction id of a 32-bit one still prepared, given the next
 /// unassigned 64-bit id: it is older, so in the same epoch unless the low
 /// half wrapped since.

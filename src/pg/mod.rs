@@ -238,6 +238,21 @@ impl PgParticipant {
             None => (None, None),
         };
         let prefix = options.gid_prefix();
+        // A previous incarnation's sessions may still be finishing a
+        // PREPARE TRANSACTION (see `prepares_in_flight`): list after them,
+        // waiting at most the connect timeout.
+        let settle = Instant::now() + options.connect_timeout;
+        loop {
+            let in_flight = inspect::prepares_in_flight(&mut lease, &prefix)?;
+            if in_flight == 0 {
+                break;
+            }
+            if Instant::now() >= settle {
+                tracing::warn!(%server, in_flight, prefix = %prefix, "other sessions are still preparing transactions of this coordinator id (another coordinator with the same id?): listing without them; what they prepare is resolved at the next restart or by an operator");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let ours = inspect::list(&mut lease, &prefix)?;
         if let Some(foreign) = ours.iter().find(|p| p.owner != role) {
             let superuser: bool = lease
