@@ -120,8 +120,8 @@ fn ledger(c: &mut Criterion) {
             i = (i + 7919) % accounts.len();
             let j = (i + 1) % accounts.len();
             let ops = [
-                dtc::Operation { account: &accounts[i], key: None, delta: -1 },
-                dtc::Operation { account: &accounts[j], key: None, delta: 1 },
+                dtc::participant::Operation { account: &accounts[i], key: None, delta: -1 },
+                dtc::participant::Operation { account: &accounts[j], key: None, delta: 1 },
             ];
             let tx = dtc::BranchId { tx: TxId::from_u128(i as u128), index: 0 };
             let prepared = ledger.prepare(tx, dtc::Work::Transfers(&ops)).expect("funded");

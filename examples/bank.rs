@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dtc::{Coordinator, FaultPlan, Faulty, Ledger, Outcome, Transfer};
+use dtc::{
+    Coordinator, Ledger, Outcome, Transfer,
+    fault::{FaultPlan, Faulty},
+};
 
 const BANKS: usize = 4;
 const ACCOUNTS_PER_BANK: usize = 50;

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dtc::{ClosureError, ClosureOutcome, ClosureParticipant, ClosureTx, IdempotencyKey, closure_stats};
+use dtc::{
+    closure::{ClosureError, ClosureOutcome, ClosureParticipant, ClosureTx, closure_stats},
+    saga::IdempotencyKey,
+};
 
 #[derive(Debug, Clone)]
 struct Reservation {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dtc::{Backoff, MemoryLog, SagaDefinition, SagaError, SagaExecutor, SagaState, Step, StepContext, StepError};
+use dtc::saga::{Backoff, MemoryLog, SagaDefinition, SagaError, SagaExecutor, SagaState, Step, StepContext, StepError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dtc::{
-    BranchId, Coordinator, Durability, Error, Failure, Ledger, Outcome, Participant, Refusal, Resolution, RetryPolicy,
-    Transfer, TxId, TxState, Work,
+    BranchId, Coordinator, Durability, Error, Failure, Ledger, Outcome, Participant, Refusal, RetryPolicy, Transfer,
+    TxId, Work,
+    ops::{Resolution, TxState},
 };
 
 /// Books parcels with a carrier that may be down.

@@ -199,7 +199,7 @@ pub enum Error {
         tx: TxId,
     },
     /// An operator action's reason is empty or longer than
-    /// [`MAX_REASON_BYTES`](crate::MAX_REASON_BYTES).
+    /// [`MAX_REASON_BYTES`](crate::operator::MAX_REASON_BYTES).
     #[error("invalid reason: {0}")]
     InvalidReason(String),
     /// Another process holds the data directory (a running coordinator).

@@ -28,7 +28,7 @@ pub struct FaultRates {
 /// Which faults to inject, and how often.
 ///
 /// ```
-/// use dtc::{FaultPlan, Faulty, Ledger};
+/// use dtc::{Ledger, fault::{FaultPlan, Faulty}};
 /// use std::time::Duration;
 /// let plan = FaultPlan::new(42).refuse(0.01).panic(0.001).stall(0.001, Duration::from_millis(20));
 /// let service = Faulty::new(Ledger::new(), plan);

@@ -292,7 +292,7 @@ impl Exposition {
 /// use std::io::{BufRead, BufReader, Read, Write};
 /// use std::net::{TcpListener, TcpStream};
 ///
-/// use dtc::{Coordinator, Ledger, Transfer, render_prometheus};
+/// use dtc::{Coordinator, Ledger, Transfer, ops::render_prometheus};
 ///
 /// let ledger = Ledger::new();
 /// ledger.create_account("a", 100).unwrap();

@@ -26,7 +26,7 @@ pub enum TxKind {
     /// A two-phase-commit transaction of a [`Coordinator`](crate::Coordinator).
     #[serde(rename = "2pc")]
     TwoPhase,
-    /// A saga of a [`SagaExecutor`](crate::SagaExecutor).
+    /// A saga of a [`SagaExecutor`](crate::saga::SagaExecutor).
     #[serde(rename = "saga")]
     Saga,
 }
@@ -93,7 +93,7 @@ pub struct ParticipantState {
 }
 
 /// An unfinished transaction: [`Coordinator::unfinished`](crate::Coordinator::unfinished),
-/// [`DataDir::unfinished`](crate::DataDir::unfinished), `dtc txs`.
+/// [`DataDir::unfinished`](crate::durable::DataDir::unfinished), `dtc txs`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UnfinishedTx {
     /// The transaction (a saga: its id).

@@ -65,7 +65,7 @@ impl Endpoints {
     /// `{base}/prepare`, `{base}/commit`, `{base}/rollback`.
     ///
     /// ```
-    /// let e = dtc::Endpoints::from_base("http://127.0.0.1:8001/flights").unwrap();
+    /// let e = dtc::remote::Endpoints::from_base("http://127.0.0.1:8001/flights").unwrap();
     /// assert_eq!(e.commit, "http://127.0.0.1:8001/flights/commit");
     /// ```
     pub fn from_base(base: &str) -> Result<Endpoints> {
@@ -77,7 +77,7 @@ impl Endpoints {
     /// segment.
     ///
     /// ```
-    /// let e = dtc::Endpoints::from_prepare("http://127.0.0.1:8001/v1/hotel/prepare").unwrap();
+    /// let e = dtc::remote::Endpoints::from_prepare("http://127.0.0.1:8001/v1/hotel/prepare").unwrap();
     /// assert_eq!(e.rollback, "http://127.0.0.1:8001/v1/hotel/rollback");
     /// ```
     pub fn from_prepare(prepare: &str) -> Result<Endpoints> {
@@ -136,7 +136,7 @@ fn parse_url(url: &str) -> Result<ureq::http::Uri> {
 /// no DNS lookup widens them.
 ///
 /// ```
-/// use dtc::Allowlist;
+/// use dtc::remote::Allowlist;
 /// let list = Allowlist::loopback();
 /// assert!(list.check("http://127.0.0.1:8001/prepare").is_ok());
 /// assert!(list.check("http://10.0.0.7/prepare").is_err());
@@ -236,7 +236,7 @@ pub struct RemotePrepared {
 /// so calls to it run concurrently (`lanes` in flight at most):
 ///
 /// ```no_run
-/// use dtc::{Coordinator, Endpoints, HttpParticipant};
+/// use dtc::{Coordinator, remote::{Endpoints, HttpParticipant}};
 /// let hotel = HttpParticipant::new(Endpoints::from_base("http://127.0.0.1:8002/hotel").unwrap(), 16);
 /// let dtc = Coordinator::builder().concurrent_service("hotel", hotel, 16).open().unwrap();
 /// ```

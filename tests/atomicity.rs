@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Bank, Model, random_legs, seed};
-use dtc::{AbortReason, Coordinator, FaultCounter, FaultPlan, Outcome, RetryPolicy};
+use dtc::{
+    AbortReason, Coordinator, Outcome, RetryPolicy,
+    fault::{FaultCounter, FaultPlan},
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Bank, random_legs, seed, with_watchdog};
-use dtc::{Coordinator, FaultPlan, Outcome, RetryPolicy};
+use dtc::{Coordinator, Outcome, RetryPolicy, fault::FaultPlan};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 

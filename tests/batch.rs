@@ -6,7 +6,10 @@ mod common;
 
 use common::{Bank, random_legs, seed};
 use dtc::testing::MemStorage;
-use dtc::{Durability, Error, FaultPlan, Faulty, Outcome};
+use dtc::{
+    Durability, Error, Outcome,
+    fault::{FaultPlan, Faulty},
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 

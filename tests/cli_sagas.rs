@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtc::{Backoff, ManualClock, SagaDefinition, SagaExecutor, SagaState, Step, StepError};
+use dtc::saga::{Backoff, ManualClock, SagaDefinition, SagaExecutor, SagaState, Step, StepError};
 
 fn dtc(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dtc")).args(args).arg("--dir").arg(dir).output().unwrap()
@@ -29,15 +29,15 @@ fn stuck_sagas_are_listed() {
             .compensation_retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 2))
             .open()
             .unwrap();
-        let reserve = Step::new("reserve", |_: &dtc::StepContext<'_, u32>| Ok(()))
+        let reserve = Step::new("reserve", |_: &dtc::saga::StepContext<'_, u32>| Ok(()))
             .compensate(|_| Err(StepError::retryable("warehouse offline")))
             .no_timeout();
-        let pay =
-            Step::new("pay", |_: &dtc::StepContext<'_, u32>| Err(StepError::permanent("card declined"))).no_timeout();
+        let pay = Step::new("pay", |_: &dtc::saga::StepContext<'_, u32>| Err(StepError::permanent("card declined")))
+            .no_timeout();
         let def = SagaDefinition::builder("order").step(reserve).step(pay).build().unwrap();
         assert_eq!(exec.run(&def, &1).unwrap().state, SagaState::Stuck);
         let done = SagaDefinition::builder("noop")
-            .step(Step::new("ok", |_: &dtc::StepContext<'_, u32>| Ok(())))
+            .step(Step::new("ok", |_: &dtc::saga::StepContext<'_, u32>| Ok(())))
             .build()
             .unwrap();
         assert_eq!(exec.run(&done, &2).unwrap().state, SagaState::Completed);
@@ -73,14 +73,15 @@ fn a_running_executor_retries_a_stuck_saga_on_request() {
         .unwrap();
     let warehouse_up = Arc::new(AtomicBool::new(false));
     let up = warehouse_up.clone();
-    let reserve = Step::new("reserve", |_: &dtc::StepContext<'_, u32>| Ok(()))
+    let reserve = Step::new("reserve", |_: &dtc::saga::StepContext<'_, u32>| Ok(()))
         .compensate(
             move |_| {
                 if up.load(Ordering::SeqCst) { Ok(()) } else { Err(StepError::retryable("warehouse offline")) }
             },
         )
         .no_timeout();
-    let pay = Step::new("pay", |_: &dtc::StepContext<'_, u32>| Err(StepError::permanent("card declined"))).no_timeout();
+    let pay =
+        Step::new("pay", |_: &dtc::saga::StepContext<'_, u32>| Err(StepError::permanent("card declined"))).no_timeout();
     let def = SagaDefinition::builder("order").step(reserve).step(pay).build().unwrap();
     let stuck = exec.run(&def, &1).unwrap();
     assert_eq!(stuck.state, SagaState::Stuck);

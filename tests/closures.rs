@@ -6,8 +6,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dtc::{
-    Backoff, ClosureOutcome, ClosureParticipant, ClosureTx, IdempotencyKey, ManualClock, PrepareResult, RollbackCause,
-    closure_stats,
+    closure::{ClosureOutcome, ClosureParticipant, ClosureTx, PrepareResult, RollbackCause, closure_stats},
+    saga::{Backoff, IdempotencyKey, ManualClock},
 };
 
 /// Every call made, as `participant:phase:key`.

@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use dtc::{
-    Coordinator, DataDir, Durability, Ledger, Outcome, SagaDefinition, SagaExecutor, SagaState, Step, Transfer, TxId,
+    Coordinator, Durability, Ledger, Outcome, Transfer, TxId,
+    ops::DataDir,
+    saga::{SagaDefinition, SagaExecutor, SagaState, Step},
 };
 
 const SEGMENT_BYTES: u64 = 64 << 10;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{Bank, check_audit, with_watchdog};
-use dtc::{Coordinator, FaultPlan, Ledger, Outcome, Transfer};
+use dtc::{Coordinator, Ledger, Outcome, Transfer, fault::FaultPlan};
 
 const THREADS: usize = 16;
 const BALANCE: i64 = 1_000_000;

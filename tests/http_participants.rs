@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use dtc::http::Response;
 use dtc::{
-    AbortReason, Allowlist, Branch, Coordinator, Durability, Endpoints, Error, HttpParticipant, Outcome, RetryPolicy,
-    RoutedRequest, Transaction, TxId, TxState,
+    AbortReason, Branch, Coordinator, Durability, Error, Outcome, RetryPolicy, Transaction, TxId,
+    ops::TxState,
+    remote::{Allowlist, Endpoints, HttpParticipant, RoutedRequest},
 };
 use http_support::{
     DeadPort, Proc, RawServer, Stub, agent, branches, forward, participant, participant_on, state_of, try_post,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use dtc::{Coordinator, Durability, Ledger, Outcome, Transfer, render_prometheus};
+use dtc::{Coordinator, Durability, Ledger, Outcome, Transfer, ops::render_prometheus};
 
 /// One parsed sample line: `name{labels} value`.
 #[derive(Debug)]
@@ -239,7 +239,7 @@ fn without_a_log_the_log_families_are_absent() {
 
 #[test]
 fn an_empty_snapshot_renders_zeros() {
-    let text = render_prometheus(&dtc::MetricsSnapshot::default(), None);
+    let text = render_prometheus(&dtc::ops::MetricsSnapshot::default(), None);
     let (samples, _) = parse_exposition(&text);
     assert!(samples.iter().all(|s| s.value == 0.0), "{text}");
 }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use common::durable::Shelf;
 use dtc::testing::MemStorage;
 use dtc::{
-    Branch, BranchId, Builder, Coordinator, Durability, Failure, FaultPlan, Faulty, Ledger, Outcome, Participant,
-    ParticipantKind, Refusal, Transaction, Transfer, TxId, Work,
+    Branch, BranchId, Builder, Coordinator, Durability, Failure, Ledger, Outcome, Participant, ParticipantKind,
+    Refusal, Transaction, Transfer, TxId, Work,
+    fault::{FaultPlan, Faulty},
 };
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::flaky::{Flaky, Switches, eventually};
 use dtc::{
-    AbortReason, Coordinator, DataDir, Durability, Error, Ledger, Outcome, Participant, Resolution, RetryPolicy,
-    Transfer, TxId, TxState, TxStatus,
+    AbortReason, Coordinator, Durability, Error, Ledger, Outcome, Participant, RetryPolicy, Transfer, TxId,
+    ops::{DataDir, Resolution, TxState, TxStatus},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -72,12 +72,12 @@ fn a_commit_is_parked_after_max_attempts_and_retry_now_finishes_it() {
     assert_eq!(p.last_error.as_ref().unwrap().code, "unavailable");
     assert_eq!(switches.commit_calls.load(Ordering::SeqCst), 3, "exactly max_attempts calls");
     assert_eq!((dtc.metrics().parked, dtc.parked_count()), (1, 1));
-    let exposition = dtc::render_prometheus(&dtc.metrics(), None);
+    let exposition = dtc::ops::render_prometheus(&dtc.metrics(), None);
     assert!(exposition.contains("dtc_parked_calls 1\n"), "{exposition}");
     assert!(exposition.contains("dtc_unfinished_transactions{state=\"stuck\"} 1\n"), "{exposition}");
 
     // The same view through the data directory (the control channel).
-    let ageless = |mut list: Vec<dtc::UnfinishedTx>| {
+    let ageless = |mut list: Vec<dtc::ops::UnfinishedTx>| {
         list.iter_mut().for_each(|u| u.age_seconds = 0.0);
         list
     };
@@ -142,7 +142,7 @@ fn resolve_commit_settles_a_parked_commit_without_calling_it_again() {
     assert!(matches!(refused, Error::UnsafeResolution { .. }), "{refused}");
     assert_eq!(refused.code(), "unsafe_resolution");
     assert!(matches!(dtc.resolve(tx, Resolution::Commit, ""), Err(Error::InvalidReason(_))));
-    let long = "x".repeat(dtc::MAX_REASON_BYTES + 1);
+    let long = "x".repeat(dtc::ops::MAX_REASON_BYTES + 1);
     assert!(matches!(dtc.resolve(tx, Resolution::Commit, &long), Err(Error::InvalidReason(_))));
 
     let report = dtc.resolve(tx, Resolution::Commit, "parcel booked by hand, ticket 42").unwrap();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Bank, Probe, ProbeControl, seed, wait_until};
-use dtc::{AbortReason, Coordinator, FaultPlan, Outcome, RetryPolicy};
+use dtc::{AbortReason, Coordinator, Outcome, RetryPolicy, fault::FaultPlan};
 
 const WAIT: Duration = Duration::from_secs(10);
 

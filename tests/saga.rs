@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use dtc::{
+use dtc::saga::{
     Backoff, IdempotencyKey, ManualClock, MemoryLog, SagaDefinition, SagaExecutor, SagaExecutorBuilder, SagaState,
     Step, StepContext, StepError,
 };

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Bank, random_legs, seed, wait_until, with_watchdog};
-use dtc::{Coordinator, Error, FaultPlan, FaultRates, Faulty, Outcome};
+use dtc::{
+    Coordinator, Error, Outcome,
+    fault::{FaultPlan, FaultRates, Faulty},
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 

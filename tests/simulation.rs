@@ -27,7 +27,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use dtc::testing::{FaultKind, FaultOp, MemStorage};
-use dtc::{AbortReason, Coordinator, Durability, FaultPlan, Faulty, Ledger, Outcome, RetryPolicy, Transfer, TxId};
+use dtc::{
+    AbortReason, Coordinator, Durability, Ledger, Outcome, RetryPolicy, Transfer, TxId,
+    fault::{FaultPlan, Faulty},
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Bank, Probe, ProbeControl, wait_until};
-use dtc::{AbortReason, Coordinator, FaultPlan, FaultRates, Faulty, Outcome};
+use dtc::{
+    AbortReason, Coordinator, Outcome,
+    fault::{FaultPlan, FaultRates, Faulty},
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 

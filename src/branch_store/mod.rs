@@ -1,41 +1,4 @@
-//! A durable record of a participant service's branches: the helper that
-//! makes a correct participant (in process or behind HTTP) easy to write.
-//!
-//! A participant must answer every phase idempotently, keyed by (transaction,
-//! branch, phase), and must remember its answers across restarts: a
-//! duplicate prepare gets the same prepared value, a prepare after its
-//! rollback is refused ("hanging" prevention), a rollback before any prepare
-//! succeeds and is remembered ("null compensation"), and so on (the full
-//! table is in docs/participant-protocol.md). [`BranchStore`] keeps those
-//! records in dtc's own write-ahead log:
-//!
-//! - Each transition is one log record, appended under the branch's shard
-//!   lock together with the in-memory change, so the log order of one
-//!   branch's records is the order of its transitions and a checkpoint (which
-//!   takes every shard lock) sees a consistent cut.
-//! - Every answer is returned only once the record it reports is durable:
-//!   the wait is group commit (`Wal::wait_durable`), outside every lock, so
-//!   concurrent callers share syncs.
-//! - A business closure (reserve, apply, undo) runs outside the shard lock
-//!   while the branch is marked busy; other calls on the same branch wait for
-//!   it, calls on other branches do not. A closure that panics or fails
-//!   leaves the branch as it was.
-//! - When the log has grown by `checkpoint_every_bytes` since the last
-//!   checkpoint, the caller that notices writes a snapshot of every
-//!   remembered branch and the log recycles the segments below it, so the
-//!   directory stays within `max_segments` segment files plus one checkpoint.
-//! - Finished branches (committed, rolled back, refused) are remembered for
-//!   `finished_horizon` and at most `max_finished` of them; prepared ones are
-//!   never dropped. When a finished branch is forgotten, the store raises a
-//!   watermark, `forgotten_below_ns`, past the timestamp of its transaction id
-//!   (dtc ids start with a clock, see [`TxId`](crate::TxId); the watermark
-//!   never passes the store's own clock); a prepare of an
-//!   unknown branch whose transaction is older than the watermark is answered
-//!   [`PrepareVerdict::Expired`] instead of reserving anything, because it may
-//!   be a late duplicate of a forgotten one. A commit of a forgotten branch
-//!   is [`CommitVerdict::Unknown`] (the coordinator parks it for an
-//!   operator), a rollback of one [`RollbackVerdict::NothingPrepared`]
-//!   (nothing recorded, no undo called).
+//! The durable branch store; its public face and documentation are `dtc::store` (in lib.rs).
 
 mod codec;
 mod error;
@@ -131,7 +94,7 @@ struct Shard {
 }
 
 /// A durable, concurrent record of one participant service's branches: see
-/// the [module docs](self) for how it works and
+/// the [module docs](crate::store) for how it works and
 /// docs/participant-protocol.md for the rules it implements.
 ///
 /// `Send + Sync`: share it as `Arc<BranchStore>` between request threads.
@@ -139,7 +102,7 @@ struct Shard {
 /// (it would wait for itself).
 ///
 /// ```
-/// use dtc::{BranchId, BranchStore, CommitVerdict, PrepareVerdict, Refusal, RollbackVerdict, TxId};
+/// use dtc::{BranchId, Refusal, TxId, store::{BranchStore, CommitVerdict, PrepareVerdict, RollbackVerdict}};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let branch = BranchId { tx: TxId::from_u128(7 << 64), index: 0 };

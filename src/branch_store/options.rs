@@ -105,7 +105,7 @@ impl BranchStoreOptions {
     }
 
     /// The clock that stamps finished branches (tests pass a
-    /// [`ManualClock`](crate::ManualClock)).
+    /// [`ManualClock`](crate::saga::ManualClock)).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

@@ -46,7 +46,7 @@ pub type RecordingParticipant = StoredParticipant<PrepareFn, CommitFn, RollbackF
 ///
 /// ```
 /// use std::sync::Arc;
-/// use dtc::{Branch, BranchStore, Coordinator, Outcome, StoredParticipant, Transaction};
+/// use dtc::{Branch, Coordinator, Outcome, Transaction, store::{BranchStore, StoredParticipant}};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = Arc::new(BranchStore::open(dir.path()).unwrap());
@@ -197,7 +197,10 @@ mod tests {
 
     use crate::txn::{Branch, Outcome, Transaction, TxId};
     use crate::wal::MemStorage;
-    use crate::{BranchState, BranchStoreOptions, Coordinator, PrepareVerdict, Refusal};
+    use crate::{
+        Coordinator, Refusal,
+        branch_store::{BranchState, BranchStoreOptions, PrepareVerdict},
+    };
 
     use super::*;
 
@@ -244,7 +247,7 @@ mod tests {
         let dtc = Coordinator::builder().service("hotel", participant).open().unwrap();
         let booking = Transaction::new().branch(Branch::new("hotel", &b"{}"[..]));
         assert!(matches!(dtc.run(&booking).unwrap(), Outcome::Aborted { .. }));
-        let all = store.branches(crate::BranchFilter::All);
+        let all = store.branches(crate::branch_store::BranchFilter::All);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].state, BranchState::Refused);
     }

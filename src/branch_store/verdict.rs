@@ -9,7 +9,7 @@ use crate::participant::{BranchId, Refusal};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BranchState {
-    /// Prepared and not yet decided: what [`BranchStore::prepared`] lists.
+    /// Prepared and not yet decided: what [`BranchStore::prepared`](super::BranchStore::prepared) lists.
     Prepared,
     /// Committed.
     Committed,
@@ -38,7 +38,7 @@ impl fmt::Display for BranchState {
     }
 }
 
-/// Which branches [`BranchStore::branches`] lists.
+/// Which branches [`BranchStore::branches`](super::BranchStore::branches) lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BranchFilter {
     /// Prepared, undecided branches.
@@ -76,7 +76,7 @@ impl std::str::FromStr for BranchFilter {
     }
 }
 
-/// One remembered branch, as [`BranchStore::branches`] lists it.
+/// One remembered branch, as [`BranchStore::branches`](super::BranchStore::branches) lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BranchInfo {
     /// The branch.
@@ -87,7 +87,7 @@ pub struct BranchInfo {
     pub prepared: Option<Vec<u8>>,
 }
 
-/// The answer to [`BranchStore::prepare`]. Every answer is durable when it is
+/// The answer to [`BranchStore::prepare`](super::BranchStore::prepare). Every answer is durable when it is
 /// returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -112,7 +112,7 @@ pub enum PrepareVerdict {
     Expired,
 }
 
-/// The answer to [`BranchStore::commit`].
+/// The answer to [`BranchStore::commit`](super::BranchStore::commit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CommitVerdict {
@@ -127,7 +127,7 @@ pub enum CommitVerdict {
     AlreadyRolledBack,
 }
 
-/// The answer to [`BranchStore::rollback`].
+/// The answer to [`BranchStore::rollback`](super::BranchStore::rollback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RollbackVerdict {

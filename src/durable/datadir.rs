@@ -245,7 +245,7 @@ impl DataDir {
     }
 
     fn unfinished_sagas(&self) -> Result<Vec<UnfinishedTx>> {
-        let executor = crate::SagaExecutor::open(&self.path)
+        let executor = crate::saga::SagaExecutor::open(&self.path)
             .map_err(|e| Error::Config(format!("{}: {e}", self.path.display())))?;
         Ok(executor.unfinished())
     }

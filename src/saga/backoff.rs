@@ -13,7 +13,7 @@ use crate::sync::Mutex;
 /// callers failing together do not retry in lockstep).
 ///
 /// ```
-/// use dtc::Backoff;
+/// use dtc::saga::Backoff;
 /// use std::time::Duration;
 /// let policy = Backoff::new(Duration::from_millis(10), Duration::from_millis(50), 5);
 /// assert_eq!(policy.ceiling(0), Duration::from_millis(10));

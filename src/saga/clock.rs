@@ -48,7 +48,7 @@ struct ManualState {
 /// Clones share the same time.
 ///
 /// ```
-/// use dtc::{Clock, ManualClock};
+/// use dtc::{saga::{Clock, ManualClock}};
 /// use std::time::Duration;
 /// let clock = ManualClock::new(Duration::from_secs(100));
 /// clock.sleep(Duration::from_millis(5));

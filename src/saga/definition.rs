@@ -206,7 +206,7 @@ pub(crate) struct DefinitionInner<I> {
 /// Cloning is cheap (shared).
 ///
 /// ```
-/// use dtc::{SagaDefinition, SagaExecutor, SagaState, Step, StepError};
+/// use dtc::{saga::{SagaDefinition, SagaExecutor, SagaState, Step, StepError}};
 /// use std::sync::{Arc, Mutex};
 ///
 /// let log = Arc::new(Mutex::new(Vec::new()));

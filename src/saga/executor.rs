@@ -615,9 +615,9 @@ impl SagaExecutor {
     }
 
     /// Unfinished sagas (running, compensating, stuck) as
-    /// [`UnfinishedTx`](crate::UnfinishedTx) rows, like
+    /// [`UnfinishedTx`](crate::operator::UnfinishedTx) rows, like
     /// [`Coordinator::unfinished`](crate::Coordinator::unfinished).
-    pub fn unfinished(&self) -> Vec<crate::UnfinishedTx> {
+    pub fn unfinished(&self) -> Vec<crate::operator::UnfinishedTx> {
         self.sagas().into_iter().filter_map(unfinished_row).collect()
     }
 
@@ -652,7 +652,9 @@ impl SagaExecutor {
                 match spawned {
                     Ok(_) => {
                         let redelivered = stuck.len();
-                        Response::Retried { report: crate::RetryReport { transactions: stuck, redelivered, woken: 0 } }
+                        Response::Retried {
+                            report: crate::operator::RetryReport { transactions: stuck, redelivered, woken: 0 },
+                        }
                     }
                     Err(e) => refused("io", format!("cannot start the retry: {e}")),
                 }
@@ -827,8 +829,8 @@ impl SagaExecutor {
 }
 
 /// An unfinished saga as an operator's row (`None` once finished).
-pub(crate) fn unfinished_row(saga: SagaInfo) -> Option<crate::UnfinishedTx> {
-    use crate::{ParticipantState, TxKind, TxState};
+pub(crate) fn unfinished_row(saga: SagaInfo) -> Option<crate::operator::UnfinishedTx> {
+    use crate::operator::{ParticipantState, TxKind, TxState};
     let state = match saga.state {
         SagaState::Running => TxState::Committing,
         SagaState::Compensating => TxState::RollingBack,
@@ -849,7 +851,7 @@ pub(crate) fn unfinished_row(saga: SagaInfo) -> Option<crate::UnfinishedTx> {
             last_error: None,
         })
         .collect();
-    Some(crate::UnfinishedTx {
+    Some(crate::operator::UnfinishedTx {
         tx: saga.id,
         kind: TxKind::Saga,
         state,

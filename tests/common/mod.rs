@@ -17,8 +17,9 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use dtc::{
-    BalanceSummary, BranchId, Builder, Coordinator, Directory, Failure, FaultCounter, FaultPlan, Faulty, Ledger,
-    LedgerHold, Participant, Refusal, Transfer, TxId, Work,
+    BranchId, Builder, Coordinator, Failure, Ledger, LedgerHold, Participant, Refusal, Transfer, TxId, Work,
+    fault::{FaultCounter, FaultPlan, Faulty},
+    participant::{BalanceSummary, Directory},
 };
 
 /// The seed to use: `DTC_TEST_SEED` if set (to replay a failure), else `default`.

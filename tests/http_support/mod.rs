@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -159,32 +158,17 @@ pub fn serve(dir: &Path, extra: &[&str]) -> Proc {
 /// this one cannot be (bound without `SO_REUSEADDR`, it conflicts with any
 /// other bind, and `bind(0)` skips it).
 pub struct DeadPort {
-    _socket: OwnedFd,
+    _socket: socket2::Socket,
     pub port: u16,
 }
 
 impl DeadPort {
     pub fn new() -> DeadPort {
-        // SAFETY: `socket` takes no pointers; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `sockaddr_in` is plain data, for which all zeroes is valid.
-        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let addr_ptr = (&raw mut addr).cast::<libc::sockaddr>();
-        // SAFETY: `addr_ptr` points to a `sockaddr_in` of `len` bytes that
-        // lives across the call.
-        let bound = unsafe { libc::bind(socket.as_raw_fd(), addr_ptr, len) };
-        assert_eq!(bound, 0, "bind 127.0.0.1:0: {}", std::io::Error::last_os_error());
-        // SAFETY: as above; `getsockname` writes at most `len` bytes there
-        // and the length it wrote into `len`, which outlives the call.
-        let named = unsafe { libc::getsockname(socket.as_raw_fd(), addr_ptr, &raw mut len) };
-        assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
-        DeadPort { _socket: socket, port: u16::from_be(addr.sin_port) }
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a TCP socket");
+        let loopback = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        socket.bind(&loopback.into()).expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().expect("getsockname").as_socket().expect("an IP address").port();
+        DeadPort { _socket: socket, port }
     }
 
     /// `127.0.0.1:PORT`.

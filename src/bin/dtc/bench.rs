@@ -220,7 +220,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             if let Some(path) = &args.metrics_out {
-                std::fs::write(path, dtc::render_prometheus(&c.metrics(), c.log_stats().as_ref()))?;
+                std::fs::write(path, dtc::ops::render_prometheus(&c.metrics(), c.log_stats().as_ref()))?;
             }
             c.shutdown()?;
             (audit.total, audit.negative)

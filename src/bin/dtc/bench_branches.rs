@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dtc::{Branch, BranchStoreOptions, Coordinator, Durability, Endpoints, HttpParticipant, Transaction};
+use dtc::{
+    Branch, Coordinator, Durability, Transaction,
+    remote::{Endpoints, HttpParticipant},
+    store::BranchStoreOptions,
+};
 use hdrhistogram::Histogram;
 
 use crate::procs::Proc;
@@ -107,7 +111,7 @@ pub fn run(spec: Spec) -> Result<Measured, Box<dyn std::error::Error>> {
         Participants::Stored => {
             for name in &names {
                 let store = BranchStoreOptions::default().sync(spec.sync).open(scratch.dir.join(name))?;
-                let participant = dtc::RecordingParticipant::recording(Arc::new(store));
+                let participant = dtc::store::RecordingParticipant::recording(Arc::new(store));
                 builder = builder.concurrent_service(name.clone(), participant, lanes);
             }
             "dtc-branches"

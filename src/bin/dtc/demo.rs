@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
-use dtc::{Coordinator, FaultPlan, Faulty};
+use dtc::{
+    Coordinator,
+    fault::{FaultPlan, Faulty},
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::workload::{Shape, Tally, ledgers, micros, run_thread, service_name};

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args as ClapArgs;
-use dtc::{DataDir, Resolution, TxId, TxStatus, UnfinishedTx};
+use dtc::{
+    TxId,
+    ops::{DataDir, Resolution, TxStatus, UnfinishedTx},
+};
 
 #[derive(ClapArgs, Debug)]
 pub struct RecoverArgs {
@@ -63,7 +66,7 @@ struct StatusLine {
     reason_code: Option<&'static str>,
     /// Operator actions the log records for this id (audit trail).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    operator: Vec<dtc::OperatorAction>,
+    operator: Vec<dtc::ops::OperatorAction>,
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -202,7 +205,7 @@ pub fn sagas(args: SagasArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if !args.dir.is_dir() {
         return Err(format!("{}: no such saga directory", args.dir.display()).into());
     }
-    let executor = dtc::SagaExecutor::open(&args.dir)?;
+    let executor = dtc::saga::SagaExecutor::open(&args.dir)?;
     let lines: Vec<SagaLine> = executor
         .sagas()
         .into_iter()

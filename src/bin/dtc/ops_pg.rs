@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 use dtc::pg::{PgOptions, PgParticipant, PreparedXact};
-use dtc::{DataDir, Resolution, TxId, TxStatus};
+use dtc::{
+    TxId,
+    ops::{DataDir, Resolution, TxStatus},
+};
 
 #[derive(ClapArgs, Debug, Default)]
 pub struct PgArgs {

@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, ValueEnum};
 use dtc::http::{Request, Response, Router, Server, ServerConfig};
 use dtc::{
-    BranchFilter, BranchId, BranchStore, CommitVerdict, PrepareVerdict, Refusal, RollbackVerdict, StoreError, TxId,
+    BranchId, Refusal, TxId,
+    store::{BranchFilter, BranchStore, CommitVerdict, PrepareVerdict, RollbackVerdict, StoreError},
 };
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -145,7 +146,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.name.is_empty() || args.name.len() > MAX_NAME_BYTES {
         return Err(format!("--name must be 1 to {MAX_NAME_BYTES} bytes").into());
     }
-    let store = dtc::BranchStoreOptions::default().sync(!args.no_sync).open(&args.dir)?;
+    let store = dtc::store::BranchStoreOptions::default().sync(!args.no_sync).open(&args.dir)?;
     let held = store.prepared().iter().map(|(_, value)| amount_of_prepared(value)).sum();
     let seed = args.seed.unwrap_or_else(rand::random);
     let faults = Faults {
@@ -171,7 +172,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         handler_threads: args.handler_threads as usize,
         max_connections: args.max_connections as usize,
         // A commit's body is the prepared value, up to the protocol's bound.
-        max_body_bytes: dtc::MAX_PREPARED_BYTES,
+        max_body_bytes: dtc::store::MAX_PREPARED_BYTES,
         ..ServerConfig::default()
     };
     let server = Server::start(args.listen.as_str(), config, router(service))?;

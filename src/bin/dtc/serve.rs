@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 use dtc::http::{Request, Response, Server, ServerConfig};
 use dtc::{
-    Allowlist, Branch, Coordinator, Durability, Endpoints, Error, HttpParticipant, Outcome, Resolution, RoutedRequest,
-    Transaction, TxId, TxState, UnfinishedTx,
+    Branch, Coordinator, Durability, Error, Outcome, Transaction, TxId,
+    ops::{Resolution, TxState, UnfinishedTx},
+    remote::{Allowlist, Endpoints, HttpParticipant, RoutedRequest},
 };
 use serde::{Deserialize, Serialize};
 
@@ -147,7 +148,7 @@ impl State {
 
     fn metrics(&self) -> Result<Response, Response> {
         let dtc = self.dtc()?;
-        let text = dtc::render_prometheus(&dtc.metrics(), dtc.log_stats().as_ref());
+        let text = dtc::ops::render_prometheus(&dtc.metrics(), dtc.log_stats().as_ref());
         Ok(Response::bytes(200, "text/plain; version=0.0.4", text))
     }
 
