@@ -9,7 +9,6 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 
-use crate::coordinator::LogStats;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::txn::AbortReason;
 
@@ -395,4 +394,17 @@ pub fn render_prometheus(snapshot: &MetricsSnapshot, log: Option<&LogStats>) -> 
         out.sample("dtc_log_segments_live", &[], log.segments_live as f64);
     }
     out.0
+}
+
+/// Counters of the write-ahead log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStats {
+    /// Group-commit syncs completed.
+    pub syncs: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended (headers included).
+    pub bytes_written: u64,
+    /// Segment files live now.
+    pub segments_live: u64,
 }

@@ -43,6 +43,8 @@ use worker::{Answer, Lanes, PhaseDeadline, Reply, Request, Service, Step, Submit
 use crate::operator::{Resolution, ResolveReport, RetryReport, TxState, UnfinishedTx};
 pub use batch::MAX_BATCH;
 pub use worker::RetryPolicy;
+// Defined with the other statistics, which it is one of.
+pub use crate::metrics::LogStats;
 
 /// Longest service name accepted, in bytes.
 pub const MAX_SERVICE_NAME_BYTES: usize = 64;
@@ -473,19 +475,6 @@ fn validate_service_name(name: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Counters of the write-ahead log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LogStats {
-    /// Group-commit syncs completed.
-    pub syncs: u64,
-    /// Records appended.
-    pub records: u64,
-    /// Bytes appended (headers included).
-    pub bytes_written: u64,
-    /// Segment files live now.
-    pub segments_live: u64,
 }
 
 /// Where the outcomes of caller-chosen ids are remembered

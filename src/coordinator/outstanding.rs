@@ -19,11 +19,20 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 
 use super::barrier::TxKey;
-use super::worker::Step;
 use crate::durable::{Entry, Journal};
 use crate::operator::CallError;
 use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
 use crate::txn::TxId;
+
+/// What a caller asks of one service for one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Prepare,
+    /// Prepare and, if yes and the caller has not given up, commit at once.
+    OnePhase,
+    Commit,
+    Rollback,
+}
 
 /// A branch that still owes an acknowledgement of its transaction's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -137,15 +137,9 @@ pub(crate) enum Request {
     Shutdown,
 }
 
-/// What a caller asks of one service for one transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    Prepare,
-    /// Prepare and, if yes and the caller has not given up, commit at once.
-    OnePhase,
-    Commit,
-    Rollback,
-}
+// Defined beside the retry bookkeeping that also keys on it, so that
+// `outstanding` needs nothing from this module.
+pub(crate) use super::outstanding::Step;
 
 #[derive(Debug)]
 pub(crate) enum Answer {

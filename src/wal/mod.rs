@@ -35,6 +35,7 @@ mod pwrite;
 mod record;
 mod recovery;
 mod segment;
+mod segment_file;
 mod storage;
 #[cfg(all(test, not(loom)))]
 mod tests;

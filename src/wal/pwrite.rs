@@ -51,7 +51,7 @@ impl PwriteFile {
     }
 }
 
-impl super::storage::SegmentFile for PwriteFile {
+impl super::segment_file::SegmentFile for PwriteFile {
     fn len(&self) -> u64 {
         self.len_bytes
     }
