@@ -277,14 +277,11 @@ impl Shared {
                 return Err(e);
             }
         };
-        let mut offset = start - id * self.segment_bytes;
-        for part in parts {
-            if let Err(e) = file.write_at(offset, part) {
-                tracing::error!(segment = id, offset, error = %e, "write into a reserved range failed; the log is now failed");
-                self.group.fail(e.kind());
-                return Err(failed(e.kind()));
-            }
-            offset += part.len() as u64;
+        let offset = start - id * self.segment_bytes;
+        if let Err(e) = file.write_parts_at(offset, parts) {
+            tracing::error!(segment = id, offset, error = %e, "write into a reserved range failed; the log is now failed");
+            self.group.fail(e.kind());
+            return Err(failed(e.kind()));
         }
         self.group.complete(start, end);
         Ok(())

@@ -15,11 +15,21 @@
 //! and the kernel orders them on the page cache. Even overlapping ranges
 //! would only race on file content, never on memory of this process.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
 use super::mmap::write_zeros;
+
+/// Gathering buffers larger than this are not kept between writes.
+const MAX_KEPT_GATHER_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Where `write_parts_at` gathers a record's header, payload and padding
+    /// (or a whole batch) into one `pwrite`: one per thread, reused.
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A fixed-size segment file written with `pwrite`.
 #[derive(Debug)]
@@ -63,6 +73,28 @@ impl super::segment_file::SegmentFile for PwriteFile {
         self.file.write_all_at(bytes, offset)
     }
 
+    /// One `pwrite` for all the parts: a copy into a per-thread buffer
+    /// costs far less than a system call per part (measured: a durable
+    /// batch of 1 000 transfers went from 3 000 calls to one).
+    fn write_parts_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        if let [one] = parts {
+            return self.write_at(offset, one);
+        }
+        GATHER.with(|cell| {
+            // Not re-entered: nothing below calls back into the log.
+            let mut buffer = cell.borrow_mut();
+            buffer.clear();
+            for part in parts {
+                buffer.extend_from_slice(part);
+            }
+            let written = self.write_at(offset, &buffer);
+            if buffer.capacity() > MAX_KEPT_GATHER_BYTES {
+                *buffer = Vec::new();
+            }
+            written
+        })
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check(offset, buf.len() as u64, "read past the end of the segment")?;
         self.file.read_exact_at(buf, offset)
@@ -79,5 +111,32 @@ impl super::segment_file::SegmentFile for PwriteFile {
 
     fn zero_fill(&self) -> io::Result<()> {
         write_zeros(&self.file, self.len_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PwriteFile;
+    use crate::wal::segment_file::SegmentFile;
+
+    #[test]
+    fn gathered_parts_land_contiguously_and_stay_in_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(dir.path().join("s")).unwrap();
+        file.set_len(4096).unwrap();
+        let segment = PwriteFile::new(file).unwrap();
+        segment.write_parts_at(100, &[b"head", b"", b"payload", &[0u8; 3]]).unwrap();
+        let mut back = [9u8; 16];
+        segment.read_at(100, &mut back).unwrap();
+        assert_eq!(&back[..14], b"headpayload\0\0\0");
+        // The whole gathered range is checked, not each part.
+        assert!(segment.write_parts_at(4090, &[b"abc", b"defg"]).is_err());
+        let mut tail = [1u8; 6];
+        segment.read_at(4090, &mut tail).unwrap();
+        assert_eq!(tail, [0u8; 6], "nothing of a refused write lands");
+        // A large gather is not kept, a later small one still works.
+        let big = vec![7u8; 2 << 20];
+        assert!(segment.write_parts_at(0, &[&big, b"x"]).is_err());
+        segment.write_parts_at(0, &[b"a", b"b"]).unwrap();
     }
 }

@@ -19,6 +19,18 @@ pub trait SegmentFile: Send + Sync + Debug {
         self.len() == 0
     }
     fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `parts` one after another from `offset`, with the same
+    /// guarantees as `write_at` for their whole range. The default is one
+    /// `write_at` per part; a backend whose writes are system calls gathers
+    /// them into one (a batch of 1 000 records is 3 000 parts).
+    fn write_parts_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let mut offset = offset;
+        for part in parts {
+            self.write_at(offset, part)?;
+            offset += part.len() as u64;
+        }
+        Ok(())
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Makes `[offset, offset + len)` durable (fdatasync semantics: the
     /// length never changes, so no metadata needs to reach the disk). Every
