@@ -261,7 +261,40 @@ fn agent(connections: usize) -> ureq::Agent {
         .max_idle_connections_per_host(connections.max(1))
         .max_idle_connections(connections.max(1) * 4)
         .build();
-    ureq::Agent::new_with_config(config)
+    ureq::Agent::with_parts(config, ureq::unversioned::transport::DefaultConnector::new(), LiteralFirst::default())
+}
+
+/// Name resolution that answers an IP-literal host (`127.0.0.1`, `[::1]`)
+/// at once and leaves names to ureq's resolver. ureq's own resolves every
+/// call, even on a kept-alive connection, and with a timeout set it does
+/// so on a new thread: one thread spawned per call, a quarter of the
+/// coordinator's CPU in `dtc bench --http` (measured with perf: clone3,
+/// TLB shootdowns, mmap_lock contention).
+#[derive(Debug, Default)]
+struct LiteralFirst(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if let Some(authority) = uri.authority() {
+            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let port = authority.port_u16().or_else(|| match uri.scheme_str() {
+                Some("http") => Some(80),
+                Some("https") => Some(443),
+                _ => None,
+            });
+            if let (Ok(ip), Some(port)) = (host.parse::<std::net::IpAddr>(), port) {
+                let mut addresses = self.empty();
+                addresses.push(std::net::SocketAddr::new(ip, port));
+                return Ok(addresses);
+            }
+        }
+        self.0.resolve(uri, config, timeout)
+    }
 }
 
 impl HttpParticipant {

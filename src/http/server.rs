@@ -1,6 +1,11 @@
 //! The server: one accept thread, one thread per open connection (at most
-//! `max_connections`), a fixed pool of handler threads, and a stop that
-//! joins them all.
+//! `max_connections`), handlers run on the connection's own thread with at
+//! most `handler_threads` running at once, and a stop that joins them all.
+//!
+//! Why handlers run inline: handing each request to a pool thread and its
+//! answer back cost two context switches per request, which on a 2-core
+//! machine was the largest cost of `dtc bench --http` (perf: the channel's
+//! spin-then-yield and `finish_task_switch` dominated the participants).
 
 use std::collections::HashMap;
 use std::io;
@@ -29,7 +34,8 @@ const LINGER: Duration = Duration::from_millis(200);
 /// The server's bounds. Build with `..ServerConfig::default()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Threads running handlers (at least 1); requests beyond them wait.
+    /// Handlers running at once (at least 1); requests beyond them wait.
+    /// Each runs on its connection's thread.
     pub handler_threads: usize,
     /// Open connections at most (at least 1); one more is answered `429
     /// too_many_connections` and closed.
@@ -161,10 +167,21 @@ struct Registry {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// A request for a handler thread, with where to send the answer.
-struct Job {
-    request: Request,
-    reply: Sender<Response>,
+/// The right to run a handler: `handler_threads` tokens in a channel,
+/// taken before a handler runs and given back when it returns (or panics).
+struct Permits {
+    give: Sender<()>,
+    take: Receiver<()>,
+}
+
+/// A taken permit; given back on drop.
+struct Permit<'a>(&'a Permits);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        // The channel holds exactly the permits taken from it: never full.
+        let _ = self.0.give.try_send(());
+    }
 }
 
 struct Shared {
@@ -173,14 +190,14 @@ struct Shared {
     /// Notified when the server has stopped.
     stopped: Condvar,
     stopped_flag: Mutex<bool>,
-    jobs: Mutex<Option<Sender<Job>>>,
+    handler: Arc<dyn Handler>,
+    permits: Permits,
     counters: Counters,
 }
 
 /// The running server's threads, taken by the one `stop` that joins them.
 struct Threads {
     accept: JoinHandle<()>,
-    handlers: Vec<JoinHandle<()>>,
 }
 
 /// A blocking HTTP/1.1 server with every resource bounded (see the
@@ -222,46 +239,29 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: shown.clone().unwrap_or_default(), source })?;
         let local_addr =
             listener.local_addr().map_err(|source| ServerError::Bind { addr: shown.unwrap_or_default(), source })?;
-        let (jobs, queue) = crossbeam_channel::bounded::<Job>(config.max_connections);
+        let handler_threads = config.handler_threads.max(1);
+        let (give, take) = crossbeam_channel::bounded(handler_threads);
+        for _ in 0..handler_threads {
+            give.try_send(()).expect("room for every permit");
+        }
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::default()),
             stopped: Condvar::new(),
             stopped_flag: Mutex::new(false),
-            jobs: Mutex::new(Some(jobs)),
+            handler: Arc::new(handler),
+            permits: Permits { give, take },
             counters: Counters::default(),
             config,
         });
-        let handler: Arc<dyn Handler> = Arc::new(handler);
-        let mut handlers = Vec::with_capacity(shared.config.handler_threads);
-        for n in 0..shared.config.handler_threads {
-            let thread_queue = queue.clone();
-            let handler = Arc::clone(&handler);
-            let spawned = std::thread::Builder::new()
-                .name(format!("dtc-http-handler-{n}"))
-                .spawn(move || serve_jobs(&thread_queue, &*handler));
-            match spawned {
-                Ok(thread) => handlers.push(thread),
-                Err(e) => {
-                    // Closing the queue ends the handlers already started.
-                    drop(shared.jobs.lock().take());
-                    handlers.into_iter().for_each(|t: JoinHandle<()>| drop(t.join()));
-                    return Err(ServerError::Spawn(e));
-                }
-            }
-        }
         let accept_shared = Arc::clone(&shared);
         let accept = match std::thread::Builder::new()
             .name("dtc-http-accept".into())
             .spawn(move || accept_loop(&listener, &accept_shared))
         {
             Ok(thread) => thread,
-            Err(e) => {
-                drop(shared.jobs.lock().take());
-                handlers.into_iter().for_each(|t| drop(t.join()));
-                return Err(ServerError::Spawn(e));
-            }
+            Err(e) => return Err(ServerError::Spawn(e)),
         };
-        Ok(Server { local_addr, shared, threads: Mutex::new(Some(Threads { accept, handlers })) })
+        Ok(Server { local_addr, shared, threads: Mutex::new(Some(Threads { accept })) })
     }
 
     /// The address the server listens on (with the port chosen for port 0).
@@ -308,11 +308,6 @@ impl Server {
         for thread in connection_threads {
             let _ = thread.join();
         }
-        // The last sender: the handler threads end when it goes.
-        drop(self.shared.jobs.lock().take());
-        for thread in threads.handlers {
-            let _ = thread.join();
-        }
         *self.shared.stopped_flag.lock() = true;
         self.shared.stopped.notify_all();
     }
@@ -341,15 +336,6 @@ fn wake(addr: SocketAddr) {
         _ => addr,
     };
     let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
-}
-
-fn serve_jobs(queue: &Receiver<Job>, handler: &dyn Handler) {
-    while let Ok(job) = queue.recv() {
-        let response = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&job.request)))
-            .unwrap_or_else(|_| Response::error(500, "internal", "the handler failed (panicked)"));
-        // The connection may have gone meanwhile: nothing to do then.
-        let _ = job.reply.send(response);
-    }
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
@@ -462,12 +448,15 @@ fn serve_connection(mut connection: Connection, id: u64, shared: &Shared) {
 }
 
 fn call_handler(shared: &Shared, request: Request) -> Response {
-    let unavailable = || Response::error(503, "stopping", "the server is stopping");
-    let Some(jobs) = shared.jobs.lock().clone() else { return unavailable() };
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    if jobs.send(Job { request, reply }).is_err() {
-        return unavailable();
+    if shared.registry.lock().stopping {
+        return Response::error(503, "stopping", "the server is stopping");
     }
-    drop(jobs);
-    answer.recv().unwrap_or_else(|_| Response::error(500, "internal", "the handler gave no answer"))
+    // Waits while `handler_threads` handlers run; the permit is given back
+    // however the handler ends.
+    if shared.permits.take.recv().is_err() {
+        return Response::error(503, "stopping", "the server is stopping");
+    }
+    let _permit = Permit(&shared.permits);
+    std::panic::catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&request)))
+        .unwrap_or_else(|_| Response::error(500, "internal", "the handler failed (panicked)"))
 }
