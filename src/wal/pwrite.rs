@@ -122,7 +122,13 @@ mod tests {
     #[test]
     fn gathered_parts_land_contiguously_and_stay_in_bounds() {
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).open(dir.path().join("s")).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("s"))
+            .unwrap();
         file.set_len(4096).unwrap();
         let segment = PwriteFile::new(file).unwrap();
         segment.write_parts_at(100, &[b"head", b"", b"payload", &[0u8; 3]]).unwrap();
