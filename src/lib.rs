@@ -94,7 +94,7 @@ pub use wal::LogBackend;
 /// // Nothing is left unfinished, and the metrics say one commit.
 /// assert!(dtc.unfinished().is_empty());
 /// assert_eq!(dtc.metrics().committed, 1);
-/// let text = dtc::ops::render_prometheus(&dtc.metrics());
+/// let text = dtc::ops::render_prometheus(&dtc.metrics(), dtc.log_stats().as_ref());
 /// assert!(text.contains("dtc_transactions_total"));
 /// ```
 pub mod ops {
