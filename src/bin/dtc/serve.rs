@@ -40,7 +40,7 @@ pub struct Args {
     /// Hosts participants may be on: comma-separated `host`, `host:port` or `*.domain`.
     #[arg(long, default_value = "127.0.0.1,localhost,[::1]")]
     pub allow: String,
-    /// Bearer token that enables operator actions over HTTP (also `DTC_OPERATOR_TOKEN`); without one they answer 403.
+    /// Bearer token that enables operator actions over HTTP (also `DTC_OPERATOR_TOKEN`); without one they answer 403 (401 to a request without a bearer token).
     #[arg(long, env = "DTC_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
     /// Calls to participants in flight at most (lanes of the remote service).
@@ -314,16 +314,21 @@ impl State {
         ))
     }
 
-    /// 403 unless the request carries the configured operator token.
+    /// Ok if the request carries the configured operator token: 401 (with
+    /// `WWW-Authenticate: Bearer`) when it carries no bearer token, 403 when
+    /// the token is wrong or operator actions are disabled.
     fn authorized(&self, request: &Request) -> Result<(), Response> {
         let Some(token) = &self.token else {
             return Err(error(403, "operator_disabled", "operator actions need --operator-token"));
         };
-        let given = request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+        let Some(given) = request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")) else {
+            return Err(error(401, "unauthorized", "operator actions need an Authorization: Bearer <token> header")
+                .with_header("WWW-Authenticate", "Bearer realm=\"dtc operator\""));
+        };
         // Compare without an early exit, so timing does not tell how much matched.
         let same =
             given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if same { Ok(()) } else { Err(error(403, "forbidden", "wrong or missing operator token")) }
+        if same { Ok(()) } else { Err(error(403, "forbidden", "wrong operator token")) }
     }
 
     fn operator(
