@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dtc::saga::{Backoff, MemoryLog, SagaDefinition, SagaError, SagaExecutor, SagaState, Step, StepContext, StepError};
+use dtc::saga::{MemoryLog, SagaDefinition, SagaError, SagaExecutor, SagaState, Step, StepContext, StepError};
+use dtc::{Jitter, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +62,7 @@ struct Shop {
 
 fn definition(shop: &Arc<Shop>) -> Result<SagaDefinition<Order>, SagaError> {
     let (s1, s2, s3, s4, s5, s6) = (shop.clone(), shop.clone(), shop.clone(), shop.clone(), shop.clone(), shop.clone());
-    let quick = Backoff::new(Duration::from_millis(5), Duration::from_millis(50), 3);
+    let quick = RetryPolicy::new(Duration::from_millis(5), Duration::from_millis(50), 3).with_jitter(Jitter::Full);
     SagaDefinition::builder("order")
         .deadline(Duration::from_secs(30))
         .step(
@@ -85,7 +86,7 @@ fn definition(shop: &Arc<Shop>) -> Result<SagaDefinition<Order>, SagaError> {
                 });
                 Ok(())
             })
-            .retry(quick),
+            .retry(quick.clone()),
         )
         .step(
             Step::new("charge_card", move |cx: &StepContext<'_, Order>| {
@@ -101,7 +102,7 @@ fn definition(shop: &Arc<Shop>) -> Result<SagaDefinition<Order>, SagaError> {
                 s4.payments.once(cx.key().as_str(), &format!("refunded order {}", cx.input().id), || {});
                 Ok(())
             })
-            .retry(quick),
+            .retry(quick.clone()),
         )
         .step(
             Step::new("ship", move |cx: &StepContext<'_, Order>| {
@@ -114,14 +115,14 @@ fn definition(shop: &Arc<Shop>) -> Result<SagaDefinition<Order>, SagaError> {
                 }
                 Ok(())
             })
-            .retry(quick),
+            .retry(quick.clone()),
         )
         .step(
             Step::new("notify", move |cx: &StepContext<'_, Order>| {
                 s6.notifications.once(cx.key().as_str(), &format!("emailed customer about {}", cx.input().id), || {});
                 Ok(())
             })
-            .retry(quick),
+            .retry(quick.clone()),
         )
         .build()
 }

@@ -25,8 +25,9 @@ use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use crate::retry::{Jitter, RetryPolicy};
 use crate::saga::call::{CallError, PendingCall, call_inline, spawn_call};
-use crate::saga::{Backoff, Clock, IdempotencyKey, Jitter, SystemClock};
+use crate::saga::{Clock, IdempotencyKey, JitterSource, SystemClock};
 use crate::sync::{AtomicUsize, Ordering};
 // std, not the shim: `STATS` is a const-initialised static (loom atomics are
 // not const) holding statistics that no loom model observes.
@@ -316,7 +317,7 @@ impl ClosureError {
 #[derive(Clone)]
 struct Settings {
     prepare_timeout: Duration,
-    retry: Backoff,
+    retry: RetryPolicy,
     clock: Arc<dyn Clock>,
     seed: u64,
 }
@@ -389,7 +390,7 @@ impl ClosureTx {
     pub fn with_id(id: TxId) -> Self {
         let settings = Settings {
             prepare_timeout: DEFAULT_PREPARE_TIMEOUT,
-            retry: Backoff::new(Duration::from_millis(1), Duration::from_millis(200), 20),
+            retry: RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(200), 20).with_jitter(Jitter::Full),
             clock: Arc::new(SystemClock),
             seed: id.as_u128() as u64,
         };
@@ -408,8 +409,9 @@ impl ClosureTx {
     }
 
     /// Retry policy of commits and rollbacks (default: 1 ms doubling to
-    /// 200 ms, 20 attempts).
-    pub fn retry(mut self, policy: Backoff) -> Self {
+    /// 200 ms, full jitter, 20 calls). A closure's failure is a message
+    /// without a code, so the policy's `non_retryable` codes do not apply.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.settings.retry = policy;
         self
     }
@@ -540,7 +542,7 @@ fn roll_back_late(id: TxId, name: &str, calls: &dyn Calls, output: Output, setti
     bump(&STATS.late_rollbacks);
     tracing::warn!(tx = %id, participant = name, "prepare answered after its timeout; rolling it back");
     let key = IdempotencyKey::new(id, name, "rollback");
-    let jitter = Jitter::new(settings.seed);
+    let jitter = JitterSource::new(settings.seed);
     let result = with_retry(&settings.retry, &*settings.clock, &jitter, || calls.rollback(&key, Some(&*output)));
     if let Err((attempts, cause)) = result {
         bump(&STATS.late_rollback_failures);
@@ -551,15 +553,15 @@ fn roll_back_late(id: TxId, name: &str, calls: &dyn Calls, output: Output, setti
 /// Calls `call` until it succeeds (a panic counts as a failure), at most
 /// `policy.attempts()` times with full-jitter backoff in between.
 fn with_retry(
-    policy: &Backoff,
+    policy: &RetryPolicy,
     clock: &dyn Clock,
-    jitter: &Jitter,
+    jitter: &JitterSource,
     mut call: impl FnMut() -> Result<(), String>,
 ) -> Result<(), (u32, String)> {
     let mut last = String::new();
     for attempt in 1..=policy.attempts() {
         if attempt > 1 {
-            clock.sleep(jitter.delay(policy, attempt - 2));
+            clock.sleep(jitter.before_call(policy, attempt));
         }
         match call_inline(&mut call) {
             Ok(Ok(())) => return Ok(()),
@@ -585,7 +587,7 @@ fn finish_all(
     settings: &Settings,
     phase: Phase,
 ) -> Result<(), ClosureError> {
-    let jitter = Jitter::new(settings.seed);
+    let jitter = JitterSource::new(settings.seed);
     let one = |participant: &ClosureParticipant, output: &mut Option<Output>| {
         let label = match phase {
             Phase::Commit => "commit",

@@ -57,6 +57,7 @@ pub mod participant;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod remote;
+mod retry;
 pub mod saga;
 mod sync;
 mod txn;
@@ -68,12 +69,13 @@ mod wal;
 // after its concept.
 pub use coordinator::{
     Builder, Coordinator, DEFAULT_IDEMPOTENCY_HORIZON, Durability, MAX_BATCH, MAX_LANES, MAX_PAYLOAD_BYTES,
-    MAX_SERVICE_NAME_BYTES, RetryPolicy,
+    MAX_SERVICE_NAME_BYTES,
 };
 pub use error::{Error, Result};
 pub use handlers::Handlers;
 pub use ledger::{Ledger, LedgerHold, MAX_ACCOUNT_ID_BYTES};
 pub use participant::{BranchId, Failure, Participant, ParticipantKind, Refusal, Work};
+pub use retry::{Jitter, RetryPolicy};
 pub use txn::{
     AbortReason, AccountRef, Branch, MAX_ID_CLOCK_SKEW, Outcome, ParseTxIdError, Transaction, Transfer, TxId,
 };

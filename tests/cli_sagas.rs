@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtc::saga::{Backoff, ManualClock, SagaDefinition, SagaExecutor, SagaState, Step, StepError};
+use dtc::saga::{ManualClock, SagaDefinition, SagaExecutor, SagaState, Step, StepError};
+use dtc::{Jitter, RetryPolicy};
 
 fn dtc(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dtc")).args(args).arg("--dir").arg(dir).output().unwrap()
@@ -26,7 +27,9 @@ fn stuck_sagas_are_listed() {
             .dir(&dir)
             .clock(Arc::new(ManualClock::default()))
             .seed(1)
-            .compensation_retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 2))
+            .compensation_retry(
+                RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 2).with_jitter(Jitter::Full),
+            )
             .open()
             .unwrap();
         let reserve = Step::new("reserve", |_: &dtc::saga::StepContext<'_, u32>| Ok(()))
@@ -68,7 +71,9 @@ fn a_running_executor_retries_a_stuck_saga_on_request() {
     let dir = tmp.path().join("sagas");
     let exec = SagaExecutor::builder()
         .dir(&dir)
-        .compensation_retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 2))
+        .compensation_retry(
+            RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 2).with_jitter(Jitter::Full),
+        )
         .open()
         .unwrap();
     let warehouse_up = Arc::new(AtomicBool::new(false));

@@ -6,8 +6,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dtc::{
+    Jitter, RetryPolicy,
     closure::{ClosureOutcome, ClosureParticipant, ClosureTx, PrepareResult, RollbackCause, closure_stats},
-    saga::{Backoff, IdempotencyKey, ManualClock},
+    saga::{IdempotencyKey, ManualClock},
 };
 
 /// Every call made, as `participant:phase:key`.
@@ -52,11 +53,8 @@ fn counter(journal: &Journal, name: &'static str, input: u64) -> ClosureParticip
 }
 
 fn fast_retry(tx: ClosureTx) -> ClosureTx {
-    tx.clock(Arc::new(ManualClock::default())).retry(Backoff::new(
-        Duration::from_millis(1),
-        Duration::from_millis(8),
-        4,
-    ))
+    tx.clock(Arc::new(ManualClock::default()))
+        .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(8), 4).with_jitter(Jitter::Full))
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::flaky::{Flaky, Switches, eventually};
 use dtc::{
-    AbortReason, Coordinator, Durability, Error, Ledger, Outcome, Participant, RetryPolicy, Transfer, TxId,
+    AbortReason, Coordinator, Durability, Error, Jitter, Ledger, Outcome, Participant, RetryPolicy, Transfer, TxId,
     ops::{DataDir, Resolution, TxState, TxStatus},
 };
 
@@ -117,7 +117,7 @@ fn a_non_retryable_code_parks_at_once() {
 fn a_waiting_retry_shows_its_next_retry_and_retry_now_cuts_the_wait() {
     let tmp = tempfile::tempdir().unwrap();
     let switches = Switches::failing("timeout", 1, 0);
-    let slow = RetryPolicy::new(Duration::from_secs(120), Duration::from_secs(120), 5).with_jitter(false);
+    let slow = RetryPolicy::new(Duration::from_secs(120), Duration::from_secs(120), 5).with_jitter(Jitter::None);
     let dtc = open(tmp.path(), Flaky(switches.clone()), slow);
     let tx = dtc.new_tx_id();
     assert_eq!(ship(&dtc, tx), Outcome::CommitPending);
@@ -256,7 +256,7 @@ fn a_late_acknowledgement_logs_done() {
     let dtc = open(
         tmp.path(),
         Flaky(switches.clone()),
-        RetryPolicy::new(Duration::from_secs(3), Duration::from_secs(3), 3).with_jitter(false),
+        RetryPolicy::new(Duration::from_secs(3), Duration::from_secs(3), 3).with_jitter(Jitter::None),
     );
     let tx = dtc.new_tx_id();
     assert_eq!(ship(&dtc, tx), Outcome::CommitPending);

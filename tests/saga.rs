@@ -8,9 +8,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use dtc::saga::{
-    Backoff, IdempotencyKey, ManualClock, MemoryLog, SagaDefinition, SagaExecutor, SagaExecutorBuilder, SagaState,
-    Step, StepContext, StepError,
+    IdempotencyKey, ManualClock, MemoryLog, SagaDefinition, SagaExecutor, SagaExecutorBuilder, SagaState, Step,
+    StepContext, StepError,
 };
+use dtc::{Jitter, RetryPolicy};
 
 /// The outside world the steps act on: it applies each key once, like a
 /// service deduplicating by idempotency key.
@@ -98,11 +99,9 @@ fn clock() -> ManualClock {
 }
 
 fn executor(clock: &ManualClock) -> SagaExecutorBuilder {
-    SagaExecutor::builder().clock(Arc::new(clock.clone())).seed(7).compensation_retry(Backoff::new(
-        Duration::from_millis(10),
-        Duration::from_millis(100),
-        4,
-    ))
+    SagaExecutor::builder().clock(Arc::new(clock.clone())).seed(7).compensation_retry(
+        RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(100), 4).with_jitter(Jitter::Full),
+    )
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -183,7 +182,7 @@ fn compensations_run_in_reverse_order_of_completion() {
 #[test]
 fn retries_back_off_with_full_jitter_within_the_policy() {
     let world = Shared::default();
-    let policy = Backoff::new(Duration::from_millis(10), Duration::from_millis(60), 6);
+    let policy = RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(60), 6).with_jitter(Jitter::Full);
     let failures = Arc::new(AtomicU32::new(0));
     let keys = Arc::new(Mutex::new(Vec::new()));
     let (f, k, w) = (failures.clone(), keys.clone(), world.clone());
@@ -195,7 +194,7 @@ fn retries_back_off_with_full_jitter_within_the_policy() {
         w.act(cx);
         Ok(())
     })
-    .retry(policy)
+    .retry(policy.clone())
     .no_timeout();
     let def = SagaDefinition::builder("flaky").step(flaky).build().unwrap();
     let clock = clock();
@@ -210,9 +209,9 @@ fn retries_back_off_with_full_jitter_within_the_policy() {
     assert_eq!(sleeps.len(), 5);
     for (retry, sleep) in sleeps.iter().enumerate() {
         assert!(
-            *sleep <= policy.ceiling(retry as u32),
+            *sleep <= policy.delay(retry as u32 + 1),
             "retry {retry}: {sleep:?} > {:?}",
-            policy.ceiling(retry as u32)
+            policy.delay(retry as u32 + 1)
         );
     }
     assert_eq!(exec.metrics().step_retries, 5);
@@ -224,7 +223,7 @@ fn retries_back_off_with_full_jitter_within_the_policy() {
         c.fetch_add(1, Ordering::SeqCst);
         Err(StepError::retryable("down"))
     })
-    .retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(4), 3))
+    .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(4), 3).with_jitter(Jitter::Full))
     .no_timeout();
     let def = SagaDefinition::builder("down").step(step(&world, "first")).step(always).build().unwrap();
     let info = exec.run(&def, &2).unwrap();
@@ -235,7 +234,7 @@ fn retries_back_off_with_full_jitter_within_the_policy() {
 
 #[test]
 fn jitter_spreads_delays_below_the_ceiling() {
-    let policy = Backoff::new(Duration::from_millis(100), Duration::from_millis(100), 50);
+    let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_millis(100), 50).with_jitter(Jitter::Full);
     let def = SagaDefinition::builder("jitter")
         .step(Step::new("x", |_: &StepContext<'_, u32>| Err(StepError::retryable("no"))).retry(policy).no_timeout())
         .build()
@@ -260,7 +259,7 @@ fn a_passed_deadline_compensates() {
         c.advance(Duration::from_secs(2));
         Err(StepError::retryable("later"))
     })
-    .retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(1), 100))
+    .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(1), 100).with_jitter(Jitter::Full))
     .no_timeout();
     let def = SagaDefinition::builder("deadline")
         .deadline(Duration::from_secs(1))
@@ -336,7 +335,7 @@ fn timeouts_and_panics_are_failed_attempts() {
         Ok(())
     })
     .timeout(Duration::from_millis(30))
-    .retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(1), 3));
+    .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(1), 3).with_jitter(Jitter::Full));
     let panicked = Arc::new(AtomicBool::new(false));
     let (p, w) = (panicked.clone(), world.clone());
     let panics_once = Step::new("panics_once", move |cx: &StepContext<'_, u32>| {
@@ -346,7 +345,7 @@ fn timeouts_and_panics_are_failed_attempts() {
         w.act(cx);
         Ok(())
     })
-    .retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(1), 3));
+    .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(1), 3).with_jitter(Jitter::Full));
     let def = SagaDefinition::builder("flaky-calls").step(slow_once).step(panics_once).build().unwrap();
     let clock = clock();
     let exec = executor(&clock).open().unwrap();
@@ -369,7 +368,7 @@ fn timeouts_and_panics_are_failed_attempts() {
     })
     .compensate(undo(&world))
     .timeout(Duration::from_millis(10))
-    .retry(Backoff::once());
+    .retry(RetryPolicy::once());
     let def = SagaDefinition::builder("hangs").step(step(&world, "a")).step(hangs).build().unwrap();
     let info = exec.run(&def, &1).unwrap();
     assert_eq!(info.state, SagaState::Compensated);
@@ -644,7 +643,7 @@ fn a_non_retryable_code_ends_a_step_at_once_and_other_codes_are_retried() {
             counted.fetch_add(1, Ordering::SeqCst);
             Err(StepError::with_code(code, "payment service says no"))
         })
-        .retry(Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 5))
+        .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 5).with_jitter(Jitter::Full))
         .non_retryable(["card_declined"])
         .no_timeout();
         let def = SagaDefinition::builder(format!("pay-{code}")).step(pay).build().unwrap();

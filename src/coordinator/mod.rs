@@ -41,8 +41,8 @@ use recent::{Begin, RecentIds};
 use worker::{Answer, Lanes, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
 use crate::operator::{Resolution, ResolveReport, RetryReport, TxState, UnfinishedTx};
+pub use crate::retry::RetryPolicy;
 pub use batch::MAX_BATCH;
-pub use worker::RetryPolicy;
 // Defined with the other statistics, which it is one of.
 pub use crate::metrics::LogStats;
 

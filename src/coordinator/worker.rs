@@ -25,95 +25,10 @@ use crate::durable::Journal;
 use crate::metrics::Metrics;
 use crate::operator::CallError;
 use crate::participant::{BalanceSummary, BranchId, Erased, Kept, ParticipantKind, Refusal};
+use crate::retry::RetryPolicy;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;
 use crate::wal::Lsn;
-
-/// How a failing commit or rollback is retried, for every service
-/// ([`Builder::retry`](crate::Builder::retry)) or one
-/// ([`Builder::retry_for`](crate::Builder::retry_for)).
-///
-/// Delays double from `initial_delay` up to `max_delay`; with `jitter`, each
-/// is drawn uniformly from `[ceiling / 2, ceiling]` so that calls failing
-/// together do not retry in lockstep. A call is parked for an operator after
-/// `max_attempts` calls, or at once when the failure's code is listed in
-/// `non_retryable`: parked calls are listed by
-/// [`Coordinator::unfinished`](crate::Coordinator::unfinished) and counted in
-/// metrics, never retried forever nor dropped.
-///
-/// ```
-/// use dtc::RetryPolicy;
-/// use std::time::Duration;
-/// let policy = RetryPolicy::new(Duration::from_millis(2), Duration::from_millis(50), 8)
-///     .non_retryable(["account_closed"]);
-/// assert_eq!(policy.delay(3), Duration::from_millis(8));
-/// assert!(!policy.is_retryable("account_closed"));
-/// assert!(policy.is_retryable("timeout"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// First delay (ceiling of it, with jitter).
-    pub initial_delay: Duration,
-    /// Largest delay (the backoff doubles up to it).
-    pub max_delay: Duration,
-    /// Calls before the call is parked for an operator (0 counts as 1).
-    pub max_attempts: u32,
-    /// Draw each delay from `[ceiling / 2, ceiling]` instead of the ceiling.
-    pub jitter: bool,
-    /// Failure codes ([`Failure::code`](crate::Failure)) that park the call at once.
-    pub non_retryable: Vec<String>,
-}
-
-impl Default for RetryPolicy {
-    /// 1 ms doubling to 200 ms, with jitter, 1 000 calls, every code retryable.
-    fn default() -> Self {
-        Self::new(Duration::from_millis(1), Duration::from_millis(200), 1_000)
-    }
-}
-
-impl RetryPolicy {
-    /// A policy with these bounds, jitter on, every code retryable.
-    pub const fn new(initial_delay: Duration, max_delay: Duration, max_attempts: u32) -> Self {
-        Self { initial_delay, max_delay, max_attempts, jitter: true, non_retryable: Vec::new() }
-    }
-
-    /// The same policy with jitter on or off.
-    pub fn with_jitter(mut self, jitter: bool) -> Self {
-        self.jitter = jitter;
-        self
-    }
-
-    /// The same policy, with these failure codes parking the call at once.
-    pub fn non_retryable<S: Into<String>>(mut self, codes: impl IntoIterator<Item = S>) -> Self {
-        self.non_retryable.extend(codes.into_iter().map(Into::into));
-        self
-    }
-
-    /// False if a failure with this code parks the call at once.
-    pub fn is_retryable(&self, code: &str) -> bool {
-        !self.non_retryable.iter().any(|c| c == code)
-    }
-
-    /// The ceiling of the delay before retry `attempt` (1-based):
-    /// `min(max_delay, initial_delay * 2^(attempt - 1))`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
-        self.initial_delay.saturating_mul(factor).min(self.max_delay)
-    }
-
-    /// The delay to sleep before retry `attempt`: the ceiling, or with
-    /// jitter a uniform draw from its upper half.
-    pub(crate) fn sleep_for(&self, attempt: u32) -> Duration {
-        let ceiling = self.delay(attempt);
-        if !self.jitter || ceiling.is_zero() {
-            return ceiling;
-        }
-        let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        let drawn = Duration::from_nanos(rand::random_range(ceiling_ns / 2..=ceiling_ns));
-        debug_assert!(drawn <= ceiling && drawn >= ceiling / 2);
-        drawn
-    }
-}
 
 pub(crate) enum Request {
     Phase {
@@ -884,23 +799,5 @@ impl Service {
         self.metrics.violations.add(1);
         tracing::error!(%branch, service = %self.name, "protocol violation: unexpected {what}");
         Answer::Violation
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let p = RetryPolicy::new(Duration::from_millis(2), Duration::from_millis(50), 9);
-        let delays: Vec<u128> = (1..=8).map(|a| p.delay(a).as_millis()).collect();
-        assert_eq!(delays, [2, 4, 8, 16, 32, 50, 50, 50]);
-        assert_eq!(p.delay(200), Duration::from_millis(50));
-        for attempt in 1..=8 {
-            let d = p.sleep_for(attempt);
-            assert!(d <= p.delay(attempt) && d >= p.delay(attempt) / 2, "{d:?}");
-        }
-        assert_eq!(p.clone().with_jitter(false).sleep_for(3), Duration::from_millis(8));
     }
 }

@@ -9,21 +9,24 @@
 //! [`IdempotencyKey`] as before. The log format and resume rules are in
 //! docs/sagas.md.
 
-mod backoff;
 pub(crate) mod call;
 mod clock;
+mod core;
 mod definition;
 mod error;
 mod executor;
+mod jitter;
 mod key;
 mod log;
 mod run;
 
-pub use backoff::Backoff;
-pub(crate) use backoff::Jitter;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use definition::{DEFAULT_STEP_TIMEOUT, SagaBuilder, SagaDefinition, Step, StepContext, StepError};
+pub use core::{SagaInfo, SagaState};
+pub use definition::{
+    DEFAULT_STEP_TIMEOUT, SagaBuilder, SagaDefinition, Step, StepContext, StepError, default_step_retry,
+};
 pub use error::SagaError;
-pub use executor::{MAX_INPUT_BYTES, MemoryLog, SagaExecutor, SagaExecutorBuilder, SagaInfo, SagaMetrics, SagaState};
+pub use executor::{MAX_INPUT_BYTES, MemoryLog, SagaExecutor, SagaExecutorBuilder, SagaMetrics};
+pub(crate) use jitter::JitterSource;
 pub use key::IdempotencyKey;
 pub(crate) use log::SNAPSHOT_MAGIC;

@@ -6,12 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::call::{CallError, call_with_timeout};
+use super::core::{Core, ErasedDefinition, SagaInfo, bump, clip};
 use super::definition::{DefinitionInner, Step, StepContext, StepFn};
 use super::error::SagaError;
-use super::executor::{Core, SagaInfo, bump, clip};
 use super::key::IdempotencyKey;
-use super::log::{End, FailCause, NO_STEP, Phase, Rec, StepState};
+use super::log::{End, FailCause, NO_STEP, Phase, Rec, Row, StepState};
 use crate::sync::{AtomicBool, Ordering};
 use crate::txn::TxId;
 
@@ -139,7 +142,7 @@ impl<I: Send + Sync + 'static> SagaRun<'_, I> {
                     if abort.load(Ordering::Relaxed) {
                         break 'attempts FailCause::Sibling;
                     }
-                    let delay = core.jitter.delay(&step.retry, attempt - 2);
+                    let delay = core.jitter.before_call(&step.retry, attempt);
                     if core.clock.now().saturating_add(delay) >= self.deadline {
                         break 'attempts FailCause::Deadline;
                     }
@@ -259,7 +262,7 @@ impl<I: Send + Sync + 'static> SagaRun<'_, I> {
     /// within the executor's compensation policy (or fails permanently).
     fn compensate_step(&self, step: &Step<I>, compensation: &StepFn<I>) -> Result<(), String> {
         let core = self.core;
-        let policy = core.config.compensation_retry;
+        let policy = &core.config.compensation_retry;
         let key = IdempotencyKey::new(self.saga, &step.name, "compensate");
         let action_key = IdempotencyKey::new(self.saga, &step.name, "action");
         let mut last = String::new();
@@ -267,7 +270,7 @@ impl<I: Send + Sync + 'static> SagaRun<'_, I> {
         for attempt in 1..=policy.attempts() {
             if attempt > 1 {
                 bump(&core.counters.compensation_retries);
-                core.clock.sleep(core.jitter.delay(&policy, attempt - 2));
+                core.clock.sleep(core.jitter.before_call(policy, attempt));
             }
             made = attempt;
             bump(&core.counters.compensation_attempts);
@@ -286,5 +289,26 @@ impl<I: Send + Sync + 'static> SagaRun<'_, I> {
             }
         }
         Err(clip(format!("compensation of step {:?} failed {made} time(s): {last}", step.name)))
+    }
+}
+
+impl<I> ErasedDefinition for DefinitionInner<I>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+    fn step_name(&self, step: usize) -> Option<&str> {
+        self.steps.get(step).map(|s| s.name.as_str())
+    }
+    fn drive_logged(&self, core: &Core, row: &Row) -> Result<SagaInfo, SagaError> {
+        let input: I = serde_json::from_str(&row.input).map_err(|e| SagaError::Input {
+            saga: Some(row.id),
+            definition: self.name.clone(),
+            phase: "decoding",
+            cause: e.to_string(),
+        })?;
+        drive(core, self, row.id, Arc::new(input))
     }
 }
