@@ -656,3 +656,25 @@ fn a_non_retryable_code_ends_a_step_at_once_and_other_codes_are_retried() {
     let (busy, calls) = run("busy");
     assert_eq!((busy.state, calls), (SagaState::Compensated, 5), "retried up to the policy's attempts");
 }
+
+#[test]
+fn the_retry_policys_non_retryable_codes_end_a_step_at_once_too() {
+    // The one retry policy type names its non-retryable codes itself; a saga
+    // step honours them as it honours `Step::non_retryable`.
+    let exec = SagaExecutor::builder().no_log().clock(Arc::new(ManualClock::default())).seed(4).open().unwrap();
+    let run = |code: &'static str| {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let pay = Step::new("pay", move |_: &StepContext<'_, u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(StepError::with_code(code, "payment service says no"))
+        })
+        .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 4).non_retryable(["card_declined"]))
+        .no_timeout();
+        let def = SagaDefinition::builder(format!("policy-{code}")).step(pay).build().unwrap();
+        let info = exec.run(&def, &1).unwrap();
+        (info.state, calls.load(Ordering::SeqCst))
+    };
+    assert_eq!(run("card_declined"), (SagaState::Compensated, 1));
+    assert_eq!(run("busy"), (SagaState::Compensated, 4), "other codes are retried up to the policy's attempts");
+}
