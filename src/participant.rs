@@ -1,6 +1,8 @@
 //! The contract between the coordinator and a service.
 
+use std::cell::Cell;
 use std::fmt;
+use std::time::Instant;
 
 use crate::txn::TxId;
 
@@ -502,5 +504,67 @@ impl<P: Participant> Erased for Typed<P> {
     }
     fn is_nonblocking(&self) -> bool {
         self.0.is_nonblocking()
+    }
+}
+
+thread_local! {
+    static VOTE_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// While a coordinator runs a participant's
+/// [`prepare`](Participant::prepare) on the current thread: the instant after
+/// which it counts the vote as a no — the transaction's deadline or the call
+/// timeout, whichever comes first. A participant that retries or waits
+/// inside `prepare` (a remote call answered "not known yet", a lock wait of
+/// its own) should give up by then: the transaction has moved on, and the
+/// thread it holds serves the service's next transactions. `None` outside a
+/// prepare, and for calls no caller waits for.
+///
+/// ```
+/// assert_eq!(dtc::participant::vote_deadline(), None);
+/// ```
+pub fn vote_deadline() -> Option<Instant> {
+    VOTE_DEADLINE.with(Cell::get)
+}
+
+/// Sets [`vote_deadline`] for one prepare call; the previous value comes
+/// back when it drops (a panic in the call included).
+pub(crate) struct VoteDeadlineScope(Option<Instant>);
+
+impl VoteDeadlineScope {
+    pub(crate) fn enter(deadline: Option<Instant>) -> Self {
+        Self(VOTE_DEADLINE.with(|d| d.replace(deadline)))
+    }
+}
+
+impl Drop for VoteDeadlineScope {
+    fn drop(&mut self) {
+        VOTE_DEADLINE.with(|d| d.set(self.0));
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_vote_deadline_scope_sets_and_restores_even_through_a_panic() {
+        let (outer, inner) = (Instant::now() + Duration::from_secs(2), Instant::now() + Duration::from_secs(1));
+        assert_eq!(vote_deadline(), None);
+        {
+            let _outer = VoteDeadlineScope::enter(Some(outer));
+            assert_eq!(vote_deadline(), Some(outer));
+            let caught = std::panic::catch_unwind(|| {
+                let _inner = VoteDeadlineScope::enter(Some(inner));
+                assert_eq!(vote_deadline(), Some(inner));
+                panic!("a participant panicked");
+            });
+            assert!(caught.is_err());
+            assert_eq!(vote_deadline(), Some(outer), "restored when the panicking call's scope dropped");
+            // Another thread sees none of it.
+            assert_eq!(std::thread::spawn(vote_deadline).join().unwrap(), None);
+        }
+        assert_eq!(vote_deadline(), None);
     }
 }

@@ -13,7 +13,7 @@
 //! | 2xx | yes; the body is the prepared value (JSON or empty; any other body is an unknown vote: `bad_answer`, rolled back) | done |
 //! | 409 | a definite no, with the body's `{"code", "message"}` | cannot be applied: parked for an operator at once |
 //! | other 4xx | a definite no (`http_<status>`: the request is wrong) | parked for an operator at once |
-//! | 425, 429, 5xx, timeout, refused connection, unreadable answer | not known yet: asked again until the call timeout, then a no (`unavailable`) | not known yet: retried with the service's retry policy, parked after its attempts |
+//! | 425, 429, 5xx, timeout, refused connection, unreadable answer | not known yet: asked again until the call timeout or the coordinator's vote deadline ([`vote_deadline`](crate::participant::vote_deadline)), then a no (`unavailable`) | not known yet: retried with the service's retry policy, parked after its attempts |
 //!
 //! Why ureq 3: pure Rust and blocking (the engine has no async runtime),
 //! one `Agent` shares a keep-alive pool between clones, per-call timeouts,
@@ -466,7 +466,12 @@ impl Participant for HttpParticipant {
 
     fn prepare(&mut self, branch: BranchId, work: Work<'_>) -> std::result::Result<RemotePrepared, Refusal> {
         let (endpoints, body) = self.route(work)?;
-        let deadline = Instant::now() + self.config.call_timeout;
+        // Asked again while the answer is "not known yet", until the call
+        // timeout or the coordinator's vote deadline, whichever comes first:
+        // past the vote deadline the transaction has moved on, and this lane
+        // serves the service's next transactions.
+        let call_end = Instant::now() + self.config.call_timeout;
+        let deadline = crate::participant::vote_deadline().map_or(call_end, |vote| vote.min(call_end));
         let mut delay = PREPARE_RETRY_START;
         loop {
             let why = match self.post(&endpoints.prepare, branch, &body, deadline) {
@@ -506,7 +511,10 @@ impl Participant for HttpParticipant {
                 // Not a definite no: the branch may be prepared over there.
                 return Err(Refusal::Unknown {
                     code: "unavailable".into(),
-                    message: format!("{}: no answer before the call timeout: {why}", endpoints.prepare),
+                    message: format!(
+                        "{}: no answer before the call timeout or the vote deadline: {why}",
+                        endpoints.prepare
+                    ),
                 });
             }
             std::thread::sleep(delay);

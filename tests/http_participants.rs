@@ -225,6 +225,32 @@ fn a_prepare_stalling_past_the_call_timeout_is_rolled_back_in_bounded_time() {
 }
 
 #[test]
+fn a_prepare_answered_503_stops_asking_at_the_vote_deadline_not_its_call_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let a = participant(root.path(), "a", &[]);
+    // b answers every prepare "not known yet"; rollbacks answer at once.
+    let b = Stub::start(|phase, _, _| match phase {
+        "prepare" => Response::error(503, "busy", "call again"),
+        _ => Response::json(200, &json!({})),
+    });
+    // b's own call timeout is 30 s; the coordinator waits 400 ms for votes.
+    let services = vec![("a", http(&a.base(), 2000)), ("b", http(&b.base, 30_000))];
+    let dtc = open(&root.path().join("coordinator"), services, Duration::from_millis(400));
+    let started = Instant::now();
+    let (_, outcome) = run(&dtc, &transaction(&["a", "b"]));
+    assert!(matches!(outcome, Outcome::Aborted(_)), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the vote deadline bounds the transaction");
+    // The prepare loop ends at the vote deadline too (not 30 s later): the
+    // rollback that follows it on b's lane arrives, and the asking stops.
+    wait_until(SETTLE, "b's rollback arrives", || b.calls("rollback") >= 1);
+    let asked = b.calls("prepare");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(b.calls("prepare"), asked, "no prepare is sent after the transaction gave up");
+    assert!(asked >= 2, "a 503 is asked again before the deadline: {asked}");
+    finished(&dtc);
+}
+
+#[test]
 fn a_rollback_overtaking_a_late_prepare_leaves_nothing_held() {
     let root = tempfile::tempdir().unwrap();
     let a = participant(root.path(), "a", &[]);

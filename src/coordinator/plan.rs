@@ -10,6 +10,7 @@
 //! A branch's index in that list is its [`BranchId::index`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use smallvec::SmallVec;
 
@@ -108,6 +109,10 @@ pub(crate) struct Plan {
     /// about to apply a one-phase commit (or to start a prepare): exactly one
     /// of `claim_commit` / `cancel` wins.
     decision: AtomicU8,
+    /// When the caller stops waiting for this plan's votes, set with its
+    /// first prepare; participants read it through
+    /// [`participant::vote_deadline`](crate::participant::vote_deadline).
+    pub vote_by: std::sync::OnceLock<Instant>,
 }
 
 impl Plan {
@@ -126,6 +131,7 @@ impl Plan {
             stripes: SmallVec::new(),
             fingerprint: 0,
             decision: AtomicU8::new(COMMIT_CLAIMED),
+            vote_by: std::sync::OnceLock::new(),
         }
     }
 
@@ -340,6 +346,7 @@ pub(crate) fn build(
         // Only ids a caller can resubmit need one.
         fingerprint: if tracked { fingerprint(legs, branches) } else { 0 },
         decision: AtomicU8::new(OPEN),
+        vote_by: std::sync::OnceLock::new(),
     };
     let mut last: Option<(u16, &str)> = None;
     for side in &sides {

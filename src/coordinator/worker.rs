@@ -24,7 +24,7 @@ use crate::coordinator::plan::Plan;
 use crate::durable::Journal;
 use crate::metrics::Metrics;
 use crate::operator::CallError;
-use crate::participant::{BalanceSummary, BranchId, Erased, Kept, ParticipantKind, Refusal};
+use crate::participant::{BalanceSummary, BranchId, Erased, Kept, ParticipantKind, Refusal, VoteDeadlineScope};
 use crate::retry::RetryPolicy;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;
@@ -355,6 +355,10 @@ impl Service {
         after: Option<Lsn>,
     ) -> Submitted {
         let copies = self.copies(plan, step);
+        if let (Step::Prepare | Step::OnePhase, Some(deadline)) = (step, deadline) {
+            // What the participant's prepare may read as its vote deadline.
+            plan.vote_by.get_or_init(|| deadline.get());
+        }
         if self.inline
             && self.durable_by(after)
             && let Some(mut core) = self.try_core()
@@ -583,6 +587,7 @@ impl Service {
         }
         let work = plan.work(branch);
         let participant = &mut core.participant;
+        let _deadline = VoteDeadlineScope::enter(plan.vote_by.get().copied());
         match catch_unwind(AssertUnwindSafe(|| participant.prepare(id, work.as_work()))) {
             Ok(Ok(prepared)) => {
                 core.barrier.prepared_ok(key, Some(prepared));
