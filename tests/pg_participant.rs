@@ -403,6 +403,58 @@ fn a_wrong_database_missing_table_or_missing_privileges_are_clear_errors() {
 }
 
 #[test]
+fn a_lock_wait_ends_at_the_vote_deadline_not_at_the_statement_timeout() {
+    let url = require_pg!();
+    let mut admin = pg_support::connect(&url);
+    pg_support::accounts_table(&mut admin, "p_wait", &[("alice", 100)]);
+    let pg = PgParticipant::open(
+        &url,
+        PgOptions::new(pg_support::coordinator_id("wait"))
+            .accounts(Accounts::new("p_wait"))
+            .statement_timeout(Duration::from_secs(60)),
+    )
+    .unwrap();
+    let ledger = Ledger::new();
+    ledger.create_account("bob", 1_000).unwrap();
+    // The coordinator waits 500 ms for votes; the session would wait 60 s.
+    let dtc = Coordinator::builder()
+        .concurrent_service("pg", pg.clone(), 2)
+        .service("ledger", ledger.clone())
+        .call_timeout(Duration::from_millis(500))
+        .open()
+        .unwrap();
+    // Another session holds alice's row.
+    let mut holder = pg_support::connect(&url);
+    holder.batch_execute("BEGIN; SELECT balance FROM p_wait WHERE id = 'alice' FOR UPDATE").unwrap();
+    let outcome = dtc.execute(&[Transfer::new("pg", "alice", "ledger", "bob", 1)]).unwrap();
+    assert!(matches!(outcome, Outcome::Aborted(_)), "{outcome:?}");
+    // The branch's UPDATE stops waiting at the vote deadline (its statement
+    // timeout was set to what was left of it), not a minute later.
+    let waiting = |admin: &mut postgres::Client| -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%p_wait%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    pg_support::eventually(Duration::from_secs(10), "no session of ours waits on the row lock", || {
+        waiting(&mut admin) == 0
+    });
+    holder.batch_execute("ROLLBACK").unwrap();
+    pg_support::eventually(Duration::from_secs(10), "nothing of ours prepared", || {
+        pg_support::prepared_with_prefix(&mut admin, pg.gid_prefix()).is_empty()
+    });
+    assert_eq!(pg_support::balance(&mut admin, "p_wait", "alice"), 100);
+    assert_eq!(ledger.balance("bob").unwrap(), 1_000);
+    // With the row free, the same transfer commits.
+    assert!(dtc.execute(&[Transfer::new("pg", "alice", "ledger", "bob", 1)]).unwrap().is_committed());
+    dtc.shutdown().unwrap();
+}
+
+#[test]
 fn refusals_carry_the_sqlstate_and_say_whether_to_retry() {
     assert!(dtc::pg::is_retryable(&AbortReason::Refused {
         service: "pg".into(),

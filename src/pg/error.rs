@@ -16,6 +16,10 @@ pub const CONNECTION_CODE: &str = "pg_connection";
 /// Refusal code: every pooled connection stayed busy past the checkout
 /// timeout. Worth retrying.
 pub const POOL_EXHAUSTED_CODE: &str = "pg_pool_exhausted";
+/// Refusal code: the coordinator's vote deadline passed before the branch
+/// began (it had waited for a connection, say); nothing was done. Worth
+/// retrying.
+pub const VOTE_DEADLINE_PASSED_CODE: &str = "pg_vote_deadline_passed";
 
 /// True if a refusal with this code is worth running again (a serialization
 /// failure, a deadlock or lock timeout detected by the server, or a lost
@@ -26,7 +30,10 @@ pub const POOL_EXHAUSTED_CODE: &str = "pg_pool_exhausted";
 /// assert!(!dtc::pg::is_retryable_code("23514")); // a CHECK constraint
 /// ```
 pub fn is_retryable_code(code: &str) -> bool {
-    RETRYABLE_SQLSTATES.contains(&code) || code == CONNECTION_CODE || code == POOL_EXHAUSTED_CODE
+    RETRYABLE_SQLSTATES.contains(&code)
+        || code == CONNECTION_CODE
+        || code == POOL_EXHAUSTED_CODE
+        || code == VOTE_DEADLINE_PASSED_CODE
 }
 
 /// True if a transaction aborted for a reason that running it again (with a

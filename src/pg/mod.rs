@@ -72,7 +72,10 @@ use postgres::types::ToSql;
 
 use crate::participant::{BalanceSummary, BranchId, Failure, Operation, Participant, ParticipantKind, Refusal, Work};
 
-pub use error::{CONNECTION_CODE, POOL_EXHAUSTED_CODE, PgError, RETRYABLE_SQLSTATES, is_retryable, is_retryable_code};
+pub use error::{
+    CONNECTION_CODE, POOL_EXHAUSTED_CODE, PgError, RETRYABLE_SQLSTATES, VOTE_DEADLINE_PASSED_CODE, is_retryable,
+    is_retryable_code,
+};
 pub use gid::{GID_PREFIX, MAX_COORDINATOR_ID_BYTES, MAX_GID_BYTES};
 pub use inspect::{PgGauges, PreparedXact};
 pub use options::{Accounts, Isolation, MAX_PG_CONNECTIONS, PgOptions};
@@ -487,10 +490,34 @@ impl Shared {
 
     /// A connection in a fresh transaction. A pooled connection found dead
     /// (the server restarted) is replaced once, with the other idle ones.
+    /// A connection in a new transaction for one branch. Within a
+    /// coordinator's prepare, waits end at its vote deadline
+    /// ([`vote_deadline`](crate::participant::vote_deadline)): the pool
+    /// checkout, and every statement of the branch (`SET LOCAL
+    /// statement_timeout` to what is left, when that is below the
+    /// session's), so a lock wait does not hold the lane after the
+    /// transaction has moved on.
     fn begin(&self) -> Result<Lease<'_>, Refusal> {
+        let vote_by = crate::participant::vote_deadline();
+        let mut begin = self.options.isolation.begin().to_string();
+        if let Some(vote_by) = vote_by {
+            let left = vote_by.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Refusal::new(
+                    VOTE_DEADLINE_PASSED_CODE,
+                    "the coordinator's vote deadline passed before the branch began",
+                ));
+            }
+            let session = self.options.statement_timeout;
+            if session.is_zero() || left < session {
+                // At least 1 ms: 0 would mean no timeout at all.
+                let ms = left.as_millis().clamp(1, i32::MAX as u128);
+                begin.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
+            }
+        }
         for attempt in 0..2 {
-            let mut lease = self.pool.lease().map_err(lease_refusal)?;
-            match lease.client.batch_execute(self.options.isolation.begin()) {
+            let mut lease = self.pool.lease_before(vote_by).map_err(lease_refusal)?;
+            match lease.client.batch_execute(&begin) {
                 Ok(()) => return Ok(lease),
                 Err(e) => {
                     lease.discard();

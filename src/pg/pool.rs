@@ -121,7 +121,14 @@ impl Pool {
     /// A free connection, a new one if fewer than `max` exist, or
     /// [`PgError::PoolExhausted`] after the checkout timeout.
     pub(crate) fn lease(&self) -> Result<Lease<'_>, PgError> {
-        let deadline = Instant::now() + self.checkout_timeout;
+        self.lease_before(None)
+    }
+
+    /// [`lease`](Self::lease), waiting for a free connection until `limit`
+    /// at most when that comes before the checkout timeout.
+    pub(crate) fn lease_before(&self, limit: Option<Instant>) -> Result<Lease<'_>, PgError> {
+        let now = Instant::now();
+        let deadline = limit.map_or(now + self.checkout_timeout, |l| l.min(now + self.checkout_timeout));
         let mut state = self.state.lock();
         loop {
             if let Some(conn) = state.idle.pop() {
@@ -140,7 +147,8 @@ impl Pool {
                 };
             }
             if self.freed.wait_until(&mut state, deadline).timed_out() {
-                return Err(PgError::PoolExhausted { timeout_ms: self.checkout_timeout.as_millis() as u64 });
+                let waited = deadline.saturating_duration_since(now);
+                return Err(PgError::PoolExhausted { timeout_ms: waited.as_millis() as u64 });
             }
         }
     }
