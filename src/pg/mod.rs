@@ -508,8 +508,11 @@ impl Shared {
                     "the coordinator's vote deadline passed before the branch began",
                 ));
             }
+            // Only when clearly tighter than the session's own timeout (the
+            // defaults are alike, 5 s each): the extra statement costs a
+            // parse on every branch.
             let session = self.options.statement_timeout;
-            if session.is_zero() || left < session {
+            if session.is_zero() || left.saturating_mul(10) < session.saturating_mul(9) {
                 // At least 1 ms: 0 would mean no timeout at all.
                 let ms = left.as_millis().clamp(1, i32::MAX as u128);
                 begin.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
