@@ -551,7 +551,7 @@ fn roll_back_late(id: TxId, name: &str, calls: &dyn Calls, output: Output, setti
 }
 
 /// Calls `call` until it succeeds (a panic counts as a failure), at most
-/// `policy.attempts()` times with full-jitter backoff in between.
+/// `policy.attempts()` times with the policy's backoff in between.
 fn with_retry(
     policy: &RetryPolicy,
     clock: &dyn Clock,

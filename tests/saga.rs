@@ -633,22 +633,34 @@ fn bad_definitions_are_refused() {
     assert_eq!(full.run(&stuck, &2).unwrap_err().code(), "too_many_sagas");
 }
 
+/// Runs a one-step saga whose action always fails with `code`, the step
+/// configured by `configure`: its info and the action's call count.
+fn failing_payment(
+    exec: &SagaExecutor,
+    code: &'static str,
+    configure: impl FnOnce(Step<u32>) -> Step<u32>,
+) -> (dtc::saga::SagaInfo, u32) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let pay = Step::new("pay", move |_: &StepContext<'_, u32>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err(StepError::with_code(code, "payment service says no"))
+    });
+    let def = SagaDefinition::builder(format!("pay-{code}")).step(configure(pay).no_timeout()).build().unwrap();
+    let info = exec.run(&def, &1).unwrap();
+    (info, calls.load(Ordering::SeqCst))
+}
+
 #[test]
 fn a_non_retryable_code_ends_a_step_at_once_and_other_codes_are_retried() {
     let exec = SagaExecutor::builder().no_log().clock(Arc::new(ManualClock::default())).seed(3).open().unwrap();
-    let run = |code: &'static str| {
-        let calls = Arc::new(AtomicU32::new(0));
-        let counted = calls.clone();
-        let pay = Step::new("pay", move |_: &StepContext<'_, u32>| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Err(StepError::with_code(code, "payment service says no"))
+    let run = |code| {
+        failing_payment(&exec, code, |step| {
+            step.retry(
+                RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 5).with_jitter(Jitter::Full),
+            )
+            .non_retryable(["card_declined"])
         })
-        .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 5).with_jitter(Jitter::Full))
-        .non_retryable(["card_declined"])
-        .no_timeout();
-        let def = SagaDefinition::builder(format!("pay-{code}")).step(pay).build().unwrap();
-        let info = exec.run(&def, &1).unwrap();
-        (info, calls.load(Ordering::SeqCst))
     };
     let (declined, calls) = run("card_declined");
     assert_eq!((declined.state, calls), (SagaState::Compensated, 1));
@@ -662,18 +674,14 @@ fn the_retry_policys_non_retryable_codes_end_a_step_at_once_too() {
     // The one retry policy type names its non-retryable codes itself; a saga
     // step honours them as it honours `Step::non_retryable`.
     let exec = SagaExecutor::builder().no_log().clock(Arc::new(ManualClock::default())).seed(4).open().unwrap();
-    let run = |code: &'static str| {
-        let calls = Arc::new(AtomicU32::new(0));
-        let counted = calls.clone();
-        let pay = Step::new("pay", move |_: &StepContext<'_, u32>| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Err(StepError::with_code(code, "payment service says no"))
-        })
-        .retry(RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 4).non_retryable(["card_declined"]))
-        .no_timeout();
-        let def = SagaDefinition::builder(format!("policy-{code}")).step(pay).build().unwrap();
-        let info = exec.run(&def, &1).unwrap();
-        (info.state, calls.load(Ordering::SeqCst))
+    let run = |code| {
+        let (info, calls) = failing_payment(&exec, code, |step| {
+            step.retry(
+                RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 4)
+                    .non_retryable(["card_declined"]),
+            )
+        });
+        (info.state, calls)
     };
     assert_eq!(run("card_declined"), (SagaState::Compensated, 1));
     assert_eq!(run("busy"), (SagaState::Compensated, 4), "other codes are retried up to the policy's attempts");

@@ -488,13 +488,12 @@ impl Shared {
         refusal
     }
 
-    /// A connection in a fresh transaction. A pooled connection found dead
-    /// (the server restarted) is replaced once, with the other idle ones.
-    /// A connection in a new transaction for one branch. Within a
-    /// coordinator's prepare, waits end at its vote deadline
-    /// ([`vote_deadline`](crate::participant::vote_deadline)): the pool
-    /// checkout, and every statement of the branch (`SET LOCAL
-    /// statement_timeout` to what is left, when that is below the
+    /// A connection in a fresh transaction for one branch. A pooled
+    /// connection found dead (the server restarted) is replaced once, with
+    /// the other idle ones. Within a coordinator's prepare, waits end at its
+    /// vote deadline ([`vote_deadline`](crate::participant::vote_deadline)):
+    /// the pool checkout, and every statement of the branch (`SET LOCAL
+    /// statement_timeout` to what is left, when that is under 90 % of the
     /// session's), so a lock wait does not hold the lane after the
     /// transaction has moved on.
     fn begin(&self) -> Result<Lease<'_>, Refusal> {

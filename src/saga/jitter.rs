@@ -22,9 +22,6 @@ impl JitterSource {
     /// 2 for a retry), drawn under `policy`.
     pub(crate) fn before_call(&self, policy: &RetryPolicy, attempt: u32) -> Duration {
         debug_assert!(attempt >= 2, "the first call is not delayed");
-        let retry = attempt.saturating_sub(1);
-        let delay = policy.draw(retry, &mut *self.0.lock());
-        debug_assert!(delay <= policy.delay(retry));
-        delay
+        policy.draw(attempt.saturating_sub(1), &mut *self.0.lock())
     }
 }
