@@ -56,6 +56,7 @@ mod operator;
 pub mod participant;
 #[cfg(feature = "postgres")]
 pub mod pg;
+mod protocol;
 pub mod remote;
 mod retry;
 pub mod saga;

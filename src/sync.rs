@@ -63,6 +63,164 @@ mod imp {
     }
 }
 
+/// The channels between callers and workers: crossbeam's, or under loom a
+/// model-checked twin (a `Mutex<VecDeque>` with two condition variables)
+/// with the same names, so that the worker code runs inside loom models.
+#[cfg(not(loom))]
+pub mod channel {
+    pub use crossbeam_channel::{
+        Receiver, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryRecvError, bounded, unbounded,
+    };
+}
+
+#[cfg(loom)]
+pub mod channel {
+    use std::collections::VecDeque;
+    use std::time::Instant;
+
+    use super::imp::{Arc, Condvar, Mutex};
+
+    struct State<T> {
+        items: VecDeque<T>,
+        senders: usize,
+        receivers: usize,
+    }
+
+    struct Shared<T> {
+        state: Mutex<State<T>>,
+        ready: Condvar,
+        space: Condvar,
+        capacity: Option<usize>,
+    }
+
+    pub struct Sender<T>(Arc<Shared<T>>);
+    pub struct Receiver<T>(Arc<Shared<T>>);
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct SendError<T>(pub T);
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum SendTimeoutError<T> {
+        Timeout(T),
+        Disconnected(T),
+    }
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RecvTimeoutError {
+        Timeout,
+        Disconnected,
+    }
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TryRecvError {
+        Empty,
+        Disconnected,
+    }
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RecvError;
+
+    fn channel<T>(capacity: Option<usize>) -> (Sender<T>, Receiver<T>) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { items: VecDeque::new(), senders: 1, receivers: 1 }),
+            ready: Condvar::new(),
+            space: Condvar::new(),
+            capacity,
+        });
+        (Sender(shared.clone()), Receiver(shared))
+    }
+
+    pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+        channel(Some(capacity.max(1)))
+    }
+
+    pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+        channel(None)
+    }
+
+    impl<T> Sender<T> {
+        pub fn send(&self, item: T) -> Result<(), SendError<T>> {
+            let mut state = self.0.state.lock();
+            loop {
+                if state.receivers == 0 {
+                    return Err(SendError(item));
+                }
+                if self.0.capacity.is_none_or(|c| state.items.len() < c) {
+                    state.items.push_back(item);
+                    drop(state);
+                    self.0.ready.notify_all();
+                    return Ok(());
+                }
+                state = self.0.space.wait(state);
+            }
+        }
+
+        /// loom has no time: a send with a deadline is a plain send.
+        pub fn send_deadline(&self, item: T, _deadline: Instant) -> Result<(), SendTimeoutError<T>> {
+            self.send(item).map_err(|SendError(item)| SendTimeoutError::Disconnected(item))
+        }
+    }
+
+    impl<T> Receiver<T> {
+        pub fn recv(&self) -> Result<T, RecvError> {
+            let mut state = self.0.state.lock();
+            loop {
+                if let Some(item) = state.items.pop_front() {
+                    drop(state);
+                    self.0.space.notify_all();
+                    return Ok(item);
+                }
+                if state.senders == 0 {
+                    return Err(RecvError);
+                }
+                state = self.0.ready.wait(state);
+            }
+        }
+
+        pub fn try_recv(&self) -> Result<T, TryRecvError> {
+            let mut state = self.0.state.lock();
+            match state.items.pop_front() {
+                Some(item) => {
+                    drop(state);
+                    self.0.space.notify_all();
+                    Ok(item)
+                }
+                None if state.senders == 0 => Err(TryRecvError::Disconnected),
+                None => Err(TryRecvError::Empty),
+            }
+        }
+
+        /// loom has no time: a receive with a deadline waits like `recv`.
+        pub fn recv_deadline(&self, _deadline: Instant) -> Result<T, RecvTimeoutError> {
+            self.recv().map_err(|RecvError| RecvTimeoutError::Disconnected)
+        }
+    }
+
+    impl<T> Clone for Sender<T> {
+        fn clone(&self) -> Self {
+            self.0.state.lock().senders += 1;
+            Sender(self.0.clone())
+        }
+    }
+
+    impl<T> Clone for Receiver<T> {
+        fn clone(&self) -> Self {
+            self.0.state.lock().receivers += 1;
+            Receiver(self.0.clone())
+        }
+    }
+
+    impl<T> Drop for Sender<T> {
+        fn drop(&mut self) {
+            self.0.state.lock().senders -= 1;
+            self.0.ready.notify_all();
+        }
+    }
+
+    impl<T> Drop for Receiver<T> {
+        fn drop(&mut self) {
+            self.0.state.lock().receivers -= 1;
+            self.0.space.notify_all();
+        }
+    }
+}
+
 #[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;

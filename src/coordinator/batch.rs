@@ -115,14 +115,13 @@ impl Inner {
                 continue;
             }
             let outcome = plan.and_then(|plan| {
-                let result = self.through_participants(&plan, deadline, false, Some(&mut records));
-                result.map(|mut decided| {
-                    last_lsn = last_lsn.max(decided.lsn);
-                    // Under the batch's locks: its later transactions wait
-                    // for nothing else anyway.
-                    self.acknowledged(&plan, &mut decided);
-                    self.count(&decided.outcome);
-                    decided.outcome
+                // Acknowledgements are awaited under the batch's locks: its
+                // later transactions wait for nothing else anyway.
+                let driven = super::driver::Drive::new(self, &plan, deadline, false, Some(&mut records)).run(true);
+                driven.map(|(outcome, lsn)| {
+                    last_lsn = last_lsn.max(lsn);
+                    self.count(&outcome);
+                    outcome
                 })
             });
             match outcome {

@@ -21,7 +21,8 @@ use crate::durable::{
 };
 use crate::durable::{codec, control};
 use crate::error::{Error, Result};
-use crate::participant::{BranchId, ParticipantKind};
+use crate::participant::BranchId;
+use crate::protocol::recovery::{self, Deliver};
 use crate::sync::Ordering;
 use crate::txn::{Outcome, TxId};
 use crate::wal::Lsn;
@@ -111,7 +112,7 @@ impl Inner {
                 }
                 let committed = open.get(&branch.tx).is_some_and(Open::is_commit)
                     || matches!(self.recent.get(branch.tx)?, Some((o, _)) if o.is_committed());
-                deliver.push((service, branch, if committed { Step::Commit } else { Step::Rollback }));
+                deliver.push((service, branch, step_of(recovery::listed(committed))));
                 held.insert((branch.tx, service, branch.index));
             }
         }
@@ -131,27 +132,22 @@ impl Inner {
                 };
                 let branch = BranchId { tx: *tx, index: b.index };
                 let handle = self.lane(service, branch);
-                let owes = match handle.kind {
-                    // Its state died with the process, or is rebuilt from the log.
-                    _ if handle.early_commit => false,
-                    // A decided branch it no longer lists was applied before
-                    // the crash (it voted yes, and `recover` lists every
-                    // prepared, unfinished branch).
-                    ParticipantKind::Durable => held.contains(&(*tx, service, b.index)),
-                    _ if step == Step::Rollback => {
+                let held = held.contains(&(*tx, service, b.index));
+                let (again, owes) = recovery::open_branch(handle.keeper, o.is_commit(), held);
+                match again {
+                    None => {}
+                    Some(Deliver::Rollback) => {
                         handle.restore_unknown(branch, b.prepared.as_deref());
                         deliver.push((service, branch, Step::Rollback));
-                        true
                     }
-                    _ => {
+                    Some(Deliver::Commit) => {
                         if handle.restore_prepared(branch, b.prepared.as_deref().unwrap_or_default()) {
                             deliver.push((service, branch, Step::Commit));
                         } else {
                             self.park_unrestorable(branch, service);
                         }
-                        true
                     }
-                };
+                }
                 if owes {
                     branches.push(OwedBranch {
                         service,
@@ -284,6 +280,13 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+fn step_of(deliver: Deliver) -> Step {
+    match deliver {
+        Deliver::Commit => Step::Commit,
+        Deliver::Rollback => Step::Rollback,
     }
 }
 

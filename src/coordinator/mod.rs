@@ -5,6 +5,7 @@
 
 pub(crate) mod barrier;
 mod batch;
+mod driver;
 mod durability;
 pub(crate) mod locks;
 mod operator;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crate::sync::channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
@@ -405,7 +406,7 @@ impl Builder {
             let retry = config.retry_for.iter().find(|(s, _)| **s == *name).map_or(&config.retry, |(_, p)| p);
             let mut lanes = Vec::with_capacity(participants.len());
             for (lane, participant) in participants.into_iter().enumerate() {
-                let (sender, requests) = crossbeam_channel::bounded(config.queue_capacity);
+                let (sender, requests) = crate::sync::channel::bounded(config.queue_capacity);
                 let service = Arc::new(Service::new(
                     i as u16,
                     name.clone(),
@@ -565,7 +566,7 @@ thread_local! {
     /// Bounded in practice: every request yields exactly one reply, a caller
     /// has at most 2 × (services of one transaction) requests outstanding,
     /// and stale replies are drained at the start of the next transaction.
-    static REPLIES: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::unbounded();
+    static REPLIES: (Sender<Reply>, Receiver<Reply>) = crate::sync::channel::unbounded();
 }
 
 fn replies() -> (Sender<Reply>, Receiver<Reply>) {
@@ -916,64 +917,12 @@ impl Inner {
         }
     }
 
+    /// Runs one transaction through the protocol core (see `driver.rs`).
     fn drive(&self, plan: &Arc<Plan>, deadline: Instant, tracked: bool) -> Result<Outcome> {
         if let Some(journal) = &self.journal {
             journal.backpressure(deadline)?;
         }
-        let locked_at = plan.timed.then(Instant::now);
-        let Some(locks) = self.locks.acquire(&plan.stripes, deadline) else {
-            tracing::warn!(tx = %plan.tx, "lock wait passed the transaction deadline");
-            let outcome = Outcome::Aborted(AbortReason::LockTimeout);
-            let lsn = self.decided(plan, &outcome, None, tracked)?;
-            self.durable(lsn)?;
-            return Ok(outcome);
-        };
-        self.timed(Stage::LockWait, locked_at);
-        let result = if let Some(cores) = self.direct_cores_for(std::iter::once(&**plan)) {
-            // Plain ledgers, idle: check and apply directly (see `batch.rs`);
-            // the commit record still precedes the locks' release.
-            let mut record = Vec::new();
-            let outcome = self.apply_direct(plan, &mut record);
-            drop(cores);
-            let lsn = match (&self.journal, record.pop()) {
-                (Some(journal), Some(record)) => Some(self.log_or_fail(journal.append(&record))?),
-                _ => None,
-            };
-            self.decided(plan, &outcome, lsn, tracked).map(|lsn| Decided { outcome, lsn, acks: Acks::default() })
-        } else {
-            self.through_participants(plan, deadline, tracked, None)
-        };
-        let mut decided = result?;
-        if self.touches_concurrent(plan) {
-            // Lanes of one service do not order requests: the next holder of
-            // these locks must find the decision applied, not just queued.
-            self.acknowledged(plan, &mut decided);
-        }
-        // Every commit/rollback is enqueued or applied by now; per-service
-        // FIFO makes it visible to whoever takes these locks next.
-        drop(locks);
-        self.durable(decided.lsn)?;
-        self.acknowledged(plan, &mut decided);
-        Ok(decided.outcome)
-    }
-
-    /// Runs `plan` through its participants under held locks: one phase for
-    /// a single branch without a log, two phases otherwise (`deferred`:
-    /// a batch's pending commit records, see `two_phase`).
-    fn through_participants(
-        &self,
-        plan: &Arc<Plan>,
-        deadline: Instant,
-        tracked: bool,
-        deferred: Option<&mut Vec<Encoded>>,
-    ) -> Result<Decided> {
-        if plan.branches.len() == 1 && self.journal.is_none() {
-            let outcome = self.one_phase(plan, deadline)?;
-            let lsn = self.decided(plan, &outcome, None, tracked)?;
-            Ok(Decided { outcome, lsn, acks: Acks::default() })
-        } else {
-            self.two_phase(plan, deadline, tracked, deferred)
-        }
+        driver::Drive::new(self, plan, deadline, tracked, None).run(false).map(|(outcome, _)| outcome)
     }
 
     /// Records a decision whose record (if any) is at `lsn`: for a tracked
@@ -1027,53 +976,10 @@ impl Inner {
         self.lane(plan.service_of(branch), plan.branch_id(branch)).submit(plan, branch, step, reply, deadline, after)
     }
 
-    fn one_phase(&self, plan: &Arc<Plan>, deadline: Instant) -> Result<Outcome> {
-        let started = plan.timed.then(Instant::now);
-        let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
-        let service = plan.service_of(0);
-        let (reply, replies) = replies();
-        let answer = match self.submit(plan, 0, Step::OnePhase, &reply, Some(&vote_deadline), None) {
-            Submitted::Inline(answer) => Some(answer),
-            Submitted::Queued => wait_for(&replies, plan.tx, Step::OnePhase, vote_deadline.get()),
-            Submitted::Full => None,
-        };
-        let outcome = match answer {
-            Some(answer) => self.one_phase_outcome(service, answer),
-            None if plan.cancel() => {
-                self.metrics.timeouts.add(1);
-                tracing::warn!(tx = %plan.tx, service = %self.name(service), "no vote in time; cancelled");
-                Ok(Outcome::Aborted(AbortReason::PrepareTimeout { service: self.name(service) }))
-            }
-            None => {
-                // The worker claimed the commit just as we gave up: the
-                // transaction is committing. Give the commit one more call
-                // timeout before reporting it pending.
-                let late = wait_for(&replies, plan.tx, Step::OnePhase, Instant::now() + self.config.call_timeout);
-                match late {
-                    Some(answer) => self.one_phase_outcome(service, answer),
-                    None => {
-                        self.metrics.timeouts.add(1);
-                        Ok(Outcome::CommitPending)
-                    }
-                }
-            }
-        };
-        self.timed(Stage::Commit, started);
-        outcome
-    }
-
     /// Records a stage's latency for the sampled transactions.
     fn timed(&self, stage: Stage, started: Option<Instant>) {
         if let Some(started) = started {
             self.metrics.record(stage, started.elapsed());
-        }
-    }
-
-    fn one_phase_outcome(&self, service: u16, answer: Answer) -> Result<Outcome> {
-        match answer {
-            Answer::Done => Ok(Outcome::Committed),
-            Answer::Parked => Ok(Outcome::CommitPending),
-            other => self.abort_reason(service, other).map(Outcome::Aborted),
         }
     }
 
@@ -1107,131 +1013,6 @@ impl Inner {
             .map(|b| (&*self.services[usize::from(plan.service_of(b))].name, b as u16, plan.payload(b)))
             .collect::<SmallVec<[_; 4]>>();
         Encoded { kind: codec::KIND_BEGIN, bytes: encode_begin(plan.tx, branches.into_iter()) }
-    }
-
-    fn two_phase(
-        &self,
-        plan: &Arc<Plan>,
-        deadline: Instant,
-        tracked: bool,
-        mut deferred: Option<&mut Vec<Encoded>>,
-    ) -> Result<Decided> {
-        let started = plan.timed.then(Instant::now);
-        let branches = plan.branches.len();
-        if let Some(journal) = &self.journal
-            && self.has_external(plan)
-        {
-            // External participants cannot list what they prepared: their
-            // branches are durable in the log before any prepare is sent,
-            // so recovery can roll back each one (presumed abort). Under the
-            // locks, so a checkpoint never falls between this and the decision.
-            let begin = self.begin_entry(plan);
-            if begin.bytes.len() as u64 + 40 > journal.max_record_bytes() {
-                let outcome = Outcome::Aborted(too_large(
-                    "coordinator",
-                    "the begin record is larger than the log's largest record",
-                ));
-                let lsn = self.decided(plan, &outcome, None, tracked)?;
-                return Ok(Decided { outcome, lsn, acks: Acks::default() });
-            }
-            let lsn = self.log_or_fail(journal.append(&begin))?;
-            self.durable(Some(lsn))?;
-        }
-        let vote_deadline = PhaseDeadline::new(deadline, self.config.call_timeout);
-        let (reply, replies) = replies();
-        let mut votes: SmallVec<[Option<Answer>; 4]> = (0..branches).map(|_| None).collect();
-        let mut awaiting = 0;
-        let mut refused = false;
-        let mut unsent = None;
-        for branch in 0..branches {
-            match self.submit(plan, branch, Step::Prepare, &reply, Some(&vote_deadline), None) {
-                Submitted::Inline(answer) => {
-                    refused = !matches!(answer, Answer::Yes(_));
-                    votes[branch] = Some(answer);
-                }
-                Submitted::Queued => awaiting += 1,
-                Submitted::Full => unsent = Some(branch),
-            }
-            if refused || unsent.is_some() {
-                break; // one no is enough: do not ask the rest
-            }
-        }
-        while awaiting > 0 && !refused && unsent.is_none() {
-            let Some((branch, answer)) = wait_any(&replies, plan.tx, Step::Prepare, vote_deadline.get()) else {
-                break;
-            };
-            let branch = usize::from(branch);
-            if branch >= branches || votes[branch].is_some() {
-                continue; // a duplicate delivery's second answer
-            }
-            awaiting -= 1;
-            refused = !matches!(answer, Answer::Yes(_));
-            votes[branch] = Some(answer);
-        }
-        self.timed(Stage::Prepare, started);
-        let mut log_failure = None;
-        let mut too_large = None;
-        if votes.iter().all(|v| matches!(v, Some(Answer::Yes(_)))) {
-            // The commit point: the decision is logged before any participant
-            // is told to commit.
-            let lsn = match (&self.journal, deferred.as_mut()) {
-                (None, _) => Ok(None),
-                (Some(journal), batch) => match self.commit_record(plan, &votes, journal) {
-                    Err(reason) => Err(reason),
-                    // A batch of ledger-only transactions appends all its
-                    // commit records at once, before its locks drop (see
-                    // `batch.rs`).
-                    Ok(record) if record.kind == codec::KIND_COMMIT && batch.is_some() => {
-                        batch.expect("checked just above").push(record);
-                        Ok(None)
-                    }
-                    Ok(record) => {
-                        // Earlier transactions of the batch may have funded
-                        // this one: their records go first.
-                        let flushed = match batch {
-                            Some(batch) if !batch.is_empty() => {
-                                self.log_or_fail(journal.append_batch(&std::mem::take(*batch))).map(|_| ())
-                            }
-                            _ => Ok(()),
-                        };
-                        match flushed.and_then(|()| self.log_or_fail(journal.append(&record))) {
-                            Ok(lsn) => Ok(Some(lsn)),
-                            Err(error) => {
-                                log_failure = Some(error);
-                                Ok(None)
-                            }
-                        }
-                    }
-                },
-            };
-            match lsn {
-                Ok(lsn) if log_failure.is_none() => {
-                    let acks = self.commit_all(plan, lsn, &mut votes, reply, replies);
-                    let lsn = self.decided(plan, &Outcome::Committed, lsn, tracked)?;
-                    return Ok(Decided { outcome: Outcome::Committed, lsn, acks });
-                }
-                Ok(_) => {}
-                Err(reason) => too_large = Some(reason),
-            }
-        }
-        // Abort: tell workers that have not started to skip the prepare, and
-        // roll back everyone (a no-op where nothing was prepared). The
-        // rollbacks are enqueued or applied before our locks drop, so FIFO
-        // makes them visible to the next transaction; we need not wait.
-        plan.cancel();
-        self.owe_rollbacks(plan);
-        for branch in 0..branches {
-            self.submit(plan, branch, Step::Rollback, &reply, None, None);
-        }
-        if let Some(error) = log_failure {
-            return Err(error);
-        }
-        let outcome = match too_large {
-            Some(reason) => Outcome::Aborted(reason),
-            None => self.abort_outcome(plan, votes, unsent)?,
-        };
-        let lsn = self.decided(plan, &outcome, None, tracked)?;
-        Ok(Decided { outcome, lsn, acks: Acks::default() })
     }
 
     /// The commit record of `plan`: every ledger change, and every other
@@ -1272,98 +1053,6 @@ impl Inner {
             return Err(too_large("coordinator", "the commit decision is larger than the log's largest record"));
         }
         Ok(encoded)
-    }
-
-    fn abort_outcome(
-        &self,
-        plan: &Plan,
-        mut votes: SmallVec<[Option<Answer>; 4]>,
-        unsent: Option<usize>,
-    ) -> Result<Outcome> {
-        let no = votes.iter_mut().enumerate().find(|(_, v)| v.as_ref().is_some_and(|a| !matches!(a, Answer::Yes(_))));
-        match no {
-            Some((branch, vote)) => {
-                let answer = vote.take().unwrap_or(Answer::Violation);
-                self.abort_reason(plan.service_of(branch), answer).map(Outcome::Aborted)
-            }
-            None => {
-                let branch = unsent.or_else(|| votes.iter().position(Option::is_none)).unwrap_or(0);
-                let service = self.name(plan.service_of(branch));
-                self.metrics.timeouts.add(1);
-                tracing::warn!(tx = %plan.tx, %service, "prepare timed out; rolling back");
-                Ok(Outcome::Aborted(AbortReason::PrepareTimeout { service }))
-            }
-        }
-    }
-
-    /// Tells every branch to commit. A participant whose state is not
-    /// rebuilt from the log hears it only once `lsn` is durable (its worker
-    /// waits; the request keeps its FIFO place, so the caller's locks may
-    /// drop before).
-    fn commit_all(
-        &self,
-        plan: &Arc<Plan>,
-        lsn: Option<Lsn>,
-        votes: &mut [Option<Answer>],
-        reply: Sender<Reply>,
-        replies: Receiver<Reply>,
-    ) -> Acks {
-        let mut acks = Acks { started: plan.timed.then(Instant::now), ..Acks::default() };
-        self.owe_commits(plan, votes);
-        for branch in 0..plan.branches.len() {
-            let service = self.lane(plan.service_of(branch), plan.branch_id(branch));
-            let after = if service.early_commit { None } else { lsn };
-            match self.submit(plan, branch, Step::Commit, &reply, None, after) {
-                Submitted::Inline(Answer::Done) => {}
-                Submitted::Inline(_) => acks.pending = true,
-                Submitted::Queued => acks.awaiting.push(plan.branch_id(branch).index),
-                Submitted::Full => {
-                    // The worker is gone: only possible after an engine bug.
-                    tracing::error!(tx = %plan.tx, service = %service.name, "commit could not be delivered");
-                    acks.pending = true;
-                }
-            }
-        }
-        if !acks.awaiting.is_empty() {
-            acks.replies = Some(replies);
-        }
-        acks
-    }
-
-    /// Waits (after the locks dropped, unless a service has several lanes)
-    /// for the commits still in queues, up to the call timeout: the outcome
-    /// stays `Committed` if all applied it, else becomes `CommitPending`
-    /// (redelivery continues). Waits only once.
-    fn acknowledged(&self, plan: &Plan, decided: &mut Decided) {
-        if decided.outcome != Outcome::Committed {
-            return;
-        }
-        let Acks { replies, mut awaiting, mut pending, started } = std::mem::take(&mut decided.acks);
-        if let Some(replies) = replies {
-            let deadline = Instant::now() + self.config.call_timeout;
-            while !awaiting.is_empty() {
-                match wait_any(&replies, plan.tx, Step::Commit, deadline) {
-                    Some((branch, answer)) => {
-                        let Some(at) = awaiting.iter().position(|&b| b == branch) else { continue };
-                        awaiting.swap_remove(at);
-                        if !matches!(answer, Answer::Done) {
-                            tracing::warn!(tx = %plan.tx, branch, ?answer, "commit not applied yet");
-                            pending = true;
-                        }
-                    }
-                    None => {
-                        self.metrics.timeouts.add(1);
-                        tracing::warn!(tx = %plan.tx, "commit acknowledgement timed out; redelivery continues");
-                        pending = true;
-                        break;
-                    }
-                }
-            }
-        }
-        self.timed(Stage::Commit, started);
-        if pending {
-            decided.outcome = Outcome::CommitPending;
-        }
     }
 
     /// With a log, commits to non-ledger branches are tracked until each
@@ -1532,26 +1221,6 @@ fn too_large(service: &str, why: &str) -> AbortReason {
     AbortReason::Refused { service: service.into(), code: "decision_too_large".into(), message: why.into() }
 }
 
-/// What a decided transaction still waits for once its locks dropped.
-#[derive(Default)]
-struct Acks {
-    /// This caller's reply channel, while commits are awaited on it.
-    replies: Option<Receiver<Reply>>,
-    /// Branches whose commit is queued and not acknowledged yet.
-    awaiting: SmallVec<[u16; 4]>,
-    /// Some commit is not applied yet (parked, or handed to a worker).
-    pending: bool,
-    started: Option<Instant>,
-}
-
-/// A decision, the log position to wait for before answering, and the
-/// acknowledgements to collect.
-struct Decided {
-    outcome: Outcome,
-    lsn: Option<Lsn>,
-    acks: Acks,
-}
-
 /// The next reply for (`tx`, `step`), skipping stale ones, until `deadline`:
 /// the branch index and its answer.
 fn wait_any(replies: &Receiver<Reply>, tx: TxId, step: Step, deadline: Instant) -> Option<(u16, Answer)> {
@@ -1564,8 +1233,4 @@ fn wait_any(replies: &Receiver<Reply>, tx: TxId, step: Step, deadline: Instant) 
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
         }
     }
-}
-
-fn wait_for(replies: &Receiver<Reply>, tx: TxId, step: Step, deadline: Instant) -> Option<Answer> {
-    wait_any(replies, tx, step, deadline).map(|(_, a)| a)
 }

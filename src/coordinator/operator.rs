@@ -19,6 +19,7 @@ use crate::operator::{
     ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx, age_seconds, check_reason,
 };
 use crate::participant::BranchId;
+use crate::protocol::resolve::{self, Decided};
 use crate::txn::{AbortReason, Outcome, TxId, unix_nanos};
 
 impl Inner {
@@ -133,7 +134,7 @@ impl Inner {
     /// Hands a parked call to its service again (its reply is not awaited).
     fn deliver(&self, stall: &Stall) {
         let plan = Arc::new(Plan::bare(stall.key, stall.service));
-        let (reply, _ignored) = crossbeam_channel::bounded(1);
+        let (reply, _ignored) = crate::sync::channel::bounded(1);
         let handle = self.lane(stall.service, BranchId { tx: stall.key.tx, index: stall.key.branch });
         // A parked commit was delivered once already, so its decision is durable.
         let after = (stall.step == Step::Commit).then_some(crate::wal::Lsn(0));
@@ -156,10 +157,6 @@ impl Inner {
         let abort_decided = stalls.iter().any(|s| s.step == Step::Rollback)
             || owed_step == Some(Step::Rollback)
             || matches!(recorded, Some(Outcome::Aborted(_)));
-        let unsafe_because = |reason: &str| Err(Error::UnsafeResolution { tx, reason: reason.into() });
-        if commit_decided && abort_decided {
-            return unsafe_because("the engine holds both commit and rollback calls for it (a bug: report it)");
-        }
         let mut settled: Vec<String> = stalls.iter().map(|s| self.name(s.service)).collect();
         for b in awaiting.iter().flat_map(|o| &o.branches) {
             let service = self.name(b.service);
@@ -167,25 +164,30 @@ impl Inner {
                 settled.push(service);
             }
         }
-        let report =
-            |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });
-        match resolution {
-            Resolution::Commit if abort_decided => unsafe_because("it is decided to roll back; it cannot be committed"),
-            Resolution::Commit if !commit_decided => unsafe_because(
-                "no commit decision is recorded, so not every participant is known to have voted yes; \
-                 only an abort is safe",
-            ),
-            Resolution::Abort if commit_decided => unsafe_because(
-                "its commit decision is recorded and participants may have applied it; \
-                 an abort would break atomicity (fix the stuck participant, then retry-now or resolve --commit)",
-            ),
-            Resolution::Commit | Resolution::Abort if settled.is_empty() && (commit_decided || abort_decided) => {
-                let note = if commit_decided { "already committed everywhere" } else { "already rolled back" };
-                report(settled, note)
-            }
-            Resolution::Commit | Resolution::Abort if commit_decided || abort_decided => {
-                let action = if commit_decided { Action::Commit } else { Action::Abort };
-                let implied: &[Entry] = if commit_decided || owed_step.is_some() { &[Entry::Done { tx }] } else { &[] };
+        let window = self.config.tx_timeout + self.config.call_timeout;
+        let facts = resolve::Facts {
+            decided: match (commit_decided, abort_decided) {
+                (true, _) => Some(Decided::Commit),
+                (false, true) => Some(Decided::Abort),
+                (false, false) => None,
+            },
+            conflicting: commit_decided && abort_decided,
+            owing: !settled.is_empty(),
+            // A begun, undecided transaction is still running here.
+            begun: false,
+            forgettable: self.forgettable(tx),
+            maybe_running: tx.timestamp_ns().saturating_add(window.as_nanos() as u64) > unix_nanos(),
+        };
+        let horizon_s = self.config.idempotency_horizon.as_secs();
+        let step = resolve::rule(facts, resolution, horizon_s, window)
+            .map_err(|reason| Error::UnsafeResolution { tx, reason })?;
+        let report = |settled: Vec<String>, note: &str| ResolveReport { tx, resolution, settled, note: note.into() };
+        match step {
+            resolve::Step::Nothing { note } => Ok(report(settled, note)),
+            resolve::Step::Settle { decided, note } => {
+                let action = if decided == Decided::Commit { Action::Commit } else { Action::Abort };
+                let implied: &[Entry] =
+                    if decided == Decided::Commit || owed_step.is_some() { &[Entry::Done { tx }] } else { &[] };
                 self.record_action(tx, action, reason, implied)?;
                 self.outstanding.forget_acks(tx);
                 for stall in self.outstanding.resolve(tx) {
@@ -196,57 +198,37 @@ impl Inner {
                         tracing::error!(%tx, service = %self.name(stall.service), "worker gone: settle not delivered");
                     }
                 }
-                report(settled, "settled without calling the participants again")
+                Ok(report(settled, note))
             }
-            Resolution::Abort => self.abort_undecided(tx, reason, recorded),
-            Resolution::Commit => unreachable!("every commit case is matched above"),
+            resolve::Step::RecordAbort { note } => {
+                debug_assert!(recorded.is_none());
+                let outcome = Outcome::Aborted(AbortReason::Operator { reason: reason.into() });
+                match self.recent.abort_unknown(tx, outcome)? {
+                    None => {}
+                    Some(None) => return Err(Error::TxInProgress { tx }),
+                    Some(Some(_)) => {
+                        let reason = "its outcome was recorded meanwhile; look again".into();
+                        return Err(Error::UnsafeResolution { tx, reason });
+                    }
+                }
+                let abort = Entry::Abort {
+                    tx,
+                    fingerprint: super::recent::ANY_FINGERPRINT,
+                    reason: AbortReason::Operator { reason: reason.into() },
+                };
+                self.record_action(tx, Action::Abort, reason, &[abort])?;
+                Ok(report(Vec::new(), note))
+            }
         }
     }
 
-    /// An operator aborts an id with no recorded outcome: it is recorded as
-    /// aborted, so a resubmission is answered with the abort and recovery
-    /// rolls back any participant holding it prepared.
-    fn abort_undecided(&self, tx: TxId, reason: &str, recorded: Option<Outcome>) -> Result<ResolveReport> {
-        debug_assert!(recorded.is_none());
-        let unsafe_because = |why: String| Err(Error::UnsafeResolution { tx, reason: why });
-        let issued_ns = tx.timestamp_ns();
-        let now_ns = unix_nanos();
-        let horizon = self.config.idempotency_horizon;
-        let horizon_ns = u64::try_from(horizon.as_nanos()).unwrap_or(u64::MAX);
+    /// True if the outcome of `tx` may be forgotten: older than the
+    /// idempotency horizon or than the ids whose outcomes are remembered.
+    fn forgettable(&self, tx: TxId) -> bool {
+        let horizon_ns = u64::try_from(self.config.idempotency_horizon.as_nanos()).unwrap_or(u64::MAX);
         let expired_before = self.recent.archive().map_or(0, |a| a.expired_before_unix_ns());
-        let beyond_horizon = issued_ns < expired_before.max(now_ns.saturating_sub(horizon_ns));
-        if self.recent.forgotten().is_some_and(|f| tx <= f) || beyond_horizon {
-            return unsafe_because(format!(
-                "it is older than the idempotency horizon ({} s) or than the ids whose outcomes are remembered; \
-                 its outcome may be forgotten",
-                horizon.as_secs()
-            ));
-        }
-        let window_ns = (self.config.tx_timeout + self.config.call_timeout).as_nanos() as u64;
-        if issued_ns.saturating_add(window_ns) > now_ns {
-            return unsafe_because(format!(
-                "it was issued less than {:?} ago and may still be running; try again later",
-                self.config.tx_timeout + self.config.call_timeout
-            ));
-        }
-        let outcome = Outcome::Aborted(AbortReason::Operator { reason: reason.into() });
-        match self.recent.abort_unknown(tx, outcome)? {
-            None => {}
-            Some(None) => return Err(Error::TxInProgress { tx }),
-            Some(Some(_)) => return unsafe_because("its outcome was recorded meanwhile; look again".into()),
-        }
-        let abort = Entry::Abort {
-            tx,
-            fingerprint: super::recent::ANY_FINGERPRINT,
-            reason: AbortReason::Operator { reason: reason.into() },
-        };
-        self.record_action(tx, Action::Abort, reason, &[abort])?;
-        Ok(ResolveReport {
-            tx,
-            resolution: Resolution::Abort,
-            settled: Vec::new(),
-            note: "no decision was recorded: recorded as aborted by the operator".into(),
-        })
+        let beyond_horizon = tx.timestamp_ns() < expired_before.max(unix_nanos().saturating_sub(horizon_ns));
+        self.recent.forgotten().is_some_and(|f| tx <= f) || beyond_horizon
     }
 
     /// Keeps an operator action in the bounded history.

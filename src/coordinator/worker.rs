@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
+use crate::sync::channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::coordinator::barrier::{Barrier, Decision, Phase, TxKey};
 use crate::coordinator::outstanding::{Failed, Outstanding, Park, Wake};
@@ -25,6 +25,7 @@ use crate::durable::Journal;
 use crate::metrics::Metrics;
 use crate::operator::CallError;
 use crate::participant::{BalanceSummary, BranchId, Erased, Kept, ParticipantKind, Refusal, VoteDeadlineScope};
+use crate::protocol::Keeper;
 use crate::retry::RetryPolicy;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::txn::TxId;
@@ -107,12 +108,28 @@ pub(crate) struct Service {
     /// wrapper of one), or lives only in this process's memory: it may be
     /// told to commit before the decision is durable.
     pub early_commit: bool,
+    /// The same, as the protocol core sees it.
+    pub keeper: Keeper,
     journal: Option<Arc<Journal>>,
     sender: Sender<Request>,
     metrics: Arc<Metrics>,
     outstanding: Arc<Outstanding>,
     retry: RetryPolicy,
     redeliver: Option<(u64, u32)>,
+    /// Loom models only: a rule this service skips on purpose, to show the
+    /// model catches it.
+    #[cfg(loom)]
+    pub(crate) broken: Option<LoomBroken>,
+}
+
+/// Rules a deliberately broken service skips in the loom models.
+#[cfg(loom)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoomBroken {
+    /// The inline path runs without checking that nothing is queued.
+    InlineIgnoresPending,
+    /// A rollback before any prepare is not recorded.
+    ForgetsEmptyRollback,
 }
 
 /// The lanes of one service: a service registered with
@@ -196,8 +213,27 @@ impl PhaseDeadline {
     }
 }
 
+/// The argument of `Service::skips`: the rule under loom, nothing otherwise.
+#[cfg(loom)]
+macro_rules! loom_rule {
+    ($rule:ident) => {
+        LoomBroken::$rule
+    };
+}
+#[cfg(not(loom))]
+macro_rules! loom_rule {
+    ($rule:ident) => {
+        ()
+    };
+}
+
 /// How many times to spin on a busy participant before queueing instead.
+#[cfg(not(loom))]
 const INLINE_SPINS: u32 = 64;
+/// Under loom one attempt reaches every state more spins would: loom tries
+/// the lock at every point a later spin could.
+#[cfg(loom)]
+const INLINE_SPINS: u32 = 1;
 /// Longest an inline caller waits for a busy participant before queueing.
 const INLINE_WAIT: Duration = Duration::from_millis(1);
 /// Requests a worker handles per lock acquisition.
@@ -220,7 +256,13 @@ impl Service {
         let inline = participant.is_nonblocking();
         let builtin_ledger = participant.is_builtin_ledger();
         let kind = participant.kind();
-        let early_commit = participant.ledger().is_some() || kind == ParticipantKind::Volatile;
+        let keeper = match kind {
+            _ if participant.ledger().is_some() => Keeper::Log,
+            ParticipantKind::Volatile => Keeper::Memory,
+            ParticipantKind::Durable => Keeper::Own,
+            ParticipantKind::External => Keeper::External,
+        };
+        let early_commit = keeper.early_commit();
         Self {
             index,
             name,
@@ -230,13 +272,28 @@ impl Service {
             builtin_ledger,
             kind,
             early_commit,
+            keeper,
             journal,
             sender,
             metrics,
             outstanding,
             retry,
             redeliver,
+            #[cfg(loom)]
+            broken: None,
         }
+    }
+
+    /// True if this (loom-only, deliberately broken) service skips `rule`.
+    #[cfg(loom)]
+    fn skips(&self, rule: LoomBroken) -> bool {
+        self.broken == Some(rule)
+    }
+
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn skips(&self, _rule: ()) -> bool {
+        false
     }
 
     /// Asks the participant for branches it holds prepared from before a
@@ -364,7 +421,7 @@ impl Service {
             && let Some(mut core) = self.try_core()
         {
             // SeqCst pairs with the increments in `enqueue` (see above).
-            if self.pending.load(Ordering::SeqCst) == 0 {
+            if self.pending.load(Ordering::SeqCst) == 0 || self.skips(loom_rule!(InlineIgnoresPending)) {
                 // Duplicates are answered from the barrier; the first
                 // delivery's answer is the one that counts.
                 let (answer, mut handoff) = self.step(&mut core, plan, branch, step, true, after);
@@ -448,7 +505,18 @@ impl Service {
             }
             std::hint::spin_loop();
         }
+        // loom has no time: the bounded wait is modelled as elapsed (the
+        // attempts above already reach "got it"), so the queued path runs.
+        #[cfg(loom)]
+        return None;
+        #[cfg(not(loom))]
         self.core.try_lock_for(INLINE_WAIT)
+    }
+
+    /// Requests enqueued and not yet handled (for the loom models).
+    #[cfg(loom)]
+    pub(crate) fn pending_requests(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 
     /// The worker thread's loop: handle requests in FIFO order, several per
@@ -697,7 +765,9 @@ impl Service {
         if !core.barrier.holds(key) {
             // Rollback before (or instead of) prepare: nothing to undo, but
             // remember it so a late prepare is refused.
-            core.barrier.rolled_back(key);
+            if !self.skips(loom_rule!(ForgetsEmptyRollback)) {
+                core.barrier.rolled_back(key);
+            }
             self.outstanding.acknowledged(key, self.index, Step::Rollback);
             return Some(Answer::Done);
         }

@@ -18,6 +18,7 @@ use crate::operator::{
     OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind, TxState, UnfinishedTx,
     age_seconds, check_reason,
 };
+use crate::protocol::resolve::{self, Decided};
 use crate::txn::{AbortReason, Outcome, TxId, unix_nanos};
 
 /// How long a tool waits for a running coordinator's answer.
@@ -355,56 +356,35 @@ impl DataDir {
         let oldest_kept = checkpoint.and_then(|c| c.recent.iter().map(|m| m.tx).min());
         let forgettable = tx.timestamp_ns() < horizon_start || oldest_kept.is_some_and(|o| tx < o);
         let awaiting = open_transactions(replayed.checkpoint.as_ref(), entries).remove(&tx);
-        let unsafe_because = |why: &str| Err(Error::UnsafeResolution { tx, reason: why.into() });
-        let report =
-            |settled: Vec<String>, note: &str| Ok(ResolveReport { tx, resolution, settled, note: note.into() });
+        let facts = resolve::Facts {
+            decided: outcome.map(|o| if o.is_committed() { Decided::Commit } else { Decided::Abort }),
+            conflicting: false,
+            owing: awaiting.is_some(),
+            begun: awaiting.as_ref().is_some_and(|o| o.decision.is_none()),
+            forgettable,
+            // The directory is locked: no coordinator runs it.
+            maybe_running: false,
+        };
+        let step = resolve::rule(facts, resolution, horizon_ns / 1_000_000_000, std::time::Duration::ZERO)
+            .map_err(|why| Error::UnsafeResolution { tx, reason: why })?;
         let record = |action: Action, implied: Entry| -> Result<()> {
             let record = OperatorRecord { tx, action, reason: reason.into(), at_unix_ns: unix_nanos() };
             journal.wait(journal.append_operator(record, &[implied])?)
         };
-        match (resolution, outcome) {
-            (Resolution::Commit, Some(Outcome::Aborted(_))) => unsafe_because("it is recorded as aborted"),
-            (Resolution::Commit, None) => unsafe_because(
-                "no commit decision is recorded, so not every participant is known to have voted yes; \
-                 only an abort is safe",
-            ),
-            (Resolution::Commit, Some(_)) => match awaiting {
-                None => report(Vec::new(), "already committed everywhere"),
-                Some(open) => {
-                    record(Action::Commit, Entry::Done { tx })?;
-                    report(services_of(&open), "recorded as finished; participants are not called again")
-                }
-            },
-            (Resolution::Abort, Some(Outcome::Aborted(_))) => match awaiting {
-                None => report(Vec::new(), "already aborted"),
-                Some(open) => {
-                    record(Action::Abort, Entry::Done { tx })?;
-                    report(services_of(&open), "recorded as rolled back; participants are not called again")
-                }
-            },
-            (Resolution::Abort, Some(_)) => unsafe_because(
-                "its commit decision is recorded and participants may have applied it; an abort would break atomicity",
-            ),
-            (Resolution::Abort, None) if forgettable => unsafe_because(
-                "it is older than the idempotency horizon or the ids whose outcomes are remembered; \
-                     its outcome may have been forgotten",
-            ),
-            (Resolution::Abort, None) if awaiting.as_ref().is_some_and(|o| o.decision.is_none()) => {
+        let report = |settled: Vec<String>, note: &str| ResolveReport { tx, resolution, settled, note: note.into() };
+        match step {
+            resolve::Step::Nothing { note } => Ok(report(Vec::new(), note)),
+            resolve::Step::Settle { decided, note } => {
+                record(if decided == Decided::Commit { Action::Commit } else { Action::Abort }, Entry::Done { tx })?;
+                Ok(report(awaiting.as_ref().map(services_of).unwrap_or_default(), note))
+            }
+            resolve::Step::RecordAbort { note } => {
                 // Begun, no decision: presumed abort already makes it an
                 // abort; the next open rolls its external branches back.
                 let abort =
                     Entry::Abort { tx, fingerprint: 0, reason: AbortReason::Operator { reason: reason.into() } };
                 record(Action::Abort, abort)?;
-                report(
-                    Vec::new(),
-                    "no decision was recorded: recorded as aborted; the next open rolls back its branches",
-                )
-            }
-            (Resolution::Abort, None) => {
-                let abort =
-                    Entry::Abort { tx, fingerprint: 0, reason: AbortReason::Operator { reason: reason.into() } };
-                record(Action::Abort, abort)?;
-                report(Vec::new(), "no decision was recorded: recorded as aborted by the operator")
+                Ok(report(Vec::new(), note))
             }
         }
     }
