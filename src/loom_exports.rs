@@ -172,3 +172,167 @@ impl Outstanding {
         self.0.unresolved_count()
     }
 }
+
+/// A phase a loom model asks of the engine's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Prepare,
+    Commit,
+    Rollback,
+}
+
+/// The worker's answer (`coordinator::worker::Answer`), simplified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Yes,
+    No,
+    LateRefused,
+    Panicked,
+    Done,
+    Parked,
+    Violation,
+    Other(String),
+}
+
+/// What became of a submitted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    Inline(Answer),
+    Queued,
+    Full,
+}
+
+/// A rule the engine's worker skips on purpose (the models' broken variants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// The inline path runs without checking that nothing is queued.
+    InlineIgnoresPending,
+    /// A rollback before any prepare is not recorded in the barrier.
+    ForgetsEmptyRollback,
+}
+
+use crate::coordinator::worker;
+
+/// The engine's worker (`coordinator::worker::Service`: its `submit`,
+/// `enqueue`, `run`, barrier and participant handling, unchanged) around a
+/// model's participant, on the loom channel of `crate::sync::channel`.
+pub struct Service {
+    inner: std::sync::Arc<worker::Service>,
+}
+
+/// The receiving end of a service's queue, for its worker thread.
+pub struct Worker {
+    inner: std::sync::Arc<worker::Service>,
+    requests: crate::sync::channel::Receiver<worker::Request>,
+}
+
+fn bare(tx: u128) -> std::sync::Arc<crate::coordinator::plan::Plan> {
+    let branch = crate::participant::BranchId { tx: crate::TxId::from_u128(tx), index: 0 };
+    std::sync::Arc::new(crate::coordinator::plan::Plan::bare(engine_barrier::TxKey::recovered(branch), 0))
+}
+
+fn answer(answer: worker::Answer) -> Answer {
+    match answer {
+        worker::Answer::Yes(_) => Answer::Yes,
+        worker::Answer::No(_) => Answer::No,
+        worker::Answer::LateRefused => Answer::LateRefused,
+        worker::Answer::Panicked => Answer::Panicked,
+        worker::Answer::Done => Answer::Done,
+        worker::Answer::Parked => Answer::Parked,
+        worker::Answer::Violation => Answer::Violation,
+        other => Answer::Other(format!("{other:?}")),
+    }
+}
+
+impl Service {
+    /// A service (queue of 16) around `participant`, and its worker's end.
+    pub fn new<P: crate::Participant<Prepared = ()>>(participant: P, broken: Option<Broken>) -> (Self, Worker) {
+        let (sender, requests) = crate::sync::channel::bounded(16);
+        let mut service = worker::Service::new(
+            0,
+            "svc".into(),
+            Box::new(crate::participant::Typed(participant)),
+            None,
+            8,
+            sender,
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+            std::sync::Arc::new(crate::coordinator::outstanding::Outstanding::new(16, None)),
+            crate::RetryPolicy::default(),
+            None,
+        );
+        service.broken = broken.map(|b| match b {
+            Broken::InlineIgnoresPending => worker::LoomBroken::InlineIgnoresPending,
+            Broken::ForgetsEmptyRollback => worker::LoomBroken::ForgetsEmptyRollback,
+        });
+        let inner = std::sync::Arc::new(service);
+        (Self { inner: inner.clone() }, Worker { inner, requests })
+    }
+
+    /// Records branch 0 of `tx` as prepared (as recovery does), so that its
+    /// commit can be submitted.
+    pub fn adopt(&self, tx: u128) {
+        let branch = crate::participant::BranchId { tx: crate::TxId::from_u128(tx), index: 0 };
+        assert!(self.inner.adopt(branch, Box::new(())), "adopted twice");
+    }
+
+    /// `Service::submit` of `step` for branch 0 of `tx` (inline when the
+    /// service is idle, else queued; the reply of a queued one is dropped).
+    pub fn submit(&self, tx: u128, step: Step) -> Submitted {
+        let step = match step {
+            Step::Prepare => worker::Step::Prepare,
+            Step::Commit => worker::Step::Commit,
+            Step::Rollback => worker::Step::Rollback,
+        };
+        let (reply, _replies) = crate::sync::channel::unbounded();
+        match self.inner.submit(&bare(tx), 0, step, &reply, None, None) {
+            worker::Submitted::Inline(a) => Submitted::Inline(answer(a)),
+            worker::Submitted::Queued => Submitted::Queued,
+            worker::Submitted::Full => Submitted::Full,
+        }
+    }
+
+    /// [`submit`](Self::submit), and for a queued request its answer (the
+    /// worker must be running).
+    pub fn call(&self, tx: u128, step: Step) -> Answer {
+        let engine_step = match step {
+            Step::Prepare => worker::Step::Prepare,
+            Step::Commit => worker::Step::Commit,
+            Step::Rollback => worker::Step::Rollback,
+        };
+        let (reply, replies) = crate::sync::channel::unbounded();
+        match self.inner.submit(&bare(tx), 0, engine_step, &reply, None, None) {
+            worker::Submitted::Inline(a) => answer(a),
+            worker::Submitted::Queued => match replies.recv() {
+                Ok(worker::Reply::Phase { answer: a, .. }) => answer(a),
+                Ok(worker::Reply::Audit { .. }) => Answer::Other("audit".into()),
+                Err(_) => Answer::Other("no reply".into()),
+            },
+            worker::Submitted::Full => Answer::Other("full".into()),
+        }
+    }
+
+    /// `Service::enqueue` of a commit of `tx` (queued whatever the state).
+    pub fn enqueue_commit(&self, tx: u128) {
+        let (reply, _replies) = crate::sync::channel::unbounded();
+        let plan = bare(tx);
+        let request = worker::Request::Phase { plan, branch: 0, step: worker::Step::Commit, reply, after: None };
+        assert!(matches!(self.inner.enqueue(request, None), worker::Submitted::Queued));
+    }
+
+    /// `Service::enqueue` of the shutdown request.
+    pub fn shutdown(&self) {
+        self.inner.enqueue(worker::Request::Shutdown, None);
+    }
+
+    /// Requests enqueued and not yet handled.
+    pub fn pending(&self) -> usize {
+        self.inner.pending_requests()
+    }
+}
+
+impl Worker {
+    /// `Service::run`: handles requests until the shutdown request.
+    pub fn run(self) {
+        self.inner.run(self.requests)
+    }
+}

@@ -1,17 +1,15 @@
 //! Loom model of a service's inline-vs-queued FIFO protocol and of worker
-//! shutdown (`src/coordinator/worker.rs`: `Service::submit`, `send`,
-//! `enqueue`, `run`).
-//!
-//! The crossbeam channel is not loom-aware, so a loom `Mutex<VecDeque>` with
-//! a `Condvar` stands in for it (FIFO, blocking `recv`, non-blocking
-//! `try_recv`); `pending` and the core lock are the engine's. A request is a
-//! number; "handling" it appends the number to the core's `applied` log.
+//! shutdown, running the engine's own worker (`src/coordinator/worker.rs`:
+//! `Service::submit`, `send`, `enqueue`, `run`, the barrier and the
+//! participant call) through `dtc::__loom::Service`, on the loom twin of
+//! the crossbeam channel (`src/sync.rs`, `channel`). A transaction is a
+//! number; the participant appends the numbers it commits.
 //!
 //! Properties, over every schedule within the preemption bound:
-//! - nothing is lost: every submitted request is applied before the worker
+//! - nothing is lost: every submitted commit is applied before the worker
 //!   exits on `Shutdown`, and `pending` ends at 0;
 //! - nothing runs twice;
-//! - FIFO: a request submitted after another one's `submit` returned (the
+//! - FIFO: a commit submitted after another one's `submit` returned (the
 //!   engine's key locks give that order between conflicting transactions)
 //!   is never applied before it.
 //!
@@ -19,153 +17,43 @@
 //!      cargo test --release --test loom_worker
 #![cfg(loom)]
 
-use std::collections::VecDeque;
-
-use dtc::__loom::Mutex;
-use loom::sync::atomic::{AtomicUsize, Ordering};
-use loom::sync::{Arc, Condvar};
+use dtc::__loom::{Broken, Service, Step};
+use dtc::{BranchId, Failure, Participant, Refusal, Work};
+use loom::sync::{Arc, Mutex};
 use loom::thread;
 
-/// `WORKER_BATCH` in worker.rs is 64; 2 keeps the batch boundary (the
-/// worker re-taking the core lock between batches) reachable in the model.
-const WORKER_BATCH: usize = 2;
-
-enum Request {
-    Phase(u32),
-    Shutdown,
+/// Commits succeed at once; each commit appends its transaction's number.
+struct Recording {
+    applied: Arc<Mutex<Vec<u128>>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
-    /// `Service::submit` as written.
-    Engine,
-    /// Broken on purpose: the inline path does not check `pending`.
-    InlineIgnoresPending,
-}
-
-struct Core {
-    applied: Vec<u32>,
-}
-
-/// The channel stand-in (crossbeam `bounded`, never full in the model).
-struct Channel {
-    queue: loom::sync::Mutex<VecDeque<Request>>,
-    ready: Condvar,
-}
-
-impl Channel {
-    fn send(&self, request: Request) {
-        self.queue.lock().unwrap().push_back(request);
-        self.ready.notify_one();
+impl Participant for Recording {
+    type Prepared = ();
+    fn prepare(&mut self, _: BranchId, _: Work<'_>) -> Result<(), Refusal> {
+        Ok(())
     }
-
-    fn recv(&self) -> Request {
-        let mut queue = self.queue.lock().unwrap();
-        loop {
-            if let Some(request) = queue.pop_front() {
-                return request;
-            }
-            queue = self.ready.wait(queue).unwrap();
-        }
+    fn commit(&mut self, branch: BranchId, _: &()) -> Result<(), Failure> {
+        self.applied.lock().unwrap().push(branch.tx.as_u128());
+        Ok(())
     }
-
-    fn try_recv(&self) -> Option<Request> {
-        self.queue.lock().unwrap().pop_front()
+    fn rollback(&mut self, _: BranchId, _: Option<&()>) -> Result<(), Failure> {
+        Ok(())
     }
-}
-
-struct Service {
-    core: Mutex<Core>,
-    pending: AtomicUsize,
-    channel: Channel,
-    variant: Variant,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Submitted {
-    Inline,
-    Queued,
-}
-
-impl Service {
-    fn new(variant: Variant) -> Arc<Self> {
-        Arc::new(Self {
-            core: Mutex::new(Core { applied: Vec::new() }),
-            pending: AtomicUsize::new(0),
-            channel: Channel { queue: loom::sync::Mutex::new(VecDeque::new()), ready: Condvar::new() },
-            variant,
-        })
-    }
-
-    /// `Service::submit` with one copy and a participant whose commit
-    /// succeeds (no hand-off). `try_core` spins `INLINE_SPINS` times on
-    /// `try_lock`; one attempt here reaches the same states, since loom
-    /// already tries it at every point a later spin could.
-    fn submit(&self, request: u32) -> Submitted {
-        // worker.rs: `if let Some(mut core) = self.try_core() {`
-        if let Some(mut core) = self.core.try_lock() {
-            // worker.rs: `if self.pending.load(Ordering::SeqCst) == 0 {`
-            if self.variant == Variant::InlineIgnoresPending || self.pending.load(Ordering::SeqCst) == 0 {
-                // worker.rs: `self.step(&mut core, plan, group, step, true)`
-                core.applied.push(request);
-                return Submitted::Inline;
-            }
-            // The core guard drops here, before queueing, as in worker.rs.
-        }
-        // worker.rs: `self.pending.fetch_add(1, SeqCst); result = self.send(..)`
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        self.channel.send(Request::Phase(request));
-        Submitted::Queued
-    }
-
-    /// `Service::enqueue` (audit, shutdown).
-    fn enqueue(&self, request: Request) {
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        self.channel.send(request);
-    }
-
-    /// `Service::run`, line for line.
-    fn run(&self) {
-        'serve: loop {
-            // `while let Ok(first) = requests.recv()`
-            let first = self.channel.recv();
-            // `let mut core = self.core.lock();`
-            let mut core = self.core.lock();
-            let mut next = Some(first);
-            let mut handled = 0;
-            while let Some(request) = next.take() {
-                // `let stop = self.handle(&mut core, request);`
-                let stop = match request {
-                    Request::Phase(n) => {
-                        core.applied.push(n);
-                        false
-                    }
-                    Request::Shutdown => true,
-                };
-                // `self.pending.fetch_sub(1, Ordering::SeqCst);`
-                self.pending.fetch_sub(1, Ordering::SeqCst);
-                if stop {
-                    break 'serve;
-                }
-                handled += 1;
-                if handled < WORKER_BATCH {
-                    next = self.channel.try_recv();
-                }
-            }
-        }
+    fn is_nonblocking(&self) -> bool {
+        true
     }
 }
 
 /// The key lock of the transactions: who holds it in turn, numbered.
 struct KeyLock {
-    turn: loom::sync::Mutex<u32>,
+    turn: Mutex<u32>,
 }
 
-/// Submits `request` while holding the key lock; returns its turn number.
-fn locked_submit(service: &Service, keys: &KeyLock, request: u32) -> u32 {
+/// Submits the commit of `tx` while holding the key lock; its turn.
+fn locked_submit(service: &Service, keys: &KeyLock, tx: u128) -> u32 {
     let mut turn = keys.turn.lock().unwrap();
     *turn += 1;
-    service.submit(request);
+    service.submit(tx, Step::Commit);
     *turn
 }
 
@@ -175,58 +63,59 @@ fn locked_submit(service: &Service, keys: &KeyLock, request: u32) -> u32 {
 /// at least 3 whatever `LOOM_MAX_PREEMPTIONS` says.
 const MIN_PREEMPTIONS: usize = 3;
 
-fn model(variant: Variant, min_preemptions: usize) {
+fn model(broken: Option<Broken>, min_preemptions: usize) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(min_preemptions).max(min_preemptions));
     builder.check(move || {
-        let service = Service::new(variant);
-        // A request already queued when the callers start (an earlier
-        // transaction's, or an audit): the worker may be busy with it.
-        service.enqueue(Request::Phase(0));
-        let worker = {
-            let service = Arc::clone(&service);
-            thread::spawn(move || service.run())
-        };
-        let keys = Arc::new(KeyLock { turn: loom::sync::Mutex::new(0) });
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (service, worker) = Service::new(Recording { applied: applied.clone() }, broken);
+        for tx in 0..3 {
+            service.adopt(tx);
+        }
+        let service = Arc::new(service);
+        // A commit already queued when the callers start (an earlier
+        // transaction's): the worker may be busy with it.
+        service.enqueue_commit(0);
+        let worker = thread::spawn(move || worker.run());
+        let keys = Arc::new(KeyLock { turn: Mutex::new(0) });
         let callers: Vec<_> = [1, 2]
             .into_iter()
-            .map(|request| {
+            .map(|tx| {
                 let (service, keys) = (Arc::clone(&service), Arc::clone(&keys));
-                thread::spawn(move || (locked_submit(&service, &keys, request), request))
+                thread::spawn(move || (locked_submit(&service, &keys, tx), tx))
             })
             .collect();
-        let mut order: Vec<(u32, u32)> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+        let mut order: Vec<(u32, u128)> = callers.into_iter().map(|c| c.join().unwrap()).collect();
         order.sort_unstable();
         // Shutdown while requests may still be queued (the coordinator sends
         // it once no caller is in flight, as here).
-        service.enqueue(Request::Shutdown);
+        service.shutdown();
         worker.join().unwrap();
 
-        let applied = service.core.lock().applied.clone();
+        let applied = applied.lock().unwrap().clone();
         let mut seen = applied.clone();
         seen.sort_unstable();
         assert_eq!(seen, [0, 1, 2], "lost or run twice: applied {applied:?}");
-        let position = |n: u32| applied.iter().position(|&a| a == n).expect("applied");
+        let position = |n: u128| applied.iter().position(|&a| a == n).expect("applied");
         let (first, second) = (order[0].1, order[1].1);
         assert!(
             position(first) < position(second),
             "FIFO broken: {second} submitted after {first} returned but applied before it: {applied:?}"
         );
-        assert_eq!(service.pending.load(Ordering::SeqCst), 0, "pending leaked");
-        assert!(service.channel.queue.lock().unwrap().is_empty(), "left in the queue");
+        assert_eq!(service.pending(), 0, "pending leaked (or left in the queue)");
     });
 }
 
 #[test]
 fn inline_and_queued_requests_keep_fifo_and_shutdown_drains() {
-    model(Variant::Engine, MIN_PREEMPTIONS);
+    model(None, MIN_PREEMPTIONS);
 }
 
 /// The same at a preemption bound of 5 (minutes).
 #[test]
 #[ignore = "long: cargo test --release --test loom_worker -- --ignored"]
 fn inline_and_queued_requests_keep_fifo_and_shutdown_drains_bound_5() {
-    model(Variant::Engine, 5);
+    model(None, 5);
 }
 
 /// The check bites: an inline path that skips the `pending` check lets the
@@ -234,5 +123,5 @@ fn inline_and_queued_requests_keep_fifo_and_shutdown_drains_bound_5() {
 #[test]
 #[should_panic(expected = "FIFO broken")]
 fn inline_path_without_pending_check_breaks_fifo() {
-    model(Variant::InlineIgnoresPending, MIN_PREEMPTIONS);
+    model(Some(Broken::InlineIgnoresPending), MIN_PREEMPTIONS);
 }

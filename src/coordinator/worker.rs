@@ -235,6 +235,7 @@ const INLINE_SPINS: u32 = 64;
 #[cfg(loom)]
 const INLINE_SPINS: u32 = 1;
 /// Longest an inline caller waits for a busy participant before queueing.
+#[cfg(not(loom))]
 const INLINE_WAIT: Duration = Duration::from_millis(1);
 /// Requests a worker handles per lock acquisition.
 const WORKER_BATCH: usize = 64;
