@@ -5,7 +5,7 @@
 //! An [`Error`] means the transaction was not run at all (bad input, checked
 //! before any side effect) or the engine itself cannot go on.
 
-use crate::txn::TxId;
+use crate::txid::TxId;
 
 /// Everything `Coordinator` calls can fail with. Each variant has a stable
 /// code ([`Error::code`]).

@@ -45,6 +45,7 @@
 mod branch_store;
 pub mod closure;
 mod coordinator;
+mod datadir;
 mod durable;
 mod error;
 pub mod fault;
@@ -61,6 +62,7 @@ pub mod remote;
 mod retry;
 pub mod saga;
 mod sync;
+mod txid;
 mod txn;
 mod wal;
 
@@ -102,9 +104,8 @@ pub use wal::LogBackend;
 /// ```
 pub mod ops {
     pub use crate::coordinator::{Audit, IdempotencyStats, LogStats};
-    pub use crate::durable::{
-        DataDir, MAX_VERIFY_PROBLEMS, RecoveryReport, RecoverySummary, TxStatus, VerifyProblem, VerifyReport,
-    };
+    pub use crate::datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, VerifyProblem, VerifyReport};
+    pub use crate::durable::RecoveryReport;
     pub use crate::metrics::{LatencySummary, MetricsSnapshot, render_prometheus};
     pub use crate::operator::{
         CallError, MAX_REASON_BYTES, OperatorAction, ParticipantState, Resolution, ResolveReport, RetryReport, TxKind,

@@ -2,7 +2,7 @@
 //! transactions (`Coordinator::unfinished`, `SagaExecutor::unfinished`,
 //! `DataDir::unfinished`, `dtc txs`), the reports of retry-now and resolve,
 //! and the audit trail. The actions themselves live with each engine
-//! (`coordinator/operator.rs`, the saga executor, `durable/datadir.rs`).
+//! (`coordinator/operator.rs`, the saga executor, `datadir.rs`).
 
 use crate::error::{Error, Result};
 use crate::txn::{TxId, unix_nanos};
@@ -93,7 +93,7 @@ pub struct ParticipantState {
 }
 
 /// An unfinished transaction: [`Coordinator::unfinished`](crate::Coordinator::unfinished),
-/// [`DataDir::unfinished`](crate::durable::DataDir::unfinished), `dtc txs`.
+/// [`DataDir::unfinished`](crate::datadir::DataDir::unfinished), `dtc txs`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UnfinishedTx {
     /// The transaction (a saga: its id).

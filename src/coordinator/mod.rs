@@ -295,7 +295,7 @@ impl Builder {
     /// [`LogBackend::Mmap`](crate::LogBackend) stores into a shared mapping
     /// and syncs with `msync`). Not part of the on-disk format: a directory
     /// written with one is read with either. See `docs/design.md`, "Sync path".
-    pub fn log_backend(mut self, backend: crate::LogBackend) -> Self {
+    pub fn log_backend(mut self, backend: crate::wal::LogBackend) -> Self {
         self.config.journal.wal.backend = backend;
         self
     }
@@ -310,7 +310,7 @@ impl Builder {
     /// [`testing::MemStorage`](crate::testing::MemStorage) that can crash,
     /// tear and fail on demand) instead of a directory.
     #[doc(hidden)]
-    pub fn storage_for_testing(mut self, storage: crate::testing::MemStorage) -> Self {
+    pub fn storage_for_testing(mut self, storage: crate::wal::MemStorage) -> Self {
         self.config.storage = Some(Arc::new(storage));
         self
     }

@@ -799,7 +799,7 @@ impl Service {
         key: TxKey,
         step: Step,
         inline: bool,
-        mut f: impl FnMut(&mut Core) -> Result<(), crate::Failure>,
+        mut f: impl FnMut(&mut Core) -> Result<(), crate::participant::Failure>,
     ) -> Option<bool> {
         let what = if step == Step::Commit { "commit" } else { "rollback" };
         let mut definite = false;

@@ -19,11 +19,8 @@
 
 pub(crate) mod codec;
 pub(crate) mod control;
-mod datadir;
 pub(crate) mod dirlock;
 pub(crate) mod ids;
-
-pub use datadir::{DataDir, MAX_VERIFY_PROBLEMS, RecoverySummary, TxStatus, VerifyProblem, VerifyReport};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The operator's resolve rules, in one place: a running coordinator
 //! (`coordinator/operator.rs`) and the offline `DataDir`
-//! (`durable/datadir.rs`) gather the facts each can see and follow the step
+//! (`datadir.rs`) gather the facts each can see and follow the step
 //! this returns. The rules keep atomicity: a commit is settled only where a
 //! commit is decided, an abort only where nothing or an abort is decided.
 

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use hashbrown::HashMap;
 
-use super::codec::{Action, Checkpoint, Entry, OperatorRecord};
-use super::dirlock::DirLock;
-use super::{
+use crate::coordinator::{Coordinator, Durability};
+use crate::durable::codec::{Action, Checkpoint, Entry, OperatorRecord};
+use crate::durable::dirlock::DirLock;
+use crate::durable::{
     Journal, JournalConfig, RecoveryReport, control, open_transactions, read_checkpoint, read_entry, recorded_outcomes,
     wal_error,
 };
-use crate::coordinator::{Coordinator, Durability};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::operator::{
@@ -38,7 +38,7 @@ fn refused(dir: &Path, tx: Option<TxId>, code: &str, message: String) -> Error {
         _ => Error::Control { dir: dir.display().to_string(), reason: format!("refused ({code}): {message}") },
     }
 }
-use super::ids::IdArchive;
+use crate::durable::ids::IdArchive;
 use crate::wal::{FsStorage, Inspection, Storage, Verdict, Wal, WalConfig, WalError};
 use std::sync::Arc;
 
@@ -84,7 +84,7 @@ pub struct RecoverySummary {
 }
 
 /// The services of an open transaction's branches, each named once.
-fn services_of(open: &super::Open) -> Vec<String> {
+fn services_of(open: &crate::durable::Open) -> Vec<String> {
     let mut names: Vec<String> = open.branches.iter().map(|b| b.service.clone()).collect();
     names.dedup();
     names
@@ -846,7 +846,7 @@ fn replay_commit(
     balances: &mut Balances,
     lsn: u64,
     tx: &TxId,
-    changes: &[super::codec::Change],
+    changes: &[crate::durable::codec::Change],
     external: bool,
 ) {
     let mut net = 0i128;
