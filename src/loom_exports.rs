@@ -19,6 +19,7 @@ impl<T> Mutex<T> {
     }
 }
 pub use crate::wal::group::{Failed, GroupCommit, WaitError};
+pub use crate::wal::reserve::{Claim, Cursor};
 
 use crate::coordinator::barrier as engine_barrier;
 use crate::coordinator::locks as engine_locks;

@@ -34,6 +34,7 @@ mod mmap;
 mod pwrite;
 mod record;
 mod recovery;
+pub(crate) mod reserve;
 mod segment;
 mod segment_file;
 mod storage;
@@ -62,6 +63,7 @@ pub use storage::{FsStorage, LogBackend, SegmentFile, Storage};
 use format::Format;
 use group::{GroupCommit, WaitError};
 use record::{HEADER_BYTES, encode_header, encode_padding, record_bytes};
+use reserve::{Claim, Cursor};
 use segment::{Ring, parse_segment_name, segment_name};
 
 /// A byte position in the log. Monotonic, never reused.
@@ -197,7 +199,7 @@ struct Shared {
     config: WalConfig,
     segment_bytes: u64,
     /// Next free position: everything below is reserved.
-    reserved: AtomicU64,
+    cursor: Cursor,
     group: GroupCommit,
     ring: Ring,
     /// Durable position stated by the newest sync marker (leader only).
@@ -295,35 +297,13 @@ impl Shared {
             if let Some(f) = self.group.failure() {
                 return Err(failed(f.0));
             }
-            // Relaxed: the CAS below decides; exclusivity of ranges needs only
-            // the atomicity of the read-modify-write, and segment readiness is
-            // ordered by `ensure_ready`'s own Acquire.
-            let current = self.reserved.load(Ordering::Relaxed);
-            let id = self.segment_of(current);
-            let segment_end = (id + 1) * self.segment_bytes;
-            if current + size <= segment_end {
-                self.ensure_ready(id)?;
-                // Relaxed: see the load above.
-                if self
-                    .reserved
-                    .compare_exchange_weak(current, current + size, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok(current);
+            match self.cursor.attempt(size, |id| self.ensure_ready(id))? {
+                Some(Claim::Record { start }) => return Ok(start),
+                Some(Claim::Seal { start, end }) => {
+                    self.seal(start, end)?;
+                    on_new_segment(self.segment_of(end));
                 }
-            } else {
-                // Make sure the next segment may exist before sealing this
-                // one, so that LogFull leaves nothing reserved.
-                self.ensure_ready(id + 1)?;
-                // Relaxed: see the load above.
-                if self
-                    .reserved
-                    .compare_exchange_weak(current, segment_end, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.seal(current, segment_end)?;
-                    on_new_segment(id + 1);
-                }
+                None => {}
             }
         }
     }
@@ -357,20 +337,8 @@ impl Shared {
             return;
         }
         let size = record_bytes(record::SYNC_MARKER_PAYLOAD_BYTES);
-        let start = loop {
-            // Relaxed: as in `reserve`.
-            let current = self.reserved.load(Ordering::Relaxed);
-            let id = self.segment_of(current);
-            if current + size > (id + 1) * self.segment_bytes || !self.ring.is_ready(id) {
-                return;
-            }
-            if self
-                .reserved
-                .compare_exchange_weak(current, current + size, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                break current;
-            }
+        let Some(start) = self.cursor.claim_in_segment(size, |id| self.ring.is_ready(id)) else {
+            return;
         };
         let payload = durable.to_le_bytes();
         let header = encode_header(start, self.segment_of(start), record::KIND_SYNC_MARKER, &payload);
@@ -401,7 +369,7 @@ impl Shared {
         // Relaxed: a caller waits for positions it got from its own append
         // (sequenced before) or from another thread through some
         // synchronization; either way this read is at least that new.
-        let end = self.reserved.load(Ordering::Relaxed);
+        let end = self.cursor.position();
         if lsn.0 > end {
             return Err(WalError::LsnBeyondEnd { lsn, end: Lsn(end) });
         }
@@ -515,7 +483,7 @@ impl Wal {
         let shared = Arc::new(Shared {
             storage,
             segment_bytes,
-            reserved: AtomicU64::new(end),
+            cursor: Cursor::new(end, segment_bytes),
             group: GroupCommit::new(end).with_gather(config.gather_limit).with_syncs_in_flight(config.syncs_in_flight),
             ring,
             last_marker: AtomicU64::new(0),
@@ -651,7 +619,7 @@ impl Wal {
     /// Everything reserved so far (including the log's own markers).
     pub fn end_lsn(&self) -> Lsn {
         // Acquire is not needed for a snapshot value: Relaxed.
-        Lsn(self.shared.reserved.load(Ordering::Relaxed))
+        Lsn(self.shared.cursor.position())
     }
 
     /// Writes a checkpoint covering every record below `lsn` (a position
