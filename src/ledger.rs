@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::participant::{BalanceSummary, BranchId, Directory, Failure, Participant, ParticipantKind, Refusal, Work};
+use crate::phase::{BalanceSummary, Directory, Refusal, Work};
 use crate::sync::{AtomicI64, Ordering};
 /// Longest account id accepted, in bytes.
 pub const MAX_ACCOUNT_ID_BYTES: usize = 255;
@@ -23,7 +23,7 @@ pub const MAX_ACCOUNT_ID_BYTES: usize = 255;
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// A sharded store of account balances; a [`Participant`].
+/// A sharded store of account balances; a [`Participant`](crate::Participant).
 ///
 /// Cloning gives another handle to the same accounts. Reads through a handle
 /// (`balance`) are not isolated from transactions in flight; use
@@ -284,15 +284,10 @@ impl Directory for LedgerCore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerHold(SmallVec<[(u64, i64); 4]>);
 
-impl Participant for Ledger {
-    type Prepared = LedgerHold;
-
-    /// Its state is rebuilt from the coordinator's log.
-    fn kind(&self) -> ParticipantKind {
-        ParticipantKind::Volatile
-    }
-
-    fn prepare(&mut self, _branch: BranchId, work: Work<'_>) -> Result<LedgerHold, Refusal> {
+impl Ledger {
+    /// The participant's prepare: checks funds and accounts for the legs of
+    /// `work` and returns the net change to apply, changing nothing.
+    pub(crate) fn hold(&self, work: Work<'_>) -> std::result::Result<LedgerHold, Refusal> {
         let Work::Transfers(ops) = work else {
             return Err(Refusal::new("payload_unsupported", "a ledger takes transfer legs, not payloads"));
         };
@@ -327,80 +322,25 @@ impl Participant for Ledger {
         Ok(LedgerHold(pending.iter().map(|&(k, d, _)| (k, d)).collect()))
     }
 
-    fn commit(&mut self, _branch: BranchId, prepared: &LedgerHold) -> Result<(), Failure> {
+    /// The participant's commit: applies a held change (the caller holds
+    /// the accounts' locks).
+    pub(crate) fn commit_hold(&self, prepared: &LedgerHold) {
         for &(key, delta) in &prepared.0 {
             // Relaxed: the coordinator holds this account's lock; the lock
             // release publishes the new balance to the next transaction.
             self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
         }
-        Ok(())
     }
 
-    fn rollback(&mut self, _branch: BranchId, _prepared: Option<&LedgerHold>) -> Result<(), Failure> {
-        // Prepare changes nothing; there is nothing to undo.
-        Ok(())
-    }
-
-    fn directory(&self) -> Option<Arc<dyn Directory>> {
-        Some(self.core.clone())
-    }
-
-    fn balances(&mut self) -> Option<BalanceSummary> {
-        Some(self.summary())
-    }
-
-    fn ledger(&self) -> Option<Ledger> {
-        Some(self.clone())
-    }
-
-    fn is_builtin_ledger(&self) -> bool {
-        true
-    }
-
-    fn is_nonblocking(&self) -> bool {
-        true
+    /// The participant's directory: the ledger's account lookup.
+    pub(crate) fn account_directory(&self) -> Arc<dyn Directory> {
+        self.core.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::participant::Operation;
-    use crate::txn::TxId;
-
-    fn op(account: &str, delta: i64) -> Operation<'_> {
-        Operation { account, key: None, delta }
-    }
-
-    fn ops<'a>(ops: &'a [Operation<'a>]) -> Work<'a> {
-        Work::Transfers(ops)
-    }
-
-    #[test]
-    fn prepare_checks_funds_and_commit_applies() {
-        let mut l = Ledger::new();
-        l.create_account("a", 10).unwrap();
-        l.create_account("b", 0).unwrap();
-        let tx = BranchId { tx: TxId::from_u128(1), index: 0 };
-        let refused = l.prepare(tx, ops(&[op("a", -11), op("b", 11)])).unwrap_err();
-        assert_eq!(refused, Refusal::InsufficientFunds { account: "a".into() });
-        let p = l.prepare(tx, ops(&[op("a", -4), op("b", 4), op("a", -6), op("b", 6)])).unwrap();
-        assert_eq!(l.balance("a"), Some(10), "prepare must not change balances");
-        l.commit(tx, &p).unwrap();
-        assert_eq!((l.balance("a"), l.balance("b")), (Some(0), Some(10)));
-        assert_eq!(l.summary(), BalanceSummary { accounts: 2, total: 10, negative: 0 });
-    }
-
-    #[test]
-    fn unknown_and_overflow_are_refused() {
-        let mut l = Ledger::new();
-        l.create_account("a", i64::MAX).unwrap();
-        let tx = BranchId { tx: TxId::from_u128(2), index: 0 };
-        assert!(matches!(l.prepare(tx, ops(&[op("zz", 1)])), Err(Refusal::UnknownAccount { .. })));
-        assert!(matches!(l.prepare(tx, ops(&[op("a", 1)])), Err(Refusal::Overflow { .. })));
-        assert!(matches!(l.prepare(tx, Work::Payload(b"x")), Err(Refusal::Other { .. })));
-    }
 
     #[test]
     fn many_accounts_round_trip() {

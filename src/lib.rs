@@ -57,6 +57,7 @@ mod operator;
 pub mod participant;
 #[cfg(feature = "postgres")]
 pub mod pg;
+mod phase;
 mod protocol;
 pub mod remote;
 mod retry;
