@@ -20,7 +20,7 @@
 //! answered abort committed nowhere. `broken_variants_are_caught` runs a
 //! deliberately broken core for each rule and requires the checks to fail.
 //!
-//! `DTC_PROTOCOL_SIM_SEEDS=<n>` runs n seeds (default 300).
+//! `DTC_PROTOCOL_SIM_SEEDS=<n>` runs n seeds (default 2000).
 
 use hashbrown::{HashMap, HashSet};
 use rand::rngs::SmallRng;
@@ -659,7 +659,7 @@ fn run_seed(seed: u64, broken: Option<Broken>, immediate: bool) -> (Vec<String>,
 }
 
 fn seeds() -> u64 {
-    std::env::var("DTC_PROTOCOL_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
+    std::env::var("DTC_PROTOCOL_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
 }
 
 #[test]
