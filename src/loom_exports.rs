@@ -232,6 +232,14 @@ fn bare(tx: u128) -> std::sync::Arc<crate::coordinator::plan::Plan> {
     std::sync::Arc::new(crate::coordinator::plan::Plan::bare(engine_barrier::TxKey::recovered(branch), 0))
 }
 
+fn engine_step(step: Step) -> worker::Step {
+    match step {
+        Step::Prepare => worker::Step::Prepare,
+        Step::Commit => worker::Step::Commit,
+        Step::Rollback => worker::Step::Rollback,
+    }
+}
+
 fn answer(answer: worker::Answer) -> Answer {
     match answer {
         worker::Answer::Yes(_) => Answer::Yes,
@@ -279,13 +287,8 @@ impl Service {
     /// `Service::submit` of `step` for branch 0 of `tx` (inline when the
     /// service is idle, else queued; the reply of a queued one is dropped).
     pub fn submit(&self, tx: u128, step: Step) -> Submitted {
-        let step = match step {
-            Step::Prepare => worker::Step::Prepare,
-            Step::Commit => worker::Step::Commit,
-            Step::Rollback => worker::Step::Rollback,
-        };
         let (reply, _replies) = crate::sync::channel::unbounded();
-        match self.inner.submit(&bare(tx), 0, step, &reply, None, None) {
+        match self.inner.submit(&bare(tx), 0, engine_step(step), &reply, None, None) {
             worker::Submitted::Inline(a) => Submitted::Inline(answer(a)),
             worker::Submitted::Queued => Submitted::Queued,
             worker::Submitted::Full => Submitted::Full,
@@ -295,13 +298,8 @@ impl Service {
     /// [`submit`](Self::submit), and for a queued request its answer (the
     /// worker must be running).
     pub fn call(&self, tx: u128, step: Step) -> Answer {
-        let engine_step = match step {
-            Step::Prepare => worker::Step::Prepare,
-            Step::Commit => worker::Step::Commit,
-            Step::Rollback => worker::Step::Rollback,
-        };
         let (reply, replies) = crate::sync::channel::unbounded();
-        match self.inner.submit(&bare(tx), 0, engine_step, &reply, None, None) {
+        match self.inner.submit(&bare(tx), 0, engine_step(step), &reply, None, None) {
             worker::Submitted::Inline(a) => answer(a),
             worker::Submitted::Queued => match replies.recv() {
                 Ok(worker::Reply::Phase { answer: a, .. }) => answer(a),
