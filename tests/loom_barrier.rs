@@ -110,6 +110,20 @@ fn spawn(service: &Arc<Service>, steps: &'static [Step]) -> thread::JoinHandle<V
     })
 }
 
+/// Two prepares and a rollback of one branch, each on its own thread (the
+/// prepares refused when `refuse`): the prepares' answers and what the
+/// participant did, once the worker stopped. The rollback answers `Done`.
+fn two_prepares_and_a_rollback(refuse: bool, broken: Option<Broken>) -> ([Answer; 2], Arc<Mutex<Counts>>) {
+    let running = service(refuse, broken);
+    let service = running.service.clone();
+    let a = spawn(&service, &[Step::Prepare]);
+    let b = spawn(&service, &[Step::Prepare]);
+    let rollback = spawn(&service, &[Step::Rollback]);
+    let answers = [a.join().unwrap()[0].clone(), b.join().unwrap()[0].clone()];
+    assert_eq!(rollback.join().unwrap(), [Answer::Done]);
+    (answers, running.stop())
+}
+
 /// Three deliveries of prepare and two of commit: one prepare call, one
 /// commit call, every copy answered as the first.
 #[test]
@@ -134,14 +148,7 @@ fn duplicate_prepares_and_commits_have_one_effect() {
 #[test]
 fn a_refused_prepare_stays_refused() {
     loom::model(|| {
-        let running = service(true, None);
-        let service = running.service.clone();
-        let a = spawn(&service, &[Step::Prepare]);
-        let b = spawn(&service, &[Step::Prepare]);
-        let c = spawn(&service, &[Step::Rollback]);
-        let answers = [a.join().unwrap()[0].clone(), b.join().unwrap()[0].clone()];
-        assert_eq!(c.join().unwrap(), [Answer::Done]);
-        let counts = running.stop();
+        let (answers, counts) = two_prepares_and_a_rollback(true, None);
         let p = counts.lock().unwrap();
         // Either the rollback came first (no call at all) or one prepare
         // was called and refused.
@@ -157,14 +164,7 @@ fn a_refused_prepare_stays_refused() {
 /// without a participant call.
 fn rollback_racing_prepare(broken: Option<Broken>) {
     loom::model(move || {
-        let running = service(false, broken);
-        let service = running.service.clone();
-        let a = spawn(&service, &[Step::Prepare]);
-        let b = spawn(&service, &[Step::Prepare]);
-        let rollback = spawn(&service, &[Step::Rollback]);
-        let answers = [a.join().unwrap()[0].clone(), b.join().unwrap()[0].clone()];
-        assert_eq!(rollback.join().unwrap(), [Answer::Done]);
-        let counts = running.stop();
+        let (answers, counts) = two_prepares_and_a_rollback(false, broken);
         let p = counts.lock().unwrap();
         assert!(!p.holding, "a prepare took effect after its rollback: {p:?} {answers:?}");
         assert_eq!(p.commits, 0);

@@ -104,11 +104,9 @@ pub(crate) struct Service {
     pub builtin_ledger: bool,
     /// Where the participant keeps its state (see `ParticipantKind`).
     pub kind: ParticipantKind,
-    /// Its state is rebuilt from the coordinator's log (a ledger or a
-    /// wrapper of one), or lives only in this process's memory: it may be
-    /// told to commit before the decision is durable.
-    pub early_commit: bool,
-    /// The same, as the protocol core sees it.
+    /// Who keeps its state, as the protocol core sees it: the log (a ledger
+    /// or a wrapper of one) or this process's memory may be told to commit
+    /// before the decision is durable (`Keeper::early_commit`).
     pub keeper: Keeper,
     journal: Option<Arc<Journal>>,
     sender: Sender<Request>,
@@ -263,7 +261,6 @@ impl Service {
             ParticipantKind::Durable => Keeper::Own,
             ParticipantKind::External => Keeper::External,
         };
-        let early_commit = keeper.early_commit();
         Self {
             index,
             name,
@@ -272,7 +269,6 @@ impl Service {
             inline,
             builtin_ledger,
             kind,
-            early_commit,
             keeper,
             journal,
             sender,
@@ -723,7 +719,7 @@ impl Service {
         // The rule that keeps a participant with its own storage atomic with
         // the rest: it hears "commit" only once the decision is durable.
         assert!(
-            self.early_commit || self.journal.is_none() || after.is_some(),
+            self.keeper.early_commit() || self.journal.is_none() || after.is_some(),
             "commit to {} ({:?}) without a durable decision to wait for",
             self.name,
             self.kind

@@ -1,9 +1,10 @@
 //! The transaction protocol as pure state machines: events in, actions out.
 //!
 //! Nothing here touches a thread, a channel, a clock, a lock or a file. The
-//! coordinator's thread driver (`coordinator/mod.rs`, `coordinator/batch.rs`)
-//! executes the actions with workers, channels, the striped locks and the
-//! journal, and feeds back what happened as events; the deterministic
+//! coordinator's thread driver (`coordinator/driver.rs`, for single
+//! transactions and each member of a batch) executes the actions with
+//! workers, channels, the striped locks and the journal, and feeds back
+//! what happened as events; the deterministic
 //! simulation (`sim.rs`, a test) executes the same actions against a seeded
 //! model of participants and of a log that crashes, with deliveries
 //! reordered, duplicated and dropped. Both run this code unchanged.

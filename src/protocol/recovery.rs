@@ -32,6 +32,6 @@ pub(crate) fn open_branch(keeper: Keeper, commit: bool, held: bool) -> (Option<D
         // one it lists gets its phase from `listed`.
         Keeper::Own => (None, held),
         // It cannot list: its phase goes again (idempotent by contract).
-        Keeper::External => (Some(if commit { Deliver::Commit } else { Deliver::Rollback }), true),
+        Keeper::External => (Some(listed(commit)), true),
     }
 }
