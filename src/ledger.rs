@@ -257,8 +257,13 @@ impl Ledger {
     }
 }
 
+/// The shard of an id's hash. Not the top bits: hashbrown keeps the top 7
+/// bits of the hash as each slot's control byte, so sharding on them left
+/// only two control values per shard and every probe compared about half
+/// of a group's names. Not the low bits either (the table's bucket index).
+/// Bits 32.. are used by neither below 2³² buckets per shard.
 fn shard_of(hash: u64) -> usize {
-    (hash >> (64 - SHARD_BITS)) as usize
+    ((hash >> 32) as usize) & (SHARDS - 1)
 }
 
 pub(crate) fn validate_account_id(id: &str) -> Result<()> {

@@ -3,13 +3,12 @@
 //! Counters are relaxed atomics (they order nothing). Histograms are sharded
 //! by thread so that recording rarely contends; a snapshot merges the shards.
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering, THREAD_SHARDS, thread_shard};
 use crate::txn::AbortReason;
 
 /// Phases whose latency is recorded.
@@ -23,20 +22,43 @@ pub(crate) enum Stage {
 }
 
 const STAGES: [&str; 5] = ["lock_wait", "prepare", "log", "commit", "total"];
-const SHARDS: usize = 8;
+const SHARDS: usize = THREAD_SHARDS;
 /// Highest latency tracked; longer ones are clamped (60 s).
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
 
+/// A count kept in one cache line per thread shard, so that threads on
+/// different cores counting the same thing do not pass one line back and
+/// forth on every transaction; reading sums the shards.
+pub(crate) struct Striped([CachePadded<AtomicU64>; SHARDS]);
+
+impl Default for Striped {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))))
+    }
+}
+
+impl Striped {
+    pub(crate) fn add(&self, shard: usize, n: u64, order: Ordering) {
+        self.0[shard].fetch_add(n, order);
+    }
+    pub(crate) fn sub(&self, shard: usize, n: u64, order: Ordering) {
+        self.0[shard].fetch_sub(n, order);
+    }
+    pub(crate) fn sum(&self, order: Ordering) -> u64 {
+        self.0.iter().map(|c| c.load(order)).fold(0, u64::wrapping_add)
+    }
+}
+
 #[derive(Default)]
-pub(crate) struct Counter(AtomicU64);
+pub(crate) struct Counter(Striped);
 
 impl Counter {
     pub(crate) fn add(&self, n: u64) {
         // Relaxed: a statistic, read only for reporting.
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.add(thread_shard(), n, Ordering::Relaxed);
     }
     pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.sum(Ordering::Relaxed)
     }
 }
 
@@ -57,19 +79,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2).expect("valid histogram bounds")
 }
 
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn my_shard() -> usize {
-    SHARD.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS);
-        }
-        s.get()
-    })
-}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -92,7 +101,7 @@ impl Default for Metrics {
 impl Metrics {
     pub(crate) fn record(&self, stage: Stage, elapsed: Duration) {
         let ns = (elapsed.as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
-        let mut shard = self.histograms[my_shard()].lock();
+        let mut shard = self.histograms[thread_shard()].lock();
         shard[stage as usize].saturating_record(ns);
     }
 

@@ -275,3 +275,25 @@ mod imp {
 }
 
 pub use imp::*;
+
+/// How many shards per-thread striped state has (counters, id clocks,
+/// histograms): a power of two, more than this machine class has cores.
+pub const THREAD_SHARDS: usize = 8;
+
+thread_local! {
+    static THREAD_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// The calling thread's shard in `0..THREAD_SHARDS`, handed out round-robin
+/// on first use and fixed for the thread's life. Only a placement hint:
+/// threads may share a shard, so striped state stays atomic.
+pub fn thread_shard() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    THREAD_SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            // Relaxed: a round-robin hint, ordering nothing.
+            s.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % THREAD_SHARDS);
+        }
+        s.get()
+    })
+}

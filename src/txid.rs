@@ -6,7 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::sync::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU64, Ordering, THREAD_SHARDS, thread_shard};
 
 /// A 128-bit transaction id, unique within a process and ordered by time.
 ///
@@ -81,30 +83,51 @@ impl<'de> serde::Deserialize<'de> for TxId {
     }
 }
 
-/// Hands out strictly increasing, time-ordered ids.
+/// Hands out unique, time-ordered ids without a shared hot location.
+///
+/// An id is `(unix ns << 64) | (salt ^ shard)`: each thread shard (see
+/// [`thread_shard`]) keeps its own last timestamp in its own cache line and
+/// never repeats it, and ids of different shards differ in their low bits,
+/// so ids are unique without every transaction of every core
+/// compare-and-swapping one word. They increase strictly along one thread,
+/// and across threads as far as the clock tells events apart (two cores may
+/// draw the same nanosecond; their ids are then ordered by shard). `observe`
+/// raises one shared floor that every shard starts above (after recovery,
+/// and for callers' ids), read on each `next` but written only when it
+/// rises.
 #[derive(Debug)]
 pub(crate) struct TxIdGen {
-    last_ns: AtomicU64,
+    last_ns: [CachePadded<AtomicU64>; THREAD_SHARDS],
+    floor_ns: CachePadded<AtomicU64>,
     salt: u64,
 }
 
 impl TxIdGen {
     pub(crate) fn new(salt: u64) -> Self {
-        Self { last_ns: AtomicU64::new(0), salt }
+        Self {
+            last_ns: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
+            floor_ns: CachePadded::new(AtomicU64::new(0)),
+            salt,
+        }
     }
 
     pub(crate) fn next(&self) -> TxId {
-        let now = unix_nanos();
-        // Relaxed is enough: uniqueness comes from the CAS on this one
-        // location, and no other memory is published through it.
-        let mut prev = self.last_ns.load(Ordering::Relaxed);
+        let shard = thread_shard();
+        // Relaxed is enough: uniqueness comes from the CAS on the shard's
+        // location, and no other memory is published through it. The floor
+        // is a lower bound; a stale read of it is covered by `observe`'s
+        // callers ordering their own ids (recovery runs before any `next`).
+        let floor = self.floor_ns.load(Ordering::Relaxed);
+        let now = unix_nanos().max(floor.saturating_add(1));
+        let last = &self.last_ns[shard];
+        let mut prev = last.load(Ordering::Relaxed);
         loop {
             // `observe` only takes ids that passed `check_issued` (never far
             // in the future), so this cannot reach the end of time.
             debug_assert!(prev < u64::MAX, "id clock exhausted");
             let next = now.max(prev.saturating_add(1));
-            match self.last_ns.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return TxId(((next as u128) << 64) | self.salt as u128),
+            match last.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return TxId(((next as u128) << 64) | u128::from(self.salt ^ shard as u64)),
                 Err(actual) => prev = actual,
             }
         }
@@ -112,8 +135,12 @@ impl TxIdGen {
 
     /// Never hand out an id at or below `seen` again (after recovery).
     pub(crate) fn observe(&self, seen: TxId) {
-        // Relaxed: see `next`.
-        self.last_ns.fetch_max(seen.timestamp_ns(), Ordering::Relaxed);
+        let seen = seen.timestamp_ns();
+        // Relaxed: see `next`. Read first so that the common case (an id
+        // below the floor) does not write the shared line.
+        if self.floor_ns.load(Ordering::Relaxed) < seen {
+            self.floor_ns.fetch_max(seen, Ordering::Relaxed);
+        }
     }
 }
 

@@ -319,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_many_threads_are_unique_and_above_the_floor() {
+        let g = TxIdGen::new(7);
+        g.observe(TxId::from_u128(u128::from(u64::MAX / 2) << 64));
+        let ids: Vec<Vec<TxId>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..12).map(|_| s.spawn(|| (0..5_000).map(|_| g.next()).collect())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for per_thread in &ids {
+            assert!(per_thread.windows(2).all(|w| w[0] < w[1]), "ids increase along a thread");
+        }
+        let mut all: Vec<TxId> = ids.into_iter().flatten().collect();
+        assert!(all.iter().all(|id| id.timestamp_ns() > u64::MAX / 2));
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "every id is unique across threads sharing shards");
+    }
+
+    #[test]
     fn bad_ids_are_refused() {
         for s in ["", "xyz", "0123456789abcdef0123456789abcdef0"] {
             assert!(s.parse::<TxId>().is_err(), "{s}");

@@ -28,9 +28,9 @@ use crate::durable::{
 };
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
-use crate::metrics::{Metrics, MetricsSnapshot, Stage};
+use crate::metrics::{Metrics, MetricsSnapshot, Stage, Striped};
 use crate::participant::{BalanceSummary, BranchId, Erased, Participant, ParticipantKind, Refusal, Typed};
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, Mutex, Ordering, thread_shard};
 use crate::txn::{AbortReason, Branch, MAX_ID_CLOCK_SKEW, Outcome, Transaction, Transfer, TxId, TxIdGen, unix_nanos};
 use crate::wal::Lsn;
 
@@ -438,7 +438,7 @@ impl Builder {
             handles,
             by_name,
             metrics,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Striped::default(),
             closing: AtomicBool::new(false),
             workers: Mutex::new(workers),
             journal,
@@ -545,7 +545,7 @@ struct Inner {
     ids: TxIdGen,
     recent: RecentIds,
     metrics: Arc<Metrics>,
-    in_flight: AtomicUsize,
+    in_flight: Striped,
     closing: AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
     journal: Option<Arc<Journal>>,
@@ -577,11 +577,14 @@ fn replies() -> (Sender<Reply>, Receiver<Reply>) {
 }
 
 /// Counts a caller as in flight; see `Inner::enter`.
-struct InFlight<'a>(&'a AtomicUsize);
+/// One transaction or operator call inside the engine; the count is
+/// striped by thread (see [`Striped`]) and the guard gives back the shard
+/// it took.
+struct InFlight<'a>(&'a Striped, usize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.sub(self.1, 1, Ordering::SeqCst);
     }
 }
 
@@ -807,10 +810,13 @@ impl Inner {
     /// Registers a caller as in flight unless shutting down. SeqCst on both
     /// sides (here: increment then read `closing`; in `shutdown`: set
     /// `closing` then read the count) guarantees that either this caller sees
-    /// `closing` or `shutdown` sees this caller.
+    /// `closing` or `shutdown` sees this caller: in the single order of
+    /// SeqCst operations, an increment before the store of `closing`
+    /// precedes `shutdown`'s later load of that same shard.
     fn enter(&self) -> Result<InFlight<'_>> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(&self.in_flight);
+        let shard = thread_shard();
+        self.in_flight.add(shard, 1, Ordering::SeqCst);
+        let guard = InFlight(&self.in_flight, shard);
         if self.closing.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
@@ -1177,7 +1183,7 @@ impl Inner {
         // SeqCst: see `enter`.
         self.closing.store(true, Ordering::SeqCst);
         let give_up = Instant::now() + self.config.tx_timeout + self.config.call_timeout * 2;
-        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < give_up {
+        while self.in_flight.sum(Ordering::SeqCst) > 0 && Instant::now() < give_up {
             std::thread::sleep(Duration::from_micros(100));
         }
         let workers = std::mem::take(&mut *self.workers.lock());
