@@ -1,11 +1,16 @@
 //! The built-in account store: a sharded, memory-lean ledger of signed
 //! 64-bit balances keyed by string ids.
 //!
-//! Layout per shard (chosen for ≤ 100 bytes per account at 10⁷ accounts):
-//! account ids are packed back to back in one byte arena (`names` + `ends`),
-//! the hash table stores only a `u32` index into them, and balances live in a
-//! parallel vector. An account costs its id's bytes + 4 (end offset) + 8
-//! (balance) + ~5–9 (table slot and control byte at hashbrown's load factor).
+//! Layout per shard (chosen for few cache misses per lookup and ≤ 100 bytes
+//! per account at 10⁷ accounts): every account is one record in a word
+//! arena — its balance, then its id packed little-endian into zero-padded
+//! words — and the hash table stores one `u32` per account: the record's
+//! word offset (24 bits) and the id's length (8 bits). A lookup touches the
+//! table's control bytes, its slot and the record, which holds the balance
+//! the transaction reads next: three cache lines, where separate id, offset
+//! and balance arrays took five. An account costs 8 (balance) + its id
+//! rounded up to 8 bytes + ~5–9 (table slot and control byte at hashbrown's
+//! load factor).
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -16,12 +21,14 @@ use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::phase::{BalanceSummary, Directory, Refusal, Work};
-use crate::sync::{AtomicI64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 /// Longest account id accepted, in bytes.
 pub const MAX_ACCOUNT_ID_BYTES: usize = 255;
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
+/// Words a shard's arena may hold: record offsets are 24 bits of a slot.
+const MAX_SHARD_WORDS: usize = 1 << 24;
 
 /// A sharded store of account balances; a [`Participant`](crate::Participant).
 ///
@@ -46,38 +53,83 @@ struct LedgerCore {
     shards: Box<[RwLock<Shard>]>,
 }
 
+/// One shard: a table of slots (see [`Slot`]) over a word arena of records.
+/// Words are atomics because balances change under a shared (read) lock;
+/// id words are written once, under the write lock, before their slot is
+/// inserted, and only read afterwards.
 #[derive(Default)]
 struct Shard {
     table: HashTable<u32>,
-    names: Vec<u8>,
-    ends: Vec<u32>,
-    balances: Vec<AtomicI64>,
+    words: Vec<AtomicU64>,
+}
+
+/// A table slot: `offset << 8 | id length`. The account's key (see
+/// [`key`]) is the slot with the shard number above it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Slot(u32);
+
+impl Slot {
+    fn new(offset: usize, len: usize) -> Option<Slot> {
+        debug_assert!(len <= MAX_ACCOUNT_ID_BYTES);
+        (offset < MAX_SHARD_WORDS).then_some(Slot(((offset as u32) << 8) | len as u32))
+    }
+    fn offset(self) -> usize {
+        (self.0 >> 8) as usize
+    }
+    fn len(self) -> usize {
+        (self.0 & 0xff) as usize
+    }
+    /// Words of the record: the balance, then the id.
+    fn words(self) -> usize {
+        1 + self.len().div_ceil(8)
+    }
+}
+
+/// Up to eight id bytes as one little-endian, zero-padded word.
+fn word_of(chunk: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..chunk.len()].copy_from_slice(chunk);
+    u64::from_le_bytes(bytes)
 }
 
 impl Shard {
-    fn name(&self, index: u32) -> &[u8] {
-        name_at(&self.names, &self.ends, index)
+    /// Whether `slot` is a whole record of this shard holding id `id`.
+    fn holds(&self, slot: Slot, id: &[u8]) -> bool {
+        // Relaxed: id words never change after the record was published
+        // under the write lock, which the caller's read lock orders after.
+        slot.len() == id.len()
+            && slot.offset() + slot.words() <= self.words.len()
+            && id.chunks(8).zip(&self.words[slot.offset() + 1..]).all(|(c, w)| w.load(Ordering::Relaxed) == word_of(c))
     }
 
-    fn find(&self, hash: u64, id: &[u8]) -> Option<u32> {
-        self.table.find(hash, |&i| self.name(i) == id).copied()
+    fn find(&self, hash: u64, id: &[u8]) -> Option<Slot> {
+        self.table.find(hash, |&s| self.holds(Slot(s), id)).map(|&s| Slot(s))
+    }
+
+    /// The balance word of the record at `slot` (an `i64`'s bits: two's
+    /// complement, so adding a delta is the same operation).
+    fn balance(&self, slot: Slot) -> &AtomicU64 {
+        &self.words[slot.offset()]
     }
 }
 
-/// Account `index`'s id in a shard's arena (ids are stored back to back;
-/// `ends[i]` is where id `i` stops).
-fn name_at<'a>(names: &'a [u8], ends: &[u32], index: u32) -> &'a [u8] {
-    let i = index as usize;
-    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &names[start..ends[i] as usize]
+/// Runs `f` on the id of the record at `slot` of a shard's arena, unpacked
+/// into a stack buffer (no allocation: the table rehashes through this).
+fn with_id<R>(words: &[AtomicU64], slot: Slot, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; MAX_ACCOUNT_ID_BYTES.next_multiple_of(8)];
+    let record = &words[slot.offset() + 1..slot.offset() + slot.words()];
+    for (chunk, word) in buf.chunks_exact_mut(8).zip(record) {
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+    }
+    f(&buf[..slot.len()])
 }
 
-fn key(shard: usize, index: u32) -> u64 {
-    ((shard as u64) << 32) | u64::from(index)
+fn key(shard: usize, slot: Slot) -> u64 {
+    ((shard as u64) << 32) | u64::from(slot.0)
 }
 
-fn split(key: u64) -> (usize, usize) {
-    ((key >> 32) as usize, (key & 0xffff_ffff) as usize)
+fn split(key: u64) -> (usize, Slot) {
+    ((key >> 32) as usize, Slot((key & 0xffff_ffff) as u32))
 }
 
 impl Default for Ledger {
@@ -99,9 +151,10 @@ impl Ledger {
             .map(|_| {
                 RwLock::new(Shard {
                     table: HashTable::with_capacity(per_shard),
-                    names: Vec::with_capacity(per_shard * 12),
-                    ends: Vec::with_capacity(per_shard),
-                    balances: Vec::with_capacity(per_shard),
+                    // A balance and a 9–16 byte id per account, and an
+                    // eighth more accounts: hashing spreads them unevenly
+                    // (a shard past its room doubles its arena).
+                    words: Vec::with_capacity((per_shard + per_shard / 8) * 3),
                 })
             })
             .collect();
@@ -119,15 +172,14 @@ impl Ledger {
         if shard.find(hash, id.as_bytes()).is_some() {
             return Err(Error::AccountExists { service: String::new(), account: id.to_string() });
         }
-        let index = u32::try_from(shard.ends.len()).map_err(|_| Error::Config("ledger shard full".into()))?;
-        let end = u32::try_from(shard.names.len() + id.len())
-            .map_err(|_| Error::Config("ledger shard id arena full".into()))?;
-        shard.names.extend_from_slice(id.as_bytes());
-        shard.ends.push(end);
-        shard.balances.push(AtomicI64::new(balance));
-        let Shard { table, names, ends, .. } = &mut *shard;
+        let slot = Slot::new(shard.words.len(), id.len())
+            .filter(|slot| slot.offset() + slot.words() <= MAX_SHARD_WORDS)
+            .ok_or_else(|| Error::Config("ledger shard full (2^24 words of accounts)".into()))?;
+        shard.words.push(AtomicU64::new(balance as u64));
+        shard.words.extend(id.as_bytes().chunks(8).map(|c| AtomicU64::new(word_of(c))));
+        let Shard { table, words } = &mut *shard;
         let hasher = &self.core.hasher;
-        table.insert_unique(hash, index, |&i| hasher.hash_one(name_at(names, ends, i)));
+        table.insert_unique(hash, slot.0, |&s| with_id(words, Slot(s), |id| hasher.hash_one(id)));
         Ok(())
     }
 
@@ -138,7 +190,7 @@ impl Ledger {
 
     /// Number of accounts.
     pub fn len(&self) -> usize {
-        self.core.shards.iter().map(|s| s.read().ends.len()).sum()
+        self.core.shards.iter().map(|s| s.read().table.len()).sum()
     }
 
     /// True when the ledger has no account.
@@ -153,10 +205,7 @@ impl Ledger {
             .iter()
             .map(|s| {
                 let s = s.read();
-                s.table.allocation_size()
-                    + s.names.capacity()
-                    + s.ends.capacity() * std::mem::size_of::<u32>()
-                    + s.balances.capacity() * std::mem::size_of::<AtomicI64>()
+                s.table.allocation_size() + s.words.capacity() * std::mem::size_of::<AtomicU64>()
             })
             .sum::<usize>()
             + SHARDS * std::mem::size_of::<RwLock<Shard>>()
@@ -167,10 +216,10 @@ impl Ledger {
         let mut sum = BalanceSummary::default();
         for shard in self.core.shards.iter() {
             let shard = shard.read();
-            for b in &shard.balances {
+            for &slot in shard.table.iter() {
                 // Relaxed: the coordinator's locks order this read against
                 // commits; the value itself is a plain counter.
-                let v = b.load(Ordering::Relaxed);
+                let v = shard.balance(Slot(slot)).load(Ordering::Relaxed) as i64;
                 sum.accounts += 1;
                 sum.total += i128::from(v);
                 sum.negative += u64::from(v < 0);
@@ -183,9 +232,10 @@ impl Ledger {
     pub fn for_each_account(&self, mut f: impl FnMut(&str, i64)) {
         for shard in self.core.shards.iter() {
             let shard = shard.read();
-            for (i, b) in shard.balances.iter().enumerate() {
-                let name = std::str::from_utf8(shard.name(i as u32)).unwrap_or("");
-                f(name, b.load(Ordering::Relaxed));
+            for &slot in shard.table.iter() {
+                let balance = shard.balance(Slot(slot)).load(Ordering::Relaxed) as i64;
+                // Ids were `&str`s when created, so they are UTF-8.
+                with_id(&shard.words, Slot(slot), |id| f(std::str::from_utf8(id).unwrap_or(""), balance));
             }
         }
     }
@@ -194,7 +244,7 @@ impl Ledger {
     pub(crate) fn put(&self, id: &str, balance: i64) -> Result<()> {
         match self.lookup(id) {
             Some(k) => {
-                self.with_balance(k, |b| b.store(balance, Ordering::Relaxed));
+                self.with_balance(k, |b| b.store(balance as u64, Ordering::Relaxed));
                 Ok(())
             }
             None => self.create_account(id, balance),
@@ -213,7 +263,7 @@ impl Ledger {
             }
         };
         // Relaxed: replay runs before any transaction.
-        self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
+        self.with_balance(key, |b| b.fetch_add(delta as u64, Ordering::Relaxed));
         Ok(())
     }
 
@@ -223,15 +273,17 @@ impl Ledger {
         self.core.shards[s].read().find(hash, id.as_bytes()).map(|i| key(s, i))
     }
 
-    fn with_balance<R>(&self, key: u64, f: impl FnOnce(&AtomicI64) -> R) -> R {
-        let (s, i) = split(key);
+    /// Runs `f` on the balance word of `key` (a key this ledger handed out).
+    fn with_balance<R>(&self, key: u64, f: impl FnOnce(&AtomicU64) -> R) -> R {
+        let (s, slot) = split(key);
         let shard = self.core.shards[s].read();
-        f(&shard.balances[i])
+        assert!(slot.offset() + slot.words() <= shard.words.len(), "ledger key {key:#x} is not this ledger's");
+        f(shard.balance(slot))
     }
 
     fn balance_of(&self, key: u64) -> i64 {
         // Relaxed: see `summary`.
-        self.with_balance(key, |b| b.load(Ordering::Relaxed))
+        self.with_balance(key, |b| b.load(Ordering::Relaxed) as i64)
     }
 
     /// Whether adding `delta` keeps the balance valid: `Err(true)` for
@@ -248,12 +300,15 @@ impl Ledger {
     /// Adds `delta` after a successful `check` (same lock held).
     pub(crate) fn apply(&self, key: u64, delta: i64) {
         // Relaxed: the account lock orders this against every other access.
-        self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
+        // Wrapping on the bits is `i64` addition; `check` excluded overflow.
+        self.with_balance(key, |b| b.fetch_add(delta as u64, Ordering::Relaxed));
     }
 
-    fn valid_key(&self, key: u64) -> bool {
-        let (s, i) = split(key);
-        s < SHARDS && i < self.core.shards[s].read().balances.len()
+    /// Whether `key` is this ledger's key of `account`: a key from
+    /// elsewhere is looked up again by id instead of being trusted.
+    fn is_key_of(&self, key: u64, account: &str) -> bool {
+        let (s, slot) = split(key);
+        s < SHARDS && self.core.shards[s].read().holds(slot, account.as_bytes())
     }
 }
 
@@ -301,7 +356,7 @@ impl Ledger {
         for op in ops {
             let key = op
                 .key
-                .filter(|k| self.valid_key(*k))
+                .filter(|k| self.is_key_of(*k, op.account))
                 .or_else(|| self.lookup(op.account))
                 .ok_or_else(|| Refusal::UnknownAccount { account: op.account.to_string() })?;
             match pending.iter_mut().find(|(k, _, _)| *k == key) {
@@ -333,7 +388,7 @@ impl Ledger {
         for &(key, delta) in &prepared.0 {
             // Relaxed: the coordinator holds this account's lock; the lock
             // release publishes the new balance to the next transaction.
-            self.with_balance(key, |b| b.fetch_add(delta, Ordering::Relaxed));
+            self.with_balance(key, |b| b.fetch_add(delta as u64, Ordering::Relaxed));
         }
     }
 
@@ -346,6 +401,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::phase::Operation;
 
     #[test]
     fn many_accounts_round_trip() {
@@ -358,5 +414,67 @@ mod tests {
         }
         assert_eq!(l.len(), 10_000);
         assert!(l.memory_bytes() / 10_000 < 100, "{} bytes per account", l.memory_bytes() / 10_000);
+    }
+
+    #[test]
+    fn ids_of_every_length_and_content_round_trip() {
+        let l = Ledger::new();
+        // Every length, ids that share prefixes, differ only in the last
+        // byte or only in length, and hold NUL and multi-byte characters.
+        let mut ids: Vec<String> = (1..=MAX_ACCOUNT_ID_BYTES).map(|n| "a".repeat(n)).collect();
+        ids.extend((1..=40).map(|n| format!("{}b", "a".repeat(n - 1))));
+        ids.extend(["\0", "\0\0", "a\0", "é", "ü-ключ-🦀", "acct-1", "acct-10", "acct-100"].map(String::from));
+        for (i, id) in ids.iter().enumerate() {
+            l.create_account(id, i as i64).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(l.balance(id), Some(i as i64), "{id:?}");
+        }
+        assert_eq!(l.balance("a".repeat(256).as_str()), None);
+        assert_eq!(l.balance("acct-1000"), None);
+        let mut seen = Vec::new();
+        l.for_each_account(|id, b| seen.push((id.to_string(), b)));
+        seen.sort();
+        let mut want: Vec<(String, i64)> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as i64)).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        let summary = l.summary();
+        assert_eq!(summary.accounts, ids.len() as u64);
+        assert_eq!(summary.total, want.iter().map(|(_, b)| i128::from(*b)).sum::<i128>());
+    }
+
+    #[test]
+    fn balances_keep_their_sign_and_range() {
+        let l = Ledger::new();
+        l.create_account("x", i64::MAX - 1).unwrap();
+        l.create_account("y", 0).unwrap();
+        let (x, y) = (l.lookup("x").unwrap(), l.lookup("y").unwrap());
+        assert_eq!(l.check(x, 1), Ok(()));
+        assert_eq!(l.check(x, 2), Err(false), "overflow");
+        assert_eq!(l.check(y, -1), Err(true), "insufficient funds");
+        l.apply(y, 5);
+        l.apply(y, -7);
+        assert_eq!(l.balance("y"), Some(-2), "negative balances read back signed");
+        l.put("y", i64::MIN).unwrap();
+        assert_eq!(l.balance("y"), Some(i64::MIN));
+    }
+
+    #[test]
+    fn a_key_from_elsewhere_is_looked_up_again() {
+        let (a, b) = (Ledger::new(), Ledger::new());
+        a.create_account("only-in-a", 10).unwrap();
+        for i in 0..50 {
+            b.create_account(&format!("b-{i}"), 1).unwrap();
+        }
+        a.create_account("shared", 7).unwrap();
+        let foreign = b.lookup("b-3").unwrap();
+        assert!(!a.is_key_of(foreign, "shared"));
+        assert!(!a.is_key_of(u64::MAX, "shared"), "a key past every shard");
+        assert!(a.is_key_of(a.lookup("shared").unwrap(), "shared"));
+        let ops = [Operation { account: "shared", key: Some(foreign), delta: -7 }];
+        let hold = a.hold(Work::Transfers(&ops)).unwrap();
+        a.commit_hold(&hold);
+        assert_eq!(a.balance("shared"), Some(0), "the foreign key was not trusted");
+        assert_eq!(b.balance("b-3"), Some(1));
     }
 }

@@ -102,7 +102,7 @@ impl StripedLocks {
     /// models a timed lock as a plain one anyway).
     pub fn acquire(&self, sorted: &[usize]) -> Option<LockSet<'_>> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-        self.0.acquire(sorted, deadline).map(LockSet)
+        self.0.acquire(sorted, || deadline).map(LockSet)
     }
 }
 

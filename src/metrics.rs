@@ -79,7 +79,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2).expect("valid histogram bounds")
 }
 
-
 impl Default for Metrics {
     fn default() -> Self {
         Self {

@@ -213,7 +213,10 @@ fn exposition_is_valid_and_counts_what_happened() {
         let sum = value(&samples, "dtc_phase_latency_seconds_sum", &[("phase", phase)]);
         assert!(count.fract() == 0.0 && sum >= 0.0, "{phase}: count {count}, sum {sum}");
     }
-    assert!(value(&samples, "dtc_phase_latency_seconds_count", &[("phase", "total")]) >= 4.0);
+    // Stage latencies are a sample (one transaction in eight per thread
+    // shard, starting with the first): some, never more than ran.
+    let total = value(&samples, "dtc_phase_latency_seconds_count", &[("phase", "total")]);
+    assert!((1.0..=4.0).contains(&total), "total latency samples: {total}");
 
     // The log: a commit record per committed transaction, at least.
     assert!(value(&samples, "dtc_log_records_total", &[]) >= 3.0);

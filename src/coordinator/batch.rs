@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::worker::Core;
+use super::worker::{Core, Limit};
 use super::{Coordinator, Inner, plan};
 use crate::durable::Encoded;
 use crate::error::{Error, Result};
@@ -85,10 +85,10 @@ impl Inner {
         stripes.sort_unstable();
         stripes.dedup();
         if let Some(journal) = &self.journal {
-            journal.backpressure(deadline)?;
+            journal.backpressure(|| deadline)?;
         }
         let locked_at = Instant::now();
-        let Some(locks) = self.locks.acquire(&stripes, deadline) else {
+        let Some(locks) = self.locks.acquire(&stripes, || deadline) else {
             let outcomes = plans
                 .into_iter()
                 .map(|p| {
@@ -117,7 +117,8 @@ impl Inner {
             let outcome = plan.and_then(|plan| {
                 // Acknowledgements are awaited under the batch's locks: its
                 // later transactions wait for nothing else anyway.
-                let driven = super::driver::Drive::new(self, &plan, deadline, false, Some(&mut records)).run(true);
+                let driven =
+                    super::driver::Drive::new(self, &plan, Limit::At(deadline), false, Some(&mut records)).run(true);
                 driven.map(|(outcome, lsn)| {
                     last_lsn = last_lsn.max(lsn);
                     self.count(&outcome);

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use super::locks::LockSet;
 use super::plan::Plan;
-use super::worker::{Answer, PhaseDeadline, Reply, Step, Submitted};
+use super::worker::{Answer, Limit, PhaseDeadline, Reply, Step, Submitted};
 use super::{Inner, replies, too_large, wait_any};
 use crate::durable::{Encoded, codec};
 use crate::error::{Error, Result};
@@ -27,7 +27,6 @@ use crate::wal::Lsn;
 pub(super) struct Drive<'a, 'b> {
     inner: &'a Inner,
     plan: &'a Arc<Plan>,
-    deadline: Instant,
     tracked: bool,
     /// A batch's pending commit records (see `batch.rs`).
     deferred: Option<&'b mut Vec<Encoded>>,
@@ -52,14 +51,13 @@ impl<'a, 'b> Drive<'a, 'b> {
     pub(super) fn new(
         inner: &'a Inner,
         plan: &'a Arc<Plan>,
-        deadline: Instant,
+        deadline: Limit,
         tracked: bool,
         deferred: Option<&'b mut Vec<Encoded>>,
     ) -> Self {
         Drive {
             inner,
             plan,
-            deadline,
             tracked,
             deferred,
             locks: None,
@@ -73,6 +71,11 @@ impl<'a, 'b> Drive<'a, 'b> {
             prepare_started: None,
             commit_started: None,
         }
+    }
+
+    /// The transaction's deadline (read from the clock now if not yet).
+    pub(super) fn deadline(&self) -> Instant {
+        self.vote_deadline.limit()
     }
 
     /// Runs the transaction to its answer: the outcome, and the position it
@@ -207,7 +210,7 @@ impl<'a, 'b> Drive<'a, 'b> {
         let inner = self.inner;
         let plan = self.plan;
         let locked_at = plan.timed.then(Instant::now);
-        let Some(locks) = inner.locks.acquire(&plan.stripes, self.deadline) else {
+        let Some(locks) = inner.locks.acquire(&plan.stripes, || self.deadline()) else {
             tracing::warn!(tx = %plan.tx, "lock wait passed the transaction deadline");
             return Event::LockTimeout;
         };

@@ -39,7 +39,7 @@ use outstanding::Outstanding;
 use outstanding::{Owed, OwedBranch};
 use plan::{Limits, Plan, ServiceInfo};
 use recent::{Begin, RecentIds};
-use worker::{Answer, Lanes, PhaseDeadline, Reply, Request, Service, Step, Submitted};
+use worker::{Answer, Lanes, Limit, PhaseDeadline, Reply, Request, Service, Step, Submitted};
 
 use crate::operator::{Resolution, ResolveReport, RetryReport, TxState, UnfinishedTx};
 pub use crate::retry::RetryPolicy;
@@ -101,7 +101,7 @@ impl Default for Config {
             max_legs: 64,
             max_branches: 64,
             max_payload_bytes: 64 << 10,
-            lock_stripes: 4096,
+            lock_stripes: 16_384,
             queue_capacity: 1024,
             recent_ids: 65_536,
             idempotency_horizon: DEFAULT_IDEMPOTENCY_HORIZON,
@@ -190,7 +190,7 @@ impl Builder {
         self
     }
 
-    /// Number of key-lock stripes, rounded up to a power of two (default 4096).
+    /// Number of key-lock stripes, rounded up to a power of two (default 16 384).
     pub fn lock_stripes(mut self, stripes: usize) -> Self {
         self.config.lock_stripes = stripes;
         self
@@ -868,7 +868,6 @@ impl Inner {
         timeout: Option<Duration>,
         tracked: bool,
     ) -> Result<Outcome> {
-        let started = Instant::now();
         let _in_flight = self.enter()?;
         let plan = Arc::new(plan::build(
             tx,
@@ -897,12 +896,15 @@ impl Inner {
                 }
             }
         }
+        // The whole transaction's latency is recorded for the sampled ones
+        // (from here: building the plan is CPU work the caller did).
+        let started = plan.timed.then(Instant::now);
         let timeout = timeout.map_or(self.config.tx_timeout, |t| t.min(self.config.tx_timeout));
-        let result = self.drive(&plan, started + timeout, tracked);
+        let result = self.drive(&plan, Limit::After(timeout), tracked);
         match &result {
             Ok(outcome) => {
                 self.count(outcome);
-                self.metrics.record(Stage::Total, started.elapsed());
+                self.timed(Stage::Total, started);
                 tracing::debug!(%tx, ?outcome, "transaction finished");
             }
             Err(error) => {
@@ -924,11 +926,12 @@ impl Inner {
     }
 
     /// Runs one transaction through the protocol core (see `driver.rs`).
-    fn drive(&self, plan: &Arc<Plan>, deadline: Instant, tracked: bool) -> Result<Outcome> {
+    fn drive(&self, plan: &Arc<Plan>, deadline: Limit, tracked: bool) -> Result<Outcome> {
+        let drive = driver::Drive::new(self, plan, deadline, tracked, None);
         if let Some(journal) = &self.journal {
-            journal.backpressure(deadline)?;
+            journal.backpressure(|| drive.deadline())?;
         }
-        driver::Drive::new(self, plan, deadline, tracked, None).run(false).map(|(outcome, _)| outcome)
+        drive.run(false).map(|(outcome, _)| outcome)
     }
 
     /// Records a decision whose record (if any) is at `lsn`: for a tracked

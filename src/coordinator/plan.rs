@@ -19,7 +19,9 @@ use crate::coordinator::locks::StripedLocks;
 use crate::error::{Error, Result};
 use crate::ledger::validate_account_id;
 use crate::participant::{BranchId, Directory, Operation};
-use crate::sync::{AtomicU8, Ordering};
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU8, Ordering, THREAD_SHARDS, thread_shard};
 use crate::txn::{Branch, Transfer, TxId};
 
 /// What the coordinator knows of a registered service when planning.
@@ -96,7 +98,7 @@ pub(crate) struct Plan {
     /// Record per-stage latencies for this one (a sample: clock reads cost).
     pub timed: bool,
     names: String,
-    pub ops: Vec<PlanOp>,
+    pub ops: SmallVec<[PlanOp; 4]>,
     payloads: Vec<u8>,
     pub branches: SmallVec<[PlanBranch; 4]>,
     /// Index of `branches[0]` in its transaction: 0, except for a bare plan
@@ -124,7 +126,7 @@ impl Plan {
             attempt: key.attempt,
             timed: false,
             names: String::new(),
-            ops: Vec::new(),
+            ops: SmallVec::new(),
             payloads: Vec::new(),
             branches: smallvec::smallvec![PlanBranch { service, carries: Carries::Ops, start: 0, end: 0 }],
             first_index: key.branch,
@@ -228,11 +230,24 @@ impl Plan {
 /// One transaction in this many records per-stage latencies.
 const STAGE_SAMPLE: u64 = 8;
 
-/// Execution numbers, unique in the process and never 0.
+/// Execution numbers, unique in the process and never 0: a count per
+/// thread shard (its own cache line, so cores do not pass one counter back
+/// and forth per transaction) above the shard's number.
 fn next_attempt() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: [CachePadded<AtomicU64>; THREAD_SHARDS] =
+        [const { CachePadded::new(AtomicU64::new(1)) }; THREAD_SHARDS];
+    let shard = thread_shard();
     // Relaxed: uniqueness only.
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    let n = NEXT[shard].fetch_add(1, Ordering::Relaxed);
+    (n << THREAD_SHARDS.trailing_zeros()) | shard as u64
+}
+
+/// Whether the transaction with this execution number records stage
+/// latencies: one in `STAGE_SAMPLE` of each thread shard's, starting with
+/// its first (so even a short run has a sample).
+fn sampled(attempt: u64) -> bool {
+    (attempt >> THREAD_SHARDS.trailing_zeros()) % STAGE_SAMPLE == 1
 }
 
 /// FNV-1a: a fingerprint that is the same in every process (no random seed).
@@ -337,8 +352,9 @@ pub(crate) fn build(
         tx,
         attempt: 0,
         timed: false,
-        names: String::new(),
-        ops: Vec::with_capacity(sides.len()),
+        // Sized once: growing it would reallocate on the hot path.
+        names: String::with_capacity(sides.iter().map(|s| s.account.len()).sum()),
+        ops: SmallVec::with_capacity(sides.len()),
         payloads: Vec::new(),
         branches: SmallVec::new(),
         first_index: 0,
@@ -409,7 +425,7 @@ pub(crate) fn build(
         plan.branches.push(PlanBranch { service, carries: Carries::Payload, start, end: plan.payloads.len() as u32 });
     }
     plan.attempt = next_attempt();
-    plan.timed = plan.attempt.is_multiple_of(STAGE_SAMPLE);
+    plan.timed = sampled(plan.attempt);
     plan.stripes.sort_unstable();
     plan.stripes.dedup();
     Ok(plan)

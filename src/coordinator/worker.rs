@@ -183,27 +183,64 @@ pub(crate) enum Submitted {
     Full,
 }
 
-/// A phase's deadline, read from the clock only if something is queued:
-/// inline calls never need it, and clock reads are a visible cost per
-/// transaction.
+/// A transaction's deadline: fixed, or a timeout counted from the first
+/// time anything needs the deadline (see [`PhaseDeadline`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Limit {
+    At(Instant),
+    After(Duration),
+}
+
+/// A phase's deadline, read from the clock only if something waits:
+/// `timeout` from its first use, but never past the transaction's
+/// deadline, which is itself read from the clock at its first use when it
+/// is a [`Limit::After`].
+///
+/// A transaction whose locks are free and whose calls run inline thus reads
+/// no clock at all for its deadlines: clock reads are a visible cost per
+/// transaction. A lazy transaction deadline counts from the first time
+/// anything waits, so it is late by the CPU work done before that
+/// (microseconds, never a wait).
 pub(crate) struct PhaseDeadline {
-    limit: Instant,
+    limit: std::cell::Cell<Limit>,
     timeout: Duration,
     at: std::cell::Cell<Option<Instant>>,
 }
 
+/// `now + timeout`, saturating to a year for timeouts past the clock's end.
+fn after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+}
+
 impl PhaseDeadline {
     /// `timeout` from the first use, but never past `limit`.
-    pub(crate) fn new(limit: Instant, timeout: Duration) -> Self {
-        Self { limit, timeout, at: std::cell::Cell::new(None) }
+    pub(crate) fn new(limit: Limit, timeout: Duration) -> Self {
+        Self { limit: std::cell::Cell::new(limit), timeout, at: std::cell::Cell::new(None) }
     }
 
+    /// The transaction's deadline (fixed from now if it was not yet).
+    pub(crate) fn limit(&self) -> Instant {
+        self.limit_from(Instant::now)
+    }
+
+    fn limit_from(&self, now: impl FnOnce() -> Instant) -> Instant {
+        match self.limit.get() {
+            Limit::At(at) => at,
+            Limit::After(timeout) => {
+                let at = after(now(), timeout);
+                self.limit.set(Limit::At(at));
+                at
+            }
+        }
+    }
+
+    /// The phase's deadline.
     pub(crate) fn get(&self) -> Instant {
         match self.at.get() {
             Some(at) => at,
             None => {
-                let from_now = Instant::now() + self.timeout;
-                let at = self.limit.min(from_now);
+                let now = Instant::now();
+                let at = self.limit_from(|| now).min(after(now, self.timeout));
                 self.at.set(Some(at));
                 at
             }

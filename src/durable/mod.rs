@@ -304,10 +304,10 @@ impl Journal {
 
     /// Called before taking locks: if the log is close to full, wait (without
     /// locks, so the checkpointer can run) until a checkpoint freed space.
-    pub(crate) fn backpressure(&self, deadline: Instant) -> Result<()> {
+    pub(crate) fn backpressure(&self, deadline: impl Fn() -> Instant) -> Result<()> {
         let limit = self.config.wal.segment_size_bytes * (self.config.wal.max_segments as u64).saturating_sub(2).max(1);
         while self.since_checkpoint() >= limit {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline() {
                 return Err(Error::LogFull { max_segments: self.config.wal.max_segments });
             }
             std::thread::sleep(Duration::from_micros(200));
