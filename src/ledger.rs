@@ -337,6 +337,12 @@ impl Directory for LedgerCore {
         let s = shard_of(hash);
         self.shards[s].read().find(hash, account.as_bytes()).map(|i| key(s, i))
     }
+
+    /// An account keeps its record (and key) for the life of the ledger;
+    /// `hold` also checks every key it is given against the account's id.
+    fn keys_are_stable(&self) -> bool {
+        true
+    }
 }
 
 /// What the ledger keeps between prepare and commit: the net change per

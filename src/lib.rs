@@ -81,7 +81,7 @@ pub use ledger::{Ledger, LedgerHold, MAX_ACCOUNT_ID_BYTES};
 pub use participant::{BranchId, Failure, Participant, ParticipantKind, Refusal, Work};
 pub use retry::{Jitter, RetryPolicy};
 pub use txn::{
-    AbortReason, AccountRef, Branch, MAX_ID_CLOCK_SKEW, Outcome, ParseTxIdError, Transaction, Transfer, TxId,
+    AbortReason, Account, AccountRef, Branch, MAX_ID_CLOCK_SKEW, Outcome, ParseTxIdError, Transaction, Transfer, TxId,
 };
 pub use wal::LogBackend;
 

@@ -205,4 +205,12 @@ pub struct BalanceSummary {
 pub trait Directory: Send + Sync {
     /// The key of `account`, or `None` if the service has no such account.
     fn lookup(&self, account: &str) -> Option<u64>;
+
+    /// Whether a key, once looked up, stays the account's key for the life
+    /// of the directory (no account is ever removed or moved). Only then do
+    /// [`Account`](crate::Account) handles skip the lookup; the participant
+    /// is still handed nothing but keys this directory returned.
+    fn keys_are_stable(&self) -> bool {
+        false
+    }
 }

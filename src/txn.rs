@@ -5,13 +5,157 @@ use std::fmt;
 pub use crate::txid::{MAX_ID_CLOCK_SKEW, ParseTxIdError, TxId};
 pub(crate) use crate::txid::{TxIdGen, unix_nanos};
 
-/// One account of one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One account of one service: names, or an [`Account`] handle's view.
+/// Two refs are equal when they name the same account, handle or not.
+#[derive(Debug, Clone, Copy)]
 pub struct AccountRef<'a> {
     /// The service's registered name.
     pub service: &'a str,
     /// The account id inside that service.
     pub account: &'a str,
+    /// Where a coordinator found this account, when the ref comes from an
+    /// [`Account`]: checked against the coordinator before it is used.
+    pub(crate) resolved: Option<&'a Resolved>,
+}
+
+impl<'a> AccountRef<'a> {
+    /// The account `account` of the service registered as `service`.
+    pub fn new(service: &'a str, account: &'a str) -> Self {
+        Self { service, account, resolved: None }
+    }
+}
+
+impl PartialEq for AccountRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.service, self.account) == (other.service, other.account)
+    }
+}
+
+impl Eq for AccountRef<'_> {}
+
+impl std::hash::Hash for AccountRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.service, self.account).hash(state);
+    }
+}
+
+/// What one coordinator resolved for an account: the service's index and
+/// registration (unique in the process, so a handle from another
+/// coordinator is never trusted), the directory's key and the lock stripe.
+/// Packed so that a whole [`Account`] is one cache line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub registration: u64,
+    key: u64,
+    stripe: u32,
+    pub service: u16,
+    has_key: bool,
+}
+
+impl Resolved {
+    pub(crate) fn new(registration: u64, service: u16, key: Option<u64>, stripe: usize) -> Self {
+        let stripe = u32::try_from(stripe).expect("lock stripes are counted in u32");
+        Self { registration, key: key.unwrap_or(0), stripe, service, has_key: key.is_some() }
+    }
+
+    pub(crate) fn key(&self) -> Option<u64> {
+        self.has_key.then_some(self.key)
+    }
+
+    pub(crate) fn stripe(&self) -> usize {
+        self.stripe as usize
+    }
+}
+
+/// Ids up to this long live inside the handle (most do): a transfer
+/// between handles then touches one cache line per account for names.
+const INLINE_ID_BYTES: usize = 22;
+
+#[derive(Clone)]
+enum Id {
+    Inline { len: u8, bytes: [u8; INLINE_ID_BYTES] },
+    Heap(Box<str>),
+}
+
+impl Id {
+    fn new(id: &str) -> Self {
+        if id.len() > INLINE_ID_BYTES {
+            return Id::Heap(id.into());
+        }
+        let mut bytes = [0; INLINE_ID_BYTES];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        Id::Inline { len: id.len() as u8, bytes }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // A few nanoseconds to check UTF-8 again, against an unsafe
+            // block or a heap pointer (a cache miss) per transfer side.
+            Id::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).expect("copied from a str"),
+            Id::Heap(id) => id,
+        }
+    }
+}
+
+/// An account resolved once by
+/// [`Coordinator::account`](crate::Coordinator::account), for callers that
+/// move money between the same accounts many times: a [`Transfer::between`]
+/// two handles skips the service search, the id checks, the directory probe
+/// and the lock-stripe hash that a transfer by name pays on every call.
+///
+/// A handle stays valid as long as its coordinator; given to another
+/// coordinator it is resolved by name again (same outcome, no shortcut).
+/// The participant still checks every key it is handed.
+///
+/// ```
+/// use dtc::{Coordinator, Ledger, Transfer};
+/// let bank = Ledger::new();
+/// bank.create_account("alice", 100).unwrap();
+/// bank.create_account("bob", 0).unwrap();
+/// let dtc = Coordinator::builder().service("bank", bank.clone()).open().unwrap();
+///
+/// let alice = dtc.account("bank", "alice").unwrap();
+/// let bob = dtc.account("bank", "bob").unwrap();
+/// assert!(dtc.execute(&[Transfer::between(&alice, &bob, 30)]).unwrap().is_committed());
+/// assert_eq!(bank.balance(bob.id()), Some(30));
+/// assert!(dtc.account("bank", "carol").is_err(), "unknown accounts are refused at once");
+/// ```
+#[derive(Clone)]
+#[repr(align(64))]
+pub struct Account {
+    /// The coordinator's own copy of the name (shared by its handles).
+    service: std::sync::Arc<str>,
+    id: Id,
+    resolved: Resolved,
+}
+
+const _: () = assert!(std::mem::size_of::<Account>() == 64, "an account handle is one cache line");
+
+impl Account {
+    pub(crate) fn new(service: std::sync::Arc<str>, id: &str, resolved: Resolved) -> Self {
+        Self { service, id: Id::new(id), resolved }
+    }
+
+    /// The service's registered name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The account id inside that service.
+    pub fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    /// This account as a transfer side.
+    pub fn to_ref(&self) -> AccountRef<'_> {
+        AccountRef { service: &self.service, account: self.id(), resolved: Some(&self.resolved) }
+    }
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account").field("service", &self.service()).field("id", &self.id()).finish_non_exhaustive()
+    }
 }
 
 /// One leg of a transaction: move `amount` minor units from one account to
@@ -41,11 +185,12 @@ impl<'a> Transfer<'a> {
         to_account: &'a str,
         amount: u64,
     ) -> Self {
-        Self {
-            from: AccountRef { service: from_service, account: from_account },
-            to: AccountRef { service: to_service, account: to_account },
-            amount,
-        }
+        Self { from: AccountRef::new(from_service, from_account), to: AccountRef::new(to_service, to_account), amount }
+    }
+
+    /// A leg moving `amount` between two resolved accounts (see [`Account`]).
+    pub fn between(from: &'a Account, to: &'a Account, amount: u64) -> Self {
+        Self { from: from.to_ref(), to: to.to_ref(), amount }
     }
 }
 

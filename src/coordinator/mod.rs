@@ -31,7 +31,9 @@ use crate::ledger::Ledger;
 use crate::metrics::{Metrics, MetricsSnapshot, Stage, Striped};
 use crate::participant::{BalanceSummary, BranchId, Erased, Participant, ParticipantKind, Refusal, Typed};
 use crate::sync::{AtomicBool, Mutex, Ordering, thread_shard};
-use crate::txn::{AbortReason, Branch, MAX_ID_CLOCK_SKEW, Outcome, Transaction, Transfer, TxId, TxIdGen, unix_nanos};
+use crate::txn::{
+    AbortReason, Account, Branch, MAX_ID_CLOCK_SKEW, Outcome, Transaction, Transfer, TxId, TxIdGen, unix_nanos,
+};
 use crate::wal::Lsn;
 
 use locks::StripedLocks;
@@ -398,7 +400,7 @@ impl Builder {
         let mut workers = Vec::with_capacity(services.len());
         for (i, (name, participants)) in services.into_iter().enumerate() {
             let name: Arc<str> = name.into();
-            infos.push(ServiceInfo { name: name.clone(), directory: participants[0].directory() });
+            infos.push(ServiceInfo::new(name.clone(), participants[0].directory()));
             ledgers.push(participants[0].ledger());
             if participants.len() > 1 && ledgers[i].is_some() {
                 return Err(Error::Config(format!("service {name:?}: a ledger cannot have several lanes")));
@@ -597,6 +599,15 @@ impl Coordinator {
     /// A fresh transaction id (unique, time-ordered) for [`Coordinator::execute_as`].
     pub fn new_tx_id(&self) -> TxId {
         self.inner.ids.next()
+    }
+
+    /// Resolves `account` of `service` once, for transfers that reuse it
+    /// ([`Transfer::between`]): refused at once, with the error a transfer
+    /// naming it would get, if either is unknown.
+    pub fn account(&self, service: &str, account: &str) -> Result<Account> {
+        let index =
+            self.inner.find(service).ok_or_else(|| Error::UnknownService { leg: 0, service: service.to_string() })?;
+        plan::resolve_account(index, &self.inner.services, account, &self.inner.locks)
     }
 
     /// Runs one transaction of one or more transfer legs, all or nothing.

@@ -22,12 +22,61 @@ use crate::participant::{BranchId, Directory, Operation};
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicU8, Ordering, THREAD_SHARDS, thread_shard};
-use crate::txn::{Branch, Transfer, TxId};
+use crate::txn::{Account, AccountRef, Branch, Resolved, Transfer, TxId};
 
 /// What the coordinator knows of a registered service when planning.
 pub(crate) struct ServiceInfo {
     pub name: Arc<str>,
     pub directory: Option<Arc<dyn Directory>>,
+    /// Unique in the process: an [`Account`] handle names the registration
+    /// it was resolved against, so no other coordinator trusts it.
+    pub registration: u64,
+}
+
+impl ServiceInfo {
+    pub(crate) fn new(name: Arc<str>, directory: Option<Arc<dyn Directory>>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        // Relaxed: uniqueness only.
+        let registration = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { name, directory, registration }
+    }
+}
+
+/// Resolves one account of the service at `index` for an [`Account`]
+/// handle: the same checks and lookup a transfer by name makes.
+pub(crate) fn resolve_account(
+    index: u16,
+    services: &[ServiceInfo],
+    account: &str,
+    locks: &StripedLocks,
+) -> Result<Account> {
+    validate_account_id(account)?;
+    let info = &services[usize::from(index)];
+    let key = match &info.directory {
+        Some(dir) => Some(dir.lookup(account).ok_or_else(|| Error::UnknownAccount {
+            leg: 0,
+            service: info.name.to_string(),
+            account: account.to_string(),
+        })?),
+        None => None,
+    };
+    let resolved = Resolved::new(info.registration, index, key, locks.stripe_of(index, account));
+    Ok(Account::new(info.name.clone(), account, resolved))
+}
+
+/// A handle's resolution, if it is this coordinator's: its service index,
+/// its key when the directory's keys are stable, and its lock stripe.
+fn trusted(side: &AccountRef<'_>, services: &[ServiceInfo]) -> Option<(u16, Option<Option<u64>>, usize)> {
+    let r = side.resolved?;
+    let info = services.get(usize::from(r.service)).filter(|i| i.registration == r.registration)?;
+    // Handles are made only from registered names; the check costs little.
+    debug_assert_eq!(&*info.name, side.service);
+    let key = match &info.directory {
+        Some(dir) if dir.keys_are_stable() => Some(r.key()),
+        Some(_) => None,
+        None => Some(None),
+    };
+    Some((r.service, key, r.stripe()))
 }
 
 /// Bounds on one transaction, from the builder.
@@ -294,6 +343,7 @@ struct Side<'a> {
     key: Option<u64>,
     delta: i64,
     leg: usize,
+    stripe: usize,
 }
 
 /// Validates the legs and branches of one transaction and builds its plan.
@@ -321,29 +371,41 @@ pub(crate) fn build(
             return Err(Error::NonPositiveAmount { leg: i });
         }
         let amount = i64::try_from(leg.amount).map_err(|_| Error::AmountOverflow { leg: i })?;
-        let service =
-            |name: &str| find(name).ok_or_else(|| Error::UnknownService { leg: i, service: name.to_string() });
-        let from = service(leg.from.service)?;
-        let to = service(leg.to.service)?;
-        validate_account_id(leg.from.account)?;
-        validate_account_id(leg.to.account)?;
-        if from == to && leg.from.account == leg.to.account {
+        let first = sides.len();
+        for (side, delta) in [(&leg.from, -amount), (&leg.to, amount)] {
+            let account = side.account;
+            let (service, key, stripe) = match trusted(side, services) {
+                // A handle of this coordinator: checked when it was made.
+                Some((service, Some(key), stripe)) => (service, key, stripe),
+                resolved => {
+                    let service = match resolved {
+                        Some((service, _, _)) => service,
+                        None => find(side.service)
+                            .ok_or_else(|| Error::UnknownService { leg: i, service: side.service.to_string() })?,
+                    };
+                    validate_account_id(account)?;
+                    let info = &services[usize::from(service)];
+                    let key = match &info.directory {
+                        Some(dir) => Some(dir.lookup(account).ok_or_else(|| Error::UnknownAccount {
+                            leg: i,
+                            service: info.name.to_string(),
+                            account: account.to_string(),
+                        })?),
+                        None => None,
+                    };
+                    (service, key, locks.stripe_of(service, account))
+                }
+            };
+            sides.push(Side { service, account, key, delta, leg: i, stripe });
+        }
+        // Service indices first: names are compared only within one service.
+        let (from, to) = (&sides[first], &sides[first + 1]);
+        if from.service == to.service && from.account == to.account {
             return Err(Error::SameAccount {
                 leg: i,
                 service: leg.from.service.to_string(),
                 account: leg.from.account.to_string(),
             });
-        }
-        for (svc, account, delta) in [(from, leg.from.account, -amount), (to, leg.to.account, amount)] {
-            let key = match &services[svc as usize].directory {
-                Some(dir) => Some(dir.lookup(account).ok_or_else(|| Error::UnknownAccount {
-                    leg: i,
-                    service: services[svc as usize].name.to_string(),
-                    account: account.to_string(),
-                })?),
-                None => None,
-            };
-            sides.push(Side { service: svc, account, key, delta, leg: i });
         }
     }
     sides.sort_unstable_by(|a, b| (a.service, a.account).cmp(&(b.service, b.account)));
@@ -376,7 +438,7 @@ pub(crate) fn build(
         let name_start = plan.names.len() as u32;
         plan.names.push_str(side.account);
         plan.ops.push(PlanOp { key: side.key, delta: side.delta, name_start, name_end: plan.names.len() as u32 });
-        plan.stripes.push(locks.stripe_of(side.service, side.account));
+        plan.stripes.push(side.stripe);
         let index = (plan.ops.len() - 1) as u32;
         match plan.branches.last_mut() {
             Some(b) if b.service == side.service => b.end = index + 1,

@@ -8,7 +8,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use dtc::{Coordinator, Durability};
 
 use crate::naive::Naive;
-use crate::workload::{Shape, System, Tally, ledgers, micros, run_thread, service_name};
+use crate::workload::{Accounts, Shape, System, Tally, ledgers, micros, run_thread, service_name};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum DurabilityArg {
@@ -93,6 +93,11 @@ pub struct Args {
     /// (synced with --durability sync) instead of ledger transfers.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     branches: Option<u16>,
+    /// Resolve every account once before the run and build transfers from
+    /// that (dtc: `Coordinator::account` handles; naive: prebuilt names),
+    /// as a caller that reuses accounts would.
+    #[arg(long)]
+    handles: bool,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -190,15 +195,21 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         (None, None) => unreachable!("one system is always built"),
     };
 
+    let accounts = match (args.handles, &coordinator) {
+        (false, _) => None,
+        (true, Some(c)) => Some(Accounts::handles(c, &shape)?),
+        (true, None) => Some(Accounts::names(&shape)),
+    };
+
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(args.seconds);
     let mut total = Tally::new();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..args.threads as usize)
             .map(|t| {
-                let (shape, ack) = (&shape, ack.as_ref());
+                let (shape, ack, accounts) = (&shape, ack.as_ref(), accounts.as_ref());
                 let batch = args.batch as usize;
-                scope.spawn(move || run_thread(target, shape, args.seed, t, stop, batch, ack, |_| {}))
+                scope.spawn(move || run_thread(target, shape, args.seed, t, stop, batch, ack, accounts, |_| {}))
             })
             .collect();
         for h in handles {

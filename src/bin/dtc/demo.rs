@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .map(|t| {
                 let (dtc, shape, done) = (&dtc, &shape, &done);
                 scope.spawn(move || {
-                    run_thread(dtc, shape, args.seed, t, stop, 1, None, |n| {
+                    run_thread(dtc, shape, args.seed, t, stop, 1, None, None, |n| {
                         done.fetch_add(n, Ordering::Relaxed);
                     })
                 })

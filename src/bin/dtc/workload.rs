@@ -37,6 +37,40 @@ pub fn ledgers(shape: &Shape) -> Result<Vec<Ledger>, dtc::Error> {
     Ok(ledgers)
 }
 
+/// Every account resolved once (`dtc bench --handles`), so transfers are
+/// built without formatting a name: dtc's [`dtc::Account`] handles, or for
+/// the naive baseline the same names prebuilt.
+pub enum Accounts {
+    Handles(Vec<dtc::Account>),
+    Names { services: Vec<String>, ids: Vec<String> },
+}
+
+impl Accounts {
+    pub fn handles(dtc: &Coordinator, shape: &Shape) -> Result<Self, dtc::Error> {
+        let handles = (0..shape.accounts)
+            .map(|i| dtc.account(&service_name((i % shape.services as u64) as usize), &format!("acct-{i}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Accounts::Handles(handles))
+    }
+
+    pub fn names(shape: &Shape) -> Self {
+        Accounts::Names {
+            services: (0..shape.services).map(service_name).collect(),
+            ids: (0..shape.accounts).map(|i| format!("acct-{i}")).collect(),
+        }
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64) -> Transfer<'_> {
+        match self {
+            Accounts::Handles(handles) => Transfer::between(&handles[from as usize], &handles[to as usize], amount),
+            Accounts::Names { services, ids } => {
+                let service = |i: u64| services[(i % services.len() as u64) as usize].as_str();
+                Transfer::new(service(from), &ids[from as usize], service(to), &ids[to as usize], amount)
+            }
+        }
+    }
+}
+
 /// What one thread saw.
 pub struct Tally {
     pub committed: u64,
@@ -79,10 +113,12 @@ pub struct Generator<'s> {
     services: Vec<String>,
     names: Vec<String>,
     picks: Vec<(u64, u64, u64)>,
+    accounts: Option<&'s Accounts>,
 }
 
 impl<'s> Generator<'s> {
-    pub fn new(shape: &'s Shape, seed: u64, thread: usize) -> Self {
+    /// With `accounts`, transfers name the prebuilt accounts.
+    pub fn new(shape: &'s Shape, seed: u64, thread: usize, accounts: Option<&'s Accounts>) -> Self {
         let rng = SmallRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let zipf = shape.skew.and_then(|s| Zipf::new(shape.accounts as f64, s).ok());
         Self {
@@ -92,6 +128,7 @@ impl<'s> Generator<'s> {
             services: (0..shape.services).map(service_name).collect(),
             names: Vec::new(),
             picks: Vec::new(),
+            accounts,
         }
     }
 
@@ -125,6 +162,13 @@ impl<'s> Generator<'s> {
         for _ in 0..count {
             let drawn = self.draw().to_vec();
             picks.extend(drawn);
+        }
+        if let Some(accounts) = self.accounts {
+            let txs: Vec<Vec<Transfer<'_>>> = picks
+                .chunks(legs)
+                .map(|chunk| chunk.iter().map(|&(from, to, amount)| accounts.transfer(from, to, amount)).collect())
+                .collect();
+            return f(&txs);
         }
         self.names.resize(picks.len() * 2, String::new());
         for (k, &(from, to, _)) in picks.iter().enumerate() {
@@ -198,9 +242,10 @@ pub fn run_thread(
     stop: Instant,
     batch: usize,
     ack: Option<&std::fs::File>,
+    accounts: Option<&Accounts>,
     mut tick: impl FnMut(u64),
 ) -> Tally {
-    let mut generator = Generator::new(shape, seed, thread);
+    let mut generator = Generator::new(shape, seed, thread, accounts);
     let mut tally = Tally::new();
     while Instant::now() < stop {
         let started = Instant::now();
