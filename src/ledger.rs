@@ -11,9 +11,17 @@
 //! and balance arrays took five. An account costs 8 (balance) + its id
 //! rounded up to 8 bytes + ~5–9 (table slot and control byte at hashbrown's
 //! load factor).
+//!
+//! The arena is a list of chunks that never move (the first as large as
+//! asked, then doubling ones allocated when needed), so balances are read and
+//! changed through a key without the shard's lock: no atomic
+//! read-modify-write on a shared lock word per balance access, which on two
+//! cores passed the lock's cache line back and forth and serialised the
+//! record misses of a batch. The lock guards the table and the arena's fill
+//! mark only.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::RwLock;
@@ -51,16 +59,90 @@ pub struct Ledger {
 struct LedgerCore {
     hasher: DefaultHashBuilder,
     shards: Box<[RwLock<Shard>]>,
+    /// `arenas[s]` holds the records of `shards[s]`.
+    arenas: Box<[Arena]>,
 }
 
-/// One shard: a table of slots (see [`Slot`]) over a word arena of records.
-/// Words are atomics because balances change under a shared (read) lock;
-/// id words are written once, under the write lock, before their slot is
-/// inserted, and only read afterwards.
-#[derive(Default)]
+/// One shard's table of slots (see [`Slot`]) over its arena's records, and
+/// how far the arena is written.
 struct Shard {
     table: HashTable<u32>,
-    words: Vec<AtomicU64>,
+    /// Words of the arena in use (records and the chunk tails skipped).
+    filled: usize,
+}
+
+/// Chunks an arena may have: enough for [`MAX_SHARD_WORDS`] from the
+/// smallest base.
+const MAX_CHUNKS: usize = 24;
+/// The smallest first chunk, in words.
+const MIN_BASE_BITS: u32 = 8;
+
+/// A shard's records: words in chunks that never move once allocated.
+/// Chunk 0 holds words `[0, first)` (the room asked for, exactly); chunk
+/// `k ≥ 1` the next `base·2ᵏ⁻¹` words (`base` a power of two near `first`),
+/// so growing by a chunk costs what a `Vec` doubling would, with no copy. A
+/// record never straddles two chunks (a chunk's tail too short for the next
+/// record is skipped). Words are atomics because balances change without
+/// the shard's lock; id words are written once, under the shard's write
+/// lock, before their slot is inserted, and only read afterwards.
+struct Arena {
+    first: usize,
+    base_bits: u32,
+    chunks: [OnceLock<Box<[AtomicU64]>>; MAX_CHUNKS],
+}
+
+impl Arena {
+    /// An arena whose first chunk holds `words` words.
+    fn new(words: usize) -> Self {
+        let base_bits = words.checked_ilog2().unwrap_or(0).max(MIN_BASE_BITS);
+        let arena = Arena { first: words, base_bits, chunks: std::array::from_fn(|_| OnceLock::new()) };
+        if words > 0 {
+            arena.chunk(0);
+        }
+        arena
+    }
+
+    /// The chunk holding word `offset`, and the offset of its first word.
+    fn locate(&self, offset: usize) -> (usize, usize) {
+        let Some(beyond) = offset.checked_sub(self.first) else { return (0, 0) };
+        let k = ((beyond >> self.base_bits) + 1).ilog2() as usize;
+        (k + 1, self.first + (((1 << k) - 1) << self.base_bits))
+    }
+
+    fn chunk_words(&self, k: usize) -> usize {
+        match k {
+            0 => self.first,
+            k => 1 << (self.base_bits as usize + k - 1),
+        }
+    }
+
+    /// Chunk `k`, allocated (zeroed) if it was not (under the write lock).
+    fn chunk(&self, k: usize) -> &[AtomicU64] {
+        self.chunks[k].get_or_init(|| (0..self.chunk_words(k)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// The `len` words from `offset`, if they lie in one allocated chunk.
+    fn words(&self, offset: usize, len: usize) -> Option<&[AtomicU64]> {
+        let (k, start) = self.locate(offset);
+        let chunk = self.chunks.get(k)?.get()?;
+        chunk.get(offset - start..offset - start + len)
+    }
+
+    /// Where a record of `len` words goes when `filled` words are in use:
+    /// at `filled`, or at the next chunk's start if it would straddle.
+    fn place(&self, filled: usize, len: usize) -> usize {
+        let (k, start) = self.locate(filled);
+        let end = start + self.chunk_words(k);
+        if filled + len <= end { filled } else { end }
+    }
+
+    /// Heap bytes of the allocated chunks.
+    fn allocated_bytes(&self) -> usize {
+        (0..MAX_CHUNKS)
+            .filter(|&k| self.chunks[k].get().is_some())
+            .map(|k| self.chunk_words(k) * std::mem::size_of::<AtomicU64>())
+            .sum()
+    }
 }
 
 /// A table slot: `offset << 8 | id length`. The account's key (see
@@ -93,31 +175,33 @@ fn word_of(chunk: &[u8]) -> u64 {
 }
 
 impl Shard {
-    /// Whether `slot` is a whole record of this shard holding id `id`.
-    fn holds(&self, slot: Slot, id: &[u8]) -> bool {
+    /// Whether `slot` is a whole written record of this shard (whose arena
+    /// is `arena`) holding id `id`.
+    fn holds(&self, arena: &Arena, slot: Slot, id: &[u8]) -> bool {
         // Relaxed: id words never change after the record was published
         // under the write lock, which the caller's read lock orders after.
         slot.len() == id.len()
-            && slot.offset() + slot.words() <= self.words.len()
-            && id.chunks(8).zip(&self.words[slot.offset() + 1..]).all(|(c, w)| w.load(Ordering::Relaxed) == word_of(c))
+            && slot.offset() + slot.words() <= self.filled
+            && arena.words(slot.offset(), slot.words()).is_some_and(|record| {
+                id.chunks(8).zip(&record[1..]).all(|(c, w)| w.load(Ordering::Relaxed) == word_of(c))
+            })
     }
 
-    fn find(&self, hash: u64, id: &[u8]) -> Option<Slot> {
-        self.table.find(hash, |&s| self.holds(Slot(s), id)).map(|&s| Slot(s))
+    fn find(&self, arena: &Arena, hash: u64, id: &[u8]) -> Option<Slot> {
+        self.table.find(hash, |&s| self.holds(arena, Slot(s), id)).map(|&s| Slot(s))
     }
+}
 
-    /// The balance word of the record at `slot` (an `i64`'s bits: two's
-    /// complement, so adding a delta is the same operation).
-    fn balance(&self, slot: Slot) -> &AtomicU64 {
-        &self.words[slot.offset()]
-    }
+/// The record at `slot`, which must be one this arena's shard handed out.
+fn record(arena: &Arena, slot: Slot) -> &[AtomicU64] {
+    arena.words(slot.offset(), slot.words()).expect("a slot of this shard lies in an allocated chunk")
 }
 
 /// Runs `f` on the id of the record at `slot` of a shard's arena, unpacked
 /// into a stack buffer (no allocation: the table rehashes through this).
-fn with_id<R>(words: &[AtomicU64], slot: Slot, f: impl FnOnce(&[u8]) -> R) -> R {
+fn with_id<R>(arena: &Arena, slot: Slot, f: impl FnOnce(&[u8]) -> R) -> R {
     let mut buf = [0u8; MAX_ACCOUNT_ID_BYTES.next_multiple_of(8)];
-    let record = &words[slot.offset() + 1..slot.offset() + slot.words()];
+    let record = &record(arena, slot)[1..];
     for (chunk, word) in buf.chunks_exact_mut(8).zip(record) {
         chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
     }
@@ -147,18 +231,13 @@ impl Ledger {
     /// An empty ledger with room for about `accounts` accounts.
     pub fn with_capacity(accounts: usize) -> Self {
         let per_shard = accounts.div_ceil(SHARDS);
-        let shards = (0..SHARDS)
-            .map(|_| {
-                RwLock::new(Shard {
-                    table: HashTable::with_capacity(per_shard),
-                    // A balance and a 9–16 byte id per account, and an
-                    // eighth more accounts: hashing spreads them unevenly
-                    // (a shard past its room doubles its arena).
-                    words: Vec::with_capacity((per_shard + per_shard / 8) * 3),
-                })
-            })
-            .collect();
-        Self { core: Arc::new(LedgerCore { hasher: DefaultHashBuilder::default(), shards }) }
+        let shards =
+            (0..SHARDS).map(|_| RwLock::new(Shard { table: HashTable::with_capacity(per_shard), filled: 0 })).collect();
+        // A balance and a 9–16 byte id per account, and an eighth more
+        // accounts: hashing spreads them unevenly (rounded up to a power of
+        // two; a shard past its room adds a chunk twice as large).
+        let arenas = (0..SHARDS).map(|_| Arena::new((per_shard + per_shard / 8) * 3)).collect();
+        Self { core: Arc::new(LedgerCore { hasher: DefaultHashBuilder::default(), shards, arenas }) }
     }
 
     /// Creates an account with a starting balance (≥ 0).
@@ -168,18 +247,29 @@ impl Ledger {
             return Err(Error::InvalidBalance { account: id.to_string(), balance });
         }
         let hash = self.core.hasher.hash_one(id.as_bytes());
-        let mut shard = self.core.shards[shard_of(hash)].write();
-        if shard.find(hash, id.as_bytes()).is_some() {
+        let s = shard_of(hash);
+        let arena = &self.core.arenas[s];
+        let mut shard = self.core.shards[s].write();
+        if shard.find(arena, hash, id.as_bytes()).is_some() {
             return Err(Error::AccountExists { service: String::new(), account: id.to_string() });
         }
-        let slot = Slot::new(shard.words.len(), id.len())
+        let words = 1 + id.len().div_ceil(8);
+        let offset = arena.place(shard.filled, words);
+        let slot = Slot::new(offset, id.len())
             .filter(|slot| slot.offset() + slot.words() <= MAX_SHARD_WORDS)
             .ok_or_else(|| Error::Config("ledger shard full (2^24 words of accounts)".into()))?;
-        shard.words.push(AtomicU64::new(balance as u64));
-        shard.words.extend(id.as_bytes().chunks(8).map(|c| AtomicU64::new(word_of(c))));
-        let Shard { table, words } = &mut *shard;
+        // Under the write lock: nobody reads these words before the slot
+        // is in the table (the readers' lock orders them after).
+        let (k, _) = arena.locate(offset);
+        arena.chunk(k);
+        let record = record(arena, slot);
+        record[0].store(balance as u64, Ordering::Relaxed);
+        for (word, chunk) in record[1..].iter().zip(id.as_bytes().chunks(8)) {
+            word.store(word_of(chunk), Ordering::Relaxed);
+        }
+        shard.filled = offset + words;
         let hasher = &self.core.hasher;
-        table.insert_unique(hash, slot.0, |&s| with_id(words, Slot(s), |id| hasher.hash_one(id)));
+        shard.table.insert_unique(hash, slot.0, |&s| with_id(arena, Slot(s), |id| hasher.hash_one(id)));
         Ok(())
     }
 
@@ -203,23 +293,21 @@ impl Ledger {
         self.core
             .shards
             .iter()
-            .map(|s| {
-                let s = s.read();
-                s.table.allocation_size() + s.words.capacity() * std::mem::size_of::<AtomicU64>()
-            })
+            .zip(self.core.arenas.iter())
+            .map(|(s, arena)| s.read().table.allocation_size() + arena.allocated_bytes())
             .sum::<usize>()
-            + SHARDS * std::mem::size_of::<RwLock<Shard>>()
+            + SHARDS * (std::mem::size_of::<RwLock<Shard>>() + std::mem::size_of::<Arena>())
     }
 
     /// Sum, count and negatives over all accounts (not isolated).
     pub fn summary(&self) -> BalanceSummary {
         let mut sum = BalanceSummary::default();
-        for shard in self.core.shards.iter() {
+        for (shard, arena) in self.core.shards.iter().zip(self.core.arenas.iter()) {
             let shard = shard.read();
             for &slot in shard.table.iter() {
                 // Relaxed: the coordinator's locks order this read against
                 // commits; the value itself is a plain counter.
-                let v = shard.balance(Slot(slot)).load(Ordering::Relaxed) as i64;
+                let v = record(arena, Slot(slot))[0].load(Ordering::Relaxed) as i64;
                 sum.accounts += 1;
                 sum.total += i128::from(v);
                 sum.negative += u64::from(v < 0);
@@ -230,12 +318,12 @@ impl Ledger {
 
     /// Every account and balance, in no particular order (for snapshots).
     pub fn for_each_account(&self, mut f: impl FnMut(&str, i64)) {
-        for shard in self.core.shards.iter() {
+        for (shard, arena) in self.core.shards.iter().zip(self.core.arenas.iter()) {
             let shard = shard.read();
             for &slot in shard.table.iter() {
-                let balance = shard.balance(Slot(slot)).load(Ordering::Relaxed) as i64;
+                let balance = record(arena, Slot(slot))[0].load(Ordering::Relaxed) as i64;
                 // Ids were `&str`s when created, so they are UTF-8.
-                with_id(&shard.words, Slot(slot), |id| f(std::str::from_utf8(id).unwrap_or(""), balance));
+                with_id(arena, Slot(slot), |id| f(std::str::from_utf8(id).unwrap_or(""), balance));
             }
         }
     }
@@ -268,17 +356,17 @@ impl Ledger {
     }
 
     pub(crate) fn lookup(&self, id: &str) -> Option<u64> {
-        let hash = self.core.hasher.hash_one(id.as_bytes());
-        let s = shard_of(hash);
-        self.core.shards[s].read().find(hash, id.as_bytes()).map(|i| key(s, i))
+        self.core.lookup(id)
     }
 
-    /// Runs `f` on the balance word of `key` (a key this ledger handed out).
+    /// Runs `f` on the balance word of `key` (a key this ledger handed out:
+    /// its record is written and its chunk never moves, so no lock is
+    /// taken), an `i64`'s bits (two's complement: adding a delta is the same
+    /// operation).
     fn with_balance<R>(&self, key: u64, f: impl FnOnce(&AtomicU64) -> R) -> R {
         let (s, slot) = split(key);
-        let shard = self.core.shards[s].read();
-        assert!(slot.offset() + slot.words() <= shard.words.len(), "ledger key {key:#x} is not this ledger's");
-        f(shard.balance(slot))
+        let word = self.core.arenas.get(s).and_then(|arena| arena.words(slot.offset(), 1));
+        f(word.map(|w| &w[0]).unwrap_or_else(|| panic!("ledger key {key:#x} is not this ledger's")))
     }
 
     fn balance_of(&self, key: u64) -> i64 {
@@ -308,7 +396,7 @@ impl Ledger {
     /// elsewhere is looked up again by id instead of being trusted.
     fn is_key_of(&self, key: u64, account: &str) -> bool {
         let (s, slot) = split(key);
-        s < SHARDS && self.core.shards[s].read().holds(slot, account.as_bytes())
+        s < SHARDS && self.core.shards[s].read().holds(&self.core.arenas[s], slot, account.as_bytes())
     }
 }
 
@@ -335,7 +423,7 @@ impl Directory for LedgerCore {
     fn lookup(&self, account: &str) -> Option<u64> {
         let hash = self.hasher.hash_one(account.as_bytes());
         let s = shard_of(hash);
-        self.shards[s].read().find(hash, account.as_bytes()).map(|i| key(s, i))
+        self.shards[s].read().find(&self.arenas[s], hash, account.as_bytes()).map(|i| key(s, i))
     }
 
     /// An account keeps its record (and key) for the life of the ledger;
@@ -420,6 +508,53 @@ mod tests {
         }
         assert_eq!(l.len(), 10_000);
         assert!(l.memory_bytes() / 10_000 < 100, "{} bytes per account", l.memory_bytes() / 10_000);
+    }
+
+    #[test]
+    fn arena_chunks_tile_the_offsets_and_records_never_straddle() {
+        for first in [0, 1, 3, 255, 256, 1000, 4096, 527_000] {
+            let arena = Arena::new(first);
+            let (mut k, mut start) = (usize::from(first == 0), 0);
+            while start < MAX_SHARD_WORDS + 64 {
+                let words = arena.chunk_words(k);
+                assert!(words > 0 && k < MAX_CHUNKS, "first {first}: chunk {k}");
+                for offset in [start, start + words / 2, start + words - 1] {
+                    assert_eq!(arena.locate(offset), (k, start), "first {first}, offset {offset}");
+                }
+                for len in [2, 33] {
+                    // A record that would cross the end goes to the next chunk.
+                    let end = start + words;
+                    assert_eq!(arena.place(end - len, len), end - len);
+                    if len <= words {
+                        assert_eq!(arena.place(end - len + 1, len), end, "first {first}, chunk {k}");
+                    }
+                }
+                (k, start) = (k + 1, start + words);
+            }
+            // Only the first chunk exists up front; words of others are not there.
+            assert!(arena.words(first, 1).is_none(), "first {first}");
+            assert_eq!(arena.allocated_bytes(), first * 8);
+        }
+    }
+
+    #[test]
+    fn accounts_spread_over_many_chunks_keep_ids_and_balances() {
+        // Long ids from an empty ledger: each shard grows through several
+        // chunks and skips chunk tails.
+        let l = Ledger::new();
+        let ids: Vec<String> = (0..6_000).map(|i| format!("{i:0>200}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            l.create_account(id, i as i64).unwrap();
+        }
+        let chunks = l.core.arenas.iter().map(|a| a.chunks.iter().filter(|c| c.get().is_some()).count()).max();
+        assert!(chunks >= Some(3), "{chunks:?} chunks");
+        for (i, id) in ids.iter().enumerate() {
+            let key = l.lookup(id).unwrap();
+            assert!(l.is_key_of(key, id));
+            assert_eq!(l.balance_of(key), i as i64, "{id}");
+        }
+        // 26 words a record, about twice that allocated at most.
+        assert!(l.memory_bytes() < 6_000 * 26 * 8 * 3, "{} bytes", l.memory_bytes());
     }
 
     #[test]

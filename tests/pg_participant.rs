@@ -80,9 +80,11 @@ fn commit_and_rollback_across_postgres_a_ledger_and_a_payload_branch() {
     let notes: Vec<String> =
         admin.query("SELECT note FROM p_commit_log", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(notes, ["t1"]);
-    // A rollback is acknowledged in the background once the outcome is returned.
+    // A rollback is acknowledged in the background once the outcome is
+    // returned, and counted just after PostgreSQL ran it: wait for both.
     pg_support::eventually(Duration::from_secs(10), "the rollbacks", || {
-        pg_support::prepared_with_prefix(&mut admin, &prefix).is_empty()
+        let stats = pg.stats();
+        pg_support::prepared_with_prefix(&mut admin, &prefix).is_empty() && stats.prepared == 2 + stats.rolled_back
     });
     let audit = dtc.audit().unwrap();
     assert_eq!(audit.total, 1_000);
