@@ -278,7 +278,13 @@ pub use imp::*;
 
 /// How many shards per-thread striped state has (counters, id clocks,
 /// histograms): a power of two, more than this machine class has cores.
+#[cfg(not(loom))]
 pub const THREAD_SHARDS: usize = 8;
+/// One under loom: its threads are coroutines of one OS thread, so they
+/// share one `thread_local` shard anyway, and eight cache-padded copies of
+/// every counter overflowed the models' coroutine stacks.
+#[cfg(loom)]
+pub const THREAD_SHARDS: usize = 1;
 
 thread_local! {
     static THREAD_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
