@@ -369,6 +369,12 @@ impl Ledger {
         f(word.map(|w| &w[0]).unwrap_or_else(|| panic!("ledger key {key:#x} is not this ledger's")))
     }
 
+    /// The balance of `key` read without any lock, to bring its record into
+    /// the cache ahead of a locked check (the value may be stale).
+    pub(crate) fn peek(&self, key: u64) -> i64 {
+        self.balance_of(key)
+    }
+
     fn balance_of(&self, key: u64) -> i64 {
         // Relaxed: see `summary`.
         self.with_balance(key, |b| b.load(Ordering::Relaxed) as i64)
