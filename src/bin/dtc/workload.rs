@@ -155,49 +155,37 @@ impl<'s> Generator<'s> {
         &self.picks
     }
 
-    /// Draws `count` transactions and hands their transfers to `f`.
-    pub fn with_transfers<R>(&mut self, count: usize, f: impl FnOnce(&[Vec<Transfer<'_>>]) -> R) -> R {
+    /// Draws `count` transactions and hands their transfers to `f` (two
+    /// allocations per call, whatever `count`: the harness should cost
+    /// little beside what it measures).
+    pub fn with_transfers<R>(&mut self, count: usize, f: impl FnOnce(&[&[Transfer<'_>]]) -> R) -> R {
         let legs = self.shape.legs;
         let mut picks = Vec::with_capacity(count * legs);
         for _ in 0..count {
-            let drawn = self.draw().to_vec();
-            picks.extend(drawn);
+            picks.extend_from_slice(self.draw());
         }
-        if let Some(accounts) = self.accounts {
-            let txs: Vec<Vec<Transfer<'_>>> = picks
-                .chunks(legs)
-                .map(|chunk| chunk.iter().map(|&(from, to, amount)| accounts.transfer(from, to, amount)).collect())
-                .collect();
-            return f(&txs);
-        }
-        self.names.resize(picks.len() * 2, String::new());
-        for (k, &(from, to, _)) in picks.iter().enumerate() {
-            for (slot, id) in [(2 * k, from), (2 * k + 1, to)] {
-                self.names[slot].clear();
-                let _ = write!(self.names[slot], "acct-{id}");
-            }
-        }
-        let s = self.shape.services as u64;
-        let txs: Vec<Vec<Transfer<'_>>> = picks
-            .chunks(legs)
-            .enumerate()
-            .map(|(t, chunk)| {
-                chunk
+        let flat: Vec<Transfer<'_>> = match self.accounts {
+            Some(accounts) => picks.iter().map(|&(from, to, amount)| accounts.transfer(from, to, amount)).collect(),
+            None => {
+                self.names.resize(picks.len() * 2, String::new());
+                for (k, &(from, to, _)) in picks.iter().enumerate() {
+                    for (slot, id) in [(2 * k, from), (2 * k + 1, to)] {
+                        self.names[slot].clear();
+                        let _ = write!(self.names[slot], "acct-{id}");
+                    }
+                }
+                let s = self.shape.services as u64;
+                let service = |id: u64| self.services[(id % s) as usize].as_str();
+                picks
                     .iter()
                     .enumerate()
-                    .map(|(l, &(from, to, amount))| {
-                        let k = t * legs + l;
-                        Transfer::new(
-                            &self.services[(from % s) as usize],
-                            &self.names[2 * k],
-                            &self.services[(to % s) as usize],
-                            &self.names[2 * k + 1],
-                            amount,
-                        )
+                    .map(|(k, &(from, to, amount))| {
+                        Transfer::new(service(from), &self.names[2 * k], service(to), &self.names[2 * k + 1], amount)
                     })
                     .collect()
-            })
-            .collect();
+            }
+        };
+        let txs: Vec<&[Transfer<'_>]> = flat.chunks(legs).collect();
         f(&txs)
     }
 }
@@ -207,7 +195,7 @@ pub trait System: Sync {
     /// Runs one transaction; with `track`, under an id returned for the ack log.
     fn one(&self, legs: &[Transfer<'_>], track: bool) -> Result<(String, Outcome), String>;
     /// Runs a batch; the default runs them one by one.
-    fn batch(&self, txs: &[Vec<Transfer<'_>>]) -> Result<Vec<Outcome>, String> {
+    fn batch(&self, txs: &[&[Transfer<'_>]]) -> Result<Vec<Outcome>, String> {
         txs.iter().map(|legs| self.one(legs, false).map(|(_, o)| o)).collect()
     }
 }
@@ -221,9 +209,8 @@ impl System for Coordinator {
         self.execute_as(id, legs).map(|o| (id.to_string(), o)).map_err(|e| e.to_string())
     }
 
-    fn batch(&self, txs: &[Vec<Transfer<'_>>]) -> Result<Vec<Outcome>, String> {
-        let refs: Vec<&[Transfer<'_>]> = txs.iter().map(Vec::as_slice).collect();
-        let results = self.execute_batch(&refs).map_err(|e| e.to_string())?;
+    fn batch(&self, txs: &[&[Transfer<'_>]]) -> Result<Vec<Outcome>, String> {
+        let results = self.execute_batch(txs).map_err(|e| e.to_string())?;
         results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
     }
 }
@@ -251,7 +238,7 @@ pub fn run_thread(
         let started = Instant::now();
         let result = generator.with_transfers(batch, |txs| {
             if batch == 1 {
-                system.one(&txs[0], ack.is_some()).map(|(id, o)| vec![(id, o)])
+                system.one(txs[0], ack.is_some()).map(|(id, o)| vec![(id, o)])
             } else {
                 system.batch(txs).map(|os| os.into_iter().map(|o| (String::new(), o)).collect())
             }
