@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the engine: single-transaction latency by number
-//! of services (one-phase and two-phase, in memory and synced), batch
-//! throughput, and the ledger's lookup/update.
+//! of services (one-phase and two-phase, in memory and synced), by name
+//! against `Account` handles, batch throughput, and the ledger's
+//! lookup/update.
 
 use std::hint::black_box;
 
@@ -59,6 +60,35 @@ fn single(c: &mut Criterion) {
             dtc.shutdown().expect("shutdown");
         }
     }
+}
+
+/// One leg between two services, by name and between `Account` handles
+/// resolved once (the same accounts, in memory).
+fn handles(c: &mut Criterion) {
+    let accounts = names(ACCOUNTS_PER_SERVICE);
+    let dtc = coordinator(2, Durability::None, None);
+    let resolved: Vec<[dtc::Account; 2]> = accounts
+        .iter()
+        .map(|a| [dtc.account("svc-0", a).expect("known"), dtc.account("svc-1", a).expect("known")])
+        .collect();
+    let mut group = c.benchmark_group("single/none/2-services");
+    let mut i = 0;
+    group.bench_function("by-name", |b| {
+        b.iter(|| {
+            i += 1;
+            let (a, z) = (&accounts[i % accounts.len()], &accounts[(i * 7 + 1) % accounts.len()]);
+            black_box(dtc.execute(&[Transfer::new("svc-0", a, "svc-1", z, 1)]).expect("runs"))
+        })
+    });
+    group.bench_function("handles", |b| {
+        b.iter(|| {
+            i += 1;
+            let (a, z) = (&resolved[i % accounts.len()][0], &resolved[(i * 7 + 1) % accounts.len()][1]);
+            black_box(dtc.execute(&[Transfer::between(a, z, 1)]).expect("runs"))
+        })
+    });
+    group.finish();
+    dtc.shutdown().expect("shutdown");
 }
 
 fn batch(c: &mut Criterion) {
@@ -130,5 +160,5 @@ fn ledger(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, single, batch, ledger);
+criterion_group!(benches, single, handles, batch, ledger);
 criterion_main!(benches);
