@@ -13,15 +13,17 @@ pub struct AccountRef<'a> {
     pub service: &'a str,
     /// The account id inside that service.
     pub account: &'a str,
-    /// Where a coordinator found this account, when the ref comes from an
-    /// [`Account`]: checked against the coordinator before it is used.
-    pub(crate) resolved: Option<&'a Resolved>,
+    /// The handle this ref was made from, if any: its resolution is used
+    /// only while both names above are still the handle's and the
+    /// coordinator is the handle's (the fields are public: a changed name
+    /// is resolved by name).
+    pub(crate) handle: Option<&'a Account>,
 }
 
 impl<'a> AccountRef<'a> {
     /// The account `account` of the service registered as `service`.
     pub fn new(service: &'a str, account: &'a str) -> Self {
-        Self { service, account, resolved: None }
+        Self { service, account, handle: None }
     }
 }
 
@@ -148,7 +150,12 @@ impl Account {
 
     /// This account as a transfer side.
     pub fn to_ref(&self) -> AccountRef<'_> {
-        AccountRef { service: &self.service, account: self.id(), resolved: Some(&self.resolved) }
+        AccountRef { service: &self.service, account: self.id(), handle: Some(self) }
+    }
+
+    /// What the coordinator resolved.
+    pub(crate) fn resolved(&self) -> &Resolved {
+        &self.resolved
     }
 }
 

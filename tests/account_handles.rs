@@ -68,6 +68,27 @@ fn bad_handles_are_refused_when_made_and_a_handle_is_its_names() {
 }
 
 #[test]
+fn a_ref_whose_names_were_changed_is_resolved_by_its_names() {
+    let eu = bank(&[("a", 10), ("b", 10), ("c", 0)]);
+    let us = bank(&[("a", 0)]);
+    let dtc = Coordinator::builder().service("eu", eu.clone()).service("us", us.clone()).open().unwrap();
+    let a = dtc.account("eu", "a").unwrap();
+    let c = dtc.account("eu", "c").unwrap();
+    // The fields are public: a ref made from `a`'s handle, renamed to "b".
+    let mut renamed = a.to_ref();
+    renamed.account = "b";
+    let leg = Transfer { from: renamed, to: c.to_ref(), amount: 4 };
+    assert_eq!(dtc.execute(&[leg]).unwrap(), Outcome::Committed);
+    assert_eq!((eu.balance("a"), eu.balance("b"), eu.balance("c")), (Some(10), Some(6), Some(4)));
+    // Renamed to another service: that service's account.
+    let mut moved = a.to_ref();
+    moved.service = "us";
+    assert_eq!(dtc.execute(&[Transfer { from: c.to_ref(), to: moved, amount: 1 }]).unwrap(), Outcome::Committed);
+    assert_eq!((eu.balance("a"), eu.balance("c"), us.balance("a")), (Some(10), Some(3), Some(1)));
+    dtc.shutdown().unwrap();
+}
+
+#[test]
 fn a_handle_from_another_coordinator_is_resolved_by_name() {
     let first = Coordinator::builder().service("eu", bank(&[("a", 50), ("b", 0)])).open().unwrap();
     let a = first.account("eu", "a").unwrap();

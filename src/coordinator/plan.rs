@@ -67,10 +67,14 @@ pub(crate) fn resolve_account(
 /// A handle's resolution, if it is this coordinator's: its service index,
 /// its key when the directory's keys are stable, and its lock stripe.
 fn trusted(side: &AccountRef<'_>, services: &[ServiceInfo]) -> Option<(u16, Option<Option<u64>>, usize)> {
-    let r = side.resolved?;
+    let handle = side.handle?;
+    // The ref's names are public fields: trust the resolution only for the
+    // names it was made for (the handle's own line, already in the cache).
+    if side.account != handle.id() || side.service != handle.service() {
+        return None;
+    }
+    let r = handle.resolved();
     let info = services.get(usize::from(r.service)).filter(|i| i.registration == r.registration)?;
-    // Handles are made only from registered names; the check costs little.
-    debug_assert_eq!(&*info.name, side.service);
     let key = match &info.directory {
         Some(dir) if dir.keys_are_stable() => Some(r.key()),
         Some(_) => None,
