@@ -238,7 +238,8 @@ impl Ledger {
         // deviation of √n per shard, 0.25 % at 10⁷ accounts, 25 % at 10³),
         // and every word is touched when a chunk is made, so slack is
         // resident memory. A shard past its room adds a chunk.
-        let arenas = (0..SHARDS).map(|_| Arena::new((per_shard + per_shard / 32 + 16) * 3)).collect();
+        let words = per_shard.saturating_add(per_shard / 32 + 16).saturating_mul(3).min(MAX_SHARD_WORDS);
+        let arenas = (0..SHARDS).map(|_| Arena::new(words)).collect();
         Self { core: Arc::new(LedgerCore { hasher: DefaultHashBuilder::default(), shards, arenas }) }
     }
 
