@@ -578,10 +578,9 @@ fn replies() -> (Sender<Reply>, Receiver<Reply>) {
     })
 }
 
-/// Counts a caller as in flight; see `Inner::enter`.
-/// One transaction or operator call inside the engine; the count is
-/// striped by thread (see [`Striped`]) and the guard gives back the shard
-/// it took.
+/// Counts a caller (a transaction or an operator call) as in flight; see
+/// `Inner::enter`. The count is striped by thread (see [`Striped`]) and the
+/// guard gives back to the shard it took from.
 struct InFlight<'a>(&'a Striped, usize);
 
 impl Drop for InFlight<'_> {
