@@ -567,6 +567,45 @@ mod tests {
     }
 
     #[test]
+    fn balances_are_read_and_changed_while_accounts_are_created() {
+        // Creation allocates new chunks while other threads read and change
+        // existing records through their keys without the shard's lock:
+        // every record stays where its key says, with its own balance.
+        let l = Ledger::new();
+        let old: Vec<String> = (0..2_000).map(|i| format!("old-{i}")).collect();
+        for id in &old {
+            l.create_account(id, 1_000).unwrap();
+        }
+        let keys: Vec<u64> = old.iter().map(|id| l.lookup(id).unwrap()).collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..30_000 {
+                    l.create_account(&format!("new-{i:0>40}"), 5).unwrap();
+                }
+            });
+            for t in 0..2 {
+                let (l, keys, old) = (&l, &keys, &old);
+                s.spawn(move || {
+                    for round in 0..200 {
+                        // Each thread moves money only among its own half.
+                        for pair in keys[t * 1_000..(t + 1) * 1_000].chunks(2) {
+                            let delta = if round % 2 == 0 { 7 } else { -7 };
+                            l.apply(pair[0], -delta);
+                            l.apply(pair[1], delta);
+                        }
+                        let (i, key) = (round * 5 % 2_000, keys[round * 5 % 2_000]);
+                        assert!(l.is_key_of(key, &old[i]), "{} moved", old[i]);
+                    }
+                });
+            }
+        });
+        assert!(keys.iter().all(|&k| l.balance_of(k) == 1_000), "every pair is back where it started");
+        assert_eq!(l.len(), 32_000);
+        assert_eq!(l.summary().total, 2_000 * 1_000 + 30_000 * 5);
+        assert_eq!(l.balance(&format!("new-{:0>40}", 29_999)), Some(5));
+    }
+
+    #[test]
     fn ids_of_every_length_and_content_round_trip() {
         let l = Ledger::new();
         // Every length, ids that share prefixes, differ only in the last
