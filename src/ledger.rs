@@ -163,8 +163,13 @@ impl Slot {
     }
     /// Words of the record: the balance, then the id.
     fn words(self) -> usize {
-        1 + self.len().div_ceil(8)
+        record_words(self.len())
     }
+}
+
+/// Words of the record of an id of `len` bytes: the balance, then the id.
+fn record_words(len: usize) -> usize {
+    1 + len.div_ceil(8)
 }
 
 /// Up to eight id bytes as one little-endian, zero-padded word.
@@ -256,7 +261,7 @@ impl Ledger {
         if shard.find(arena, hash, id.as_bytes()).is_some() {
             return Err(Error::AccountExists { service: String::new(), account: id.to_string() });
         }
-        let words = 1 + id.len().div_ceil(8);
+        let words = record_words(id.len());
         let offset = arena.place(shard.filled, words);
         let slot = Slot::new(offset, id.len())
             .filter(|slot| slot.offset() + slot.words() <= MAX_SHARD_WORDS)

@@ -18,6 +18,7 @@ use super::worker::{Core, Limit};
 use super::{Coordinator, Inner, plan};
 use crate::durable::Encoded;
 use crate::error::{Error, Result};
+use crate::ledger::Ledger;
 use crate::metrics::Stage;
 use crate::sync::MutexGuard;
 use crate::txn::{AbortReason, Outcome, Transfer};
@@ -153,17 +154,23 @@ impl Inner {
     fn warm(&self, plans: &[Result<Arc<plan::Plan>>]) {
         let mut sum = 0i64;
         for plan in plans.iter().flatten() {
-            for branch in 0..plan.branches.len() {
-                if let Some(ledger) = &self.ledgers[usize::from(plan.service_of(branch))] {
-                    for op in plan.branch_ops(branch) {
-                        if let Some(key) = op.key {
-                            sum = sum.wrapping_add(ledger.peek(key));
-                        }
+            self.for_each_ledger_op(plan, |ledger, key, _| sum = sum.wrapping_add(ledger.peek(key)));
+        }
+        std::hint::black_box(sum);
+    }
+
+    /// Runs `f(ledger, key, delta)` for every op of `plan` that a built-in
+    /// ledger resolved.
+    fn for_each_ledger_op(&self, plan: &plan::Plan, mut f: impl FnMut(&Ledger, u64, i64)) {
+        for branch in 0..plan.branches.len() {
+            if let Some(ledger) = &self.ledgers[usize::from(plan.service_of(branch))] {
+                for op in plan.branch_ops(branch) {
+                    if let Some(key) = op.key {
+                        f(ledger, key, op.delta);
                     }
                 }
             }
         }
-        std::hint::black_box(sum);
     }
 
     fn direct_cores(&self, plans: &[Result<Arc<plan::Plan>>]) -> Option<Cores<'_>> {
@@ -218,16 +225,7 @@ impl Inner {
                 }
             }
         }
-        for branch in 0..plan.branches.len() {
-            let service = usize::from(plan.service_of(branch));
-            if let Some(ledger) = &self.ledgers[service] {
-                for op in plan.branch_ops(branch) {
-                    if let Some(key) = op.key {
-                        ledger.apply(key, op.delta);
-                    }
-                }
-            }
-        }
+        self.for_each_ledger_op(plan, |ledger, key, delta| ledger.apply(key, delta));
         if self.journal.is_some() {
             records.push(self.commit_entry(plan));
         }
