@@ -52,16 +52,22 @@ pub(crate) fn resolve_account(
 ) -> Result<Account> {
     validate_account_id(account)?;
     let info = &services[usize::from(index)];
-    let key = match &info.directory {
-        Some(dir) => Some(dir.lookup(account).ok_or_else(|| Error::UnknownAccount {
-            leg: 0,
-            service: info.name.to_string(),
-            account: account.to_string(),
-        })?),
-        None => None,
-    };
+    let key = directory_key(info, account, 0)?;
     let resolved = Resolved::new(info.registration, index, key, locks.stripe_of(index, account));
     Ok(Account::new(info.name.clone(), account, resolved))
+}
+
+/// `account`'s key in the service's directory (`None` without one), or
+/// the unknown-account error of leg `leg`.
+fn directory_key(info: &ServiceInfo, account: &str, leg: usize) -> Result<Option<u64>> {
+    match &info.directory {
+        Some(dir) => dir.lookup(account).map(Some).ok_or_else(|| Error::UnknownAccount {
+            leg,
+            service: info.name.to_string(),
+            account: account.to_string(),
+        }),
+        None => Ok(None),
+    }
 }
 
 /// A handle's resolution, if it is this coordinator's: its service index,
@@ -388,15 +394,7 @@ pub(crate) fn build(
                             .ok_or_else(|| Error::UnknownService { leg: i, service: side.service.to_string() })?,
                     };
                     validate_account_id(account)?;
-                    let info = &services[usize::from(service)];
-                    let key = match &info.directory {
-                        Some(dir) => Some(dir.lookup(account).ok_or_else(|| Error::UnknownAccount {
-                            leg: i,
-                            service: info.name.to_string(),
-                            account: account.to_string(),
-                        })?),
-                        None => None,
-                    };
+                    let key = directory_key(&services[usize::from(service)], account, i)?;
                     (service, key, locks.stripe_of(service, account))
                 }
             };
