@@ -23,8 +23,9 @@
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
+use crossbeam_utils::CachePadded;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use hashbrown::{DefaultHashBuilder, HashTable};
-use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
@@ -58,9 +59,37 @@ pub struct Ledger {
 
 struct LedgerCore {
     hasher: DefaultHashBuilder,
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[ShardLock]>,
     /// `arenas[s]` holds the records of `shards[s]`.
     arenas: Box<[Arena]>,
+}
+
+/// A shard's table behind a reader-writer lock whose readers on different
+/// cores do not write one cache line: crossbeam's `ShardedLock`, one lock
+/// per group of threads, all of them taken by a writer. Every transfer by
+/// name reads two shards; only account creation writes one. (A plain
+/// reader-writer lock's read is a read-modify-write of its lock word, which
+/// the two cores then pass back and forth, next to the table header every
+/// lookup reads.) Poisoning is ignored, as `parking_lot` did: nothing under
+/// the write lock leaves the shard half-changed before it can panic.
+struct ShardLock(ShardedLock<Shard>);
+
+/// Heap bytes of one `ShardLock` beside its inline size: crossbeam keeps
+/// eight cache-padded locks per `ShardedLock`.
+const SHARD_LOCK_HEAP_BYTES: usize = 8 * std::mem::size_of::<CachePadded<u8>>();
+
+impl ShardLock {
+    fn new(shard: Shard) -> Self {
+        ShardLock(ShardedLock::new(shard))
+    }
+
+    fn read(&self) -> ShardedLockReadGuard<'_, Shard> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> ShardedLockWriteGuard<'_, Shard> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// One shard's table of slots (see [`Slot`]) over its arena's records, and
@@ -236,8 +265,9 @@ impl Ledger {
     /// An empty ledger with room for about `accounts` accounts.
     pub fn with_capacity(accounts: usize) -> Self {
         let per_shard = accounts.div_ceil(SHARDS);
-        let shards =
-            (0..SHARDS).map(|_| RwLock::new(Shard { table: HashTable::with_capacity(per_shard), filled: 0 })).collect();
+        let shards = (0..SHARDS)
+            .map(|_| ShardLock::new(Shard { table: HashTable::with_capacity(per_shard), filled: 0 }))
+            .collect();
         // A balance and a 9–16 byte id per account, for a thirty-second more
         // accounts and 16 more: hashing spreads them unevenly (a standard
         // deviation of √n per shard, 0.25 % at 10⁷ accounts, 25 % at 10³),
@@ -304,7 +334,7 @@ impl Ledger {
             .zip(self.core.arenas.iter())
             .map(|(s, arena)| s.read().table.allocation_size() + arena.allocated_bytes())
             .sum::<usize>()
-            + SHARDS * (std::mem::size_of::<RwLock<Shard>>() + std::mem::size_of::<Arena>())
+            + SHARDS * (std::mem::size_of::<ShardLock>() + SHARD_LOCK_HEAP_BYTES + std::mem::size_of::<Arena>())
     }
 
     /// Sum, count and negatives over all accounts (not isolated).
