@@ -210,6 +210,8 @@ pub enum Broken {
     InlineIgnoresPending,
     /// A rollback before any prepare is not recorded in the barrier.
     ForgetsEmptyRollback,
+    /// The direct path runs without checking that nothing is queued.
+    DirectIgnoresPending,
 }
 
 use crate::coordinator::worker;
@@ -272,6 +274,7 @@ impl Service {
         service.broken = broken.map(|b| match b {
             Broken::InlineIgnoresPending => worker::LoomBroken::InlineIgnoresPending,
             Broken::ForgetsEmptyRollback => worker::LoomBroken::ForgetsEmptyRollback,
+            Broken::DirectIgnoresPending => worker::LoomBroken::DirectIgnoresPending,
         });
         let inner = std::sync::Arc::new(service);
         (Self { inner: inner.clone() }, Worker { inner, requests })
@@ -321,6 +324,12 @@ impl Service {
     /// `Service::enqueue` of the shutdown request.
     pub fn shutdown(&self) {
         self.inner.enqueue(worker::Request::Shutdown, None);
+    }
+
+    /// `Service::is_idle`: whether a caller holding its key locks may take
+    /// the direct path (change the balances itself, no core lock).
+    pub fn is_idle(&self) -> bool {
+        self.inner.is_idle()
     }
 
     /// Requests enqueued and not yet handled.

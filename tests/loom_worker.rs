@@ -13,6 +13,11 @@
 //!   engine's key locks give that order between conflicting transactions)
 //!   is never applied before it.
 //!
+//! A second model adds the direct path (`Service::is_idle`): a caller that
+//! holds the key lock and finds nothing queued applies its commit itself,
+//! without the service's core lock, as the coordinator does for built-in
+//! ledgers; FIFO must still hold against the queued and inline commits.
+//!
 //! Run: RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
 //!      cargo test --release --test loom_worker
 #![cfg(loom)]
@@ -63,7 +68,36 @@ fn locked_submit(service: &Service, keys: &KeyLock, tx: u128) -> u32 {
 /// at least 3 whatever `LOOM_MAX_PREEMPTIONS` says.
 const MIN_PREEMPTIONS: usize = 3;
 
+/// How a caller applies its commit under the key lock.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `Service::submit` (inline or queued).
+    Submit,
+    /// The direct path when `Service::is_idle`, else `submit`.
+    Direct,
+}
+
+/// Applies the commit of `tx` while holding the key lock; its turn.
+fn locked_apply(service: &Service, keys: &KeyLock, applied: &Mutex<Vec<u128>>, tx: u128, path: Path) -> u32 {
+    if let Path::Submit = path {
+        return locked_submit(service, keys, tx);
+    }
+    let mut turn = keys.turn.lock().unwrap();
+    *turn += 1;
+    if service.is_idle() {
+        // What the direct path does to a ledger: the change itself.
+        applied.lock().unwrap().push(tx);
+    } else {
+        service.submit(tx, Step::Commit);
+    }
+    *turn
+}
+
 fn model(broken: Option<Broken>, min_preemptions: usize) {
+    model_paths(broken, min_preemptions, Path::Submit);
+}
+
+fn model_paths(broken: Option<Broken>, min_preemptions: usize, path: Path) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(min_preemptions).max(min_preemptions));
     builder.check(move || {
@@ -81,8 +115,8 @@ fn model(broken: Option<Broken>, min_preemptions: usize) {
         let callers: Vec<_> = [1, 2]
             .into_iter()
             .map(|tx| {
-                let (service, keys) = (Arc::clone(&service), Arc::clone(&keys));
-                thread::spawn(move || (locked_submit(&service, &keys, tx), tx))
+                let (service, keys, applied) = (Arc::clone(&service), Arc::clone(&keys), Arc::clone(&applied));
+                thread::spawn(move || (locked_apply(&service, &keys, &applied, tx, path), tx))
             })
             .collect();
         let mut order: Vec<(u32, u128)> = callers.into_iter().map(|c| c.join().unwrap()).collect();
@@ -102,6 +136,9 @@ fn model(broken: Option<Broken>, min_preemptions: usize) {
             position(first) < position(second),
             "FIFO broken: {second} submitted after {first} returned but applied before it: {applied:?}"
         );
+        // The commit queued before the callers started precedes both (it
+        // stands for a conflicting transaction that released its keys).
+        assert!(position(0) < position(first), "FIFO broken: {first} applied before the queued 0: {applied:?}");
         assert_eq!(service.pending(), 0, "pending leaked (or left in the queue)");
     });
 }
@@ -124,4 +161,19 @@ fn inline_and_queued_requests_keep_fifo_and_shutdown_drains_bound_5() {
 #[should_panic(expected = "FIFO broken")]
 fn inline_path_without_pending_check_breaks_fifo() {
     model(Some(Broken::InlineIgnoresPending), MIN_PREEMPTIONS);
+}
+
+/// The direct path keeps FIFO: a caller that finds nothing queued under its
+/// key lock applies after every earlier commit, without the core lock.
+#[test]
+fn direct_path_keeps_fifo_with_queued_and_inline_commits() {
+    model_paths(None, MIN_PREEMPTIONS, Path::Direct);
+}
+
+/// The check bites: a direct path that skips the `pending` check applies
+/// before the commit still queued ahead of it.
+#[test]
+#[should_panic(expected = "FIFO broken")]
+fn direct_path_without_pending_check_breaks_fifo() {
+    model_paths(Some(Broken::DirectIgnoresPending), MIN_PREEMPTIONS, Path::Direct);
 }

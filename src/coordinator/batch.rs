@@ -14,25 +14,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::worker::{Core, Limit};
+use super::worker::Limit;
 use super::{Coordinator, Inner, plan};
 use crate::durable::Encoded;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::metrics::Stage;
-use crate::sync::MutexGuard;
 use crate::txn::{AbortReason, Outcome, Transfer};
 use smallvec::SmallVec;
 
 /// The direct path: when every service of a batch is a built-in ledger
-/// (no wrapper) and nothing is queued for it, the batch holds each ledger's
-/// core (ascending service order; nobody else ever holds two) and applies
-/// its transactions to the ledgers directly: the same checks as the ledger's
-/// prepare, the same effects as its commit, without the per-call barrier
-/// record that only redelivered or queued calls need. Batch transactions
-/// have engine-made ids and are never redelivered.
-type Cores<'a> = Vec<MutexGuard<'a, Core>>;
-
+/// (no wrapper) and nothing is queued for it, read under the batch's key
+/// locks (`Service::is_idle`), the batch applies its transactions to the
+/// ledgers directly: the same checks as the ledger's prepare, the same
+/// effects as its commit, without the per-call barrier record that only
+/// redelivered or queued calls need, and without the services' core locks
+/// (the key locks isolate the accounts; the balances are atomic words).
+/// Batch transactions have engine-made ids and are never redelivered.
 /// Most transactions one batch may hold.
 pub const MAX_BATCH: usize = 65_536;
 
@@ -106,9 +104,9 @@ impl Inner {
         let mut records: Vec<Encoded> = Vec::new();
         let mut last_lsn = None;
         let mut outcomes = Vec::with_capacity(plans.len());
-        let cores = self.direct_cores(&plans);
+        let direct = self.direct(&plans);
         for plan in plans {
-            if cores.is_some() {
+            if direct {
                 outcomes.push(plan.map(|plan| {
                     let outcome = self.apply_direct(&plan, &mut records);
                     self.count(&outcome);
@@ -132,7 +130,6 @@ impl Inner {
                 outcome => outcomes.push(outcome),
             }
         }
-        drop(cores);
         if let Some(journal) = &self.journal
             && !records.is_empty()
         {
@@ -173,32 +170,33 @@ impl Inner {
         }
     }
 
-    fn direct_cores(&self, plans: &[Result<Arc<plan::Plan>>]) -> Option<Cores<'_>> {
-        self.direct_cores_for(plans.iter().flatten().map(|p| &**p))
+    fn direct(&self, plans: &[Result<Arc<plan::Plan>>]) -> bool {
+        self.is_direct(plans.iter().flatten().map(|p| &**p))
     }
 
-    /// The cores of every service of `plans`, if all are plain ledgers and
-    /// idle (see `Cores`).
-    pub(super) fn direct_cores_for<'p>(&self, plans: impl Iterator<Item = &'p plan::Plan>) -> Option<Cores<'_>> {
+    /// Whether `plans` may take the direct path: every service they touch
+    /// is a plain built-in ledger with nothing queued (see `Service::is_idle`;
+    /// the caller holds the plans' key locks).
+    pub(super) fn is_direct<'p>(&self, plans: impl Iterator<Item = &'p plan::Plan>) -> bool {
         if self.config.redeliver.is_some() {
-            return None;
+            return false;
         }
         let mut services: SmallVec<[usize; 8]> = SmallVec::new();
         for plan in plans {
             for branch in 0..plan.branches.len() {
                 if !plan.is_transfer(branch) {
-                    return None; // a payload goes to its participant
+                    return false; // a payload goes to its participant
                 }
                 services.push(usize::from(plan.service_of(branch)));
             }
         }
         services.sort_unstable();
         services.dedup();
-        if services.iter().any(|&s| !self.handles[s].first().builtin_ledger || self.ledgers[s].is_none()) {
-            return None;
-        }
         // Ledgers have one lane.
-        services.iter().map(|&s| self.handles[s].first().idle_core()).collect()
+        services.iter().all(|&s| {
+            let service = self.handles[s].first();
+            service.builtin_ledger && self.ledgers[s].is_some() && service.is_idle()
+        })
     }
 
     /// One transaction of a direct batch: check every change, then apply all.

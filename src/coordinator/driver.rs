@@ -216,12 +216,13 @@ impl<'a, 'b> Drive<'a, 'b> {
         };
         inner.timed(Stage::LockWait, locked_at);
         self.locks = Some(locks);
-        let Some(cores) = inner.direct_cores_for(std::iter::once(&**plan)) else { return Event::Locked };
-        // Plain ledgers, idle: check and apply directly (see `batch.rs`);
-        // the commit record still precedes the locks' release.
+        if !inner.is_direct(std::iter::once(&**plan)) {
+            return Event::Locked;
+        }
+        // Plain ledgers, idle: check and apply directly under the key locks
+        // (see `batch.rs`); the commit record still precedes their release.
         let mut record = Vec::new();
         let outcome = inner.apply_direct(plan, &mut record);
-        drop(cores);
         let lsn = match (&inner.journal, record.pop()) {
             (Some(journal), Some(record)) => match inner.log_or_fail(journal.append(&record)) {
                 Ok(lsn) => Some(lsn),

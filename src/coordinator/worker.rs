@@ -128,6 +128,8 @@ pub(crate) enum LoomBroken {
     InlineIgnoresPending,
     /// A rollback before any prepare is not recorded.
     ForgetsEmptyRollback,
+    /// The direct path runs without checking that nothing is queued.
+    DirectIgnoresPending,
 }
 
 /// The lanes of one service: a service registered with
@@ -514,12 +516,19 @@ impl Service {
         }
     }
 
-    /// The core, if nothing is queued for this service: whoever holds it may
-    /// act on the participant's state directly, in FIFO order (see `submit`).
-    pub(crate) fn idle_core(&self) -> Option<MutexGuard<'_, Core>> {
-        let core = self.core.lock();
-        // SeqCst: see `submit`.
-        (self.pending.load(Ordering::SeqCst) == 0).then_some(core)
+    /// True if nothing is queued for this service. Read by a caller that
+    /// holds the key locks of its accounts, it means every earlier request
+    /// that touched them has been applied (the FIFO argument of `submit`:
+    /// such a request was counted before its transaction released the keys
+    /// we hold, and the count drops only after it took effect; the SeqCst
+    /// load synchronizes with that decrement), so the caller may check and
+    /// change those balances of a built-in ledger directly — the direct
+    /// path, without the core lock. Whatever is enqueued or runs inline
+    /// after this read belongs to transactions holding other keys (or
+    /// waiting for ours), so it touches other balances.
+    pub(crate) fn is_idle(&self) -> bool {
+        // SeqCst: see `submit` and above.
+        self.pending.load(Ordering::SeqCst) == 0 || self.skips(loom_rule!(DirectIgnoresPending))
     }
 
     /// Enqueues a request that is not a transaction phase (audit, shutdown).

@@ -234,7 +234,7 @@ impl Sim {
             Action::Lock if self.rng.random_bool(0.02) => Event::LockTimeout,
             Action::Lock if self.specs[tx].keepers.iter().all(|&k| k == Keeper::Log) && self.rng.random_bool(0.3) => {
                 // The direct path: the coordinator's own ledgers, checked
-                // and applied under their cores.
+                // and applied under the key locks.
                 if !self.specs[tx].yes.iter().all(|&y| y) {
                     return Event::AppliedDirect { committed: false, lsn: None };
                 }

@@ -16,7 +16,7 @@
 //! prepares and commits in one call). A batch member starts with its locks
 //! held and leaves the release and the durability wait to its batch. A
 //! plan whose services are all idle built-in ledgers is applied by the driver
-//! under their cores ([`Event::AppliedDirect`]) instead of phase requests.
+//! under its key locks ([`Event::AppliedDirect`]) instead of phase requests.
 //!
 //! The durability rules are checked here, where they are decided:
 //! - a branch whose participant keeps its state outside the log
