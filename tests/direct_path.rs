@@ -40,7 +40,7 @@ impl Participant for Notes {
         ParticipantKind::Volatile
     }
     fn prepare(&mut self, branch: BranchId, _: Work<'_>) -> Result<(), Refusal> {
-        if branch.tx.as_u128() % 7 == 0 {
+        if branch.tx.as_u128().is_multiple_of(7) {
             std::thread::sleep(Duration::from_micros(50));
         }
         Ok(())
