@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::worker::Limit;
 use super::{Coordinator, Inner, plan};
-use crate::durable::Encoded;
+use crate::durable::Records;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::metrics::Stage;
@@ -101,14 +101,17 @@ impl Inner {
             return Ok(outcomes);
         };
         self.metrics.record(Stage::LockWait, locked_at.elapsed());
-        let mut records: Vec<Encoded> = Vec::new();
+        let mut records = Records::default();
         let mut last_lsn = None;
         let mut outcomes = Vec::with_capacity(plans.len());
         let direct = self.direct(&plans);
         for plan in plans {
             if direct {
                 outcomes.push(plan.map(|plan| {
-                    let outcome = self.apply_direct(&plan, &mut records);
+                    let outcome = self.apply_direct(&plan);
+                    if outcome == Outcome::Committed && self.journal.is_some() {
+                        self.push_commit(&plan, &mut records);
+                    }
                     self.count(&outcome);
                     outcome
                 }));
@@ -133,7 +136,7 @@ impl Inner {
         if let Some(journal) = &self.journal
             && !records.is_empty()
         {
-            last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_batch(&records))?));
+            last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_records(&records))?));
         }
         drop(locks);
         self.durable(last_lsn)?;
@@ -199,8 +202,9 @@ impl Inner {
         })
     }
 
-    /// One transaction of a direct batch: check every change, then apply all.
-    pub(super) fn apply_direct(&self, plan: &plan::Plan, records: &mut Vec<Encoded>) -> Outcome {
+    /// One transaction on the direct path: check every change, then apply
+    /// all (its commit record is the caller's to write).
+    pub(super) fn apply_direct(&self, plan: &plan::Plan) -> Outcome {
         for branch in 0..plan.branches.len() {
             let service = usize::from(plan.service_of(branch));
             let Some(ledger) = &self.ledgers[service] else { continue };
@@ -224,9 +228,6 @@ impl Inner {
             }
         }
         self.for_each_ledger_op(plan, |ledger, key, delta| ledger.apply(key, delta));
-        if self.journal.is_some() {
-            records.push(self.commit_entry(plan));
-        }
         Outcome::Committed
     }
 }

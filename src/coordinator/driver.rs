@@ -15,7 +15,7 @@ use super::locks::LockSet;
 use super::plan::Plan;
 use super::worker::{Answer, Limit, PhaseDeadline, Reply, Step, Submitted};
 use super::{Inner, replies, too_large, wait_any};
-use crate::durable::{Encoded, codec};
+use crate::durable::{Records, codec};
 use crate::error::{Error, Result};
 use crate::metrics::Stage;
 use crate::protocol::tx::{Action, Cause, Event, Setup, TxCore, Verdict, Vote};
@@ -29,7 +29,7 @@ pub(super) struct Drive<'a, 'b> {
     plan: &'a Arc<Plan>,
     tracked: bool,
     /// A batch's pending commit records (see `batch.rs`).
-    deferred: Option<&'b mut Vec<Encoded>>,
+    deferred: Option<&'b mut Records>,
     locks: Option<LockSet<'a>>,
     /// Each branch's answer to its prepare (kept for the commit record and
     /// for the abort reason).
@@ -53,7 +53,7 @@ impl<'a, 'b> Drive<'a, 'b> {
         plan: &'a Arc<Plan>,
         deadline: Limit,
         tracked: bool,
-        deferred: Option<&'b mut Vec<Encoded>>,
+        deferred: Option<&'b mut Records>,
     ) -> Self {
         Drive {
             inner,
@@ -221,18 +221,19 @@ impl<'a, 'b> Drive<'a, 'b> {
         }
         // Plain ledgers, idle: check and apply directly under the key locks
         // (see `batch.rs`); the commit record still precedes their release.
-        let mut record = Vec::new();
-        let outcome = inner.apply_direct(plan, &mut record);
-        let lsn = match (&inner.journal, record.pop()) {
-            (Some(journal), Some(record)) => match inner.log_or_fail(journal.append(&record)) {
-                Ok(lsn) => Some(lsn),
-                Err(error) => {
-                    // Applied in memory, not logged: fail-stop (nothing was
-                    // answered; recovery starts from the log).
-                    self.error = Some(error);
-                    return Event::LogFailed;
+        let outcome = inner.apply_direct(plan);
+        let lsn = match &inner.journal {
+            Some(journal) if outcome == Outcome::Committed => {
+                match inner.log_or_fail(journal.append(&inner.commit_entry(plan))) {
+                    Ok(lsn) => Some(lsn),
+                    Err(error) => {
+                        // Applied in memory, not logged: fail-stop (nothing was
+                        // answered; recovery starts from the log).
+                        self.error = Some(error);
+                        return Event::LogFailed;
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let committed = outcome == Outcome::Committed;
@@ -287,14 +288,14 @@ impl<'a, 'b> Drive<'a, 'b> {
             // A batch of ledger-only transactions appends all its commit
             // records at once, before its locks drop (see `batch.rs`).
             Ok(record) if record.kind == codec::KIND_COMMIT && self.deferred.is_some() => {
-                self.deferred.as_mut().expect("checked just above").push(record);
+                self.deferred.as_mut().expect("checked just above").push(&record);
                 Event::Deferred
             }
             Ok(record) => {
                 // Earlier transactions of the batch may have funded this
                 // one: their records go first.
                 if let Some(batch) = self.deferred.as_mut().filter(|b| !b.is_empty())
-                    && let Err(error) = inner.log_or_fail(journal.append_batch(&std::mem::take(*batch)))
+                    && let Err(error) = inner.log_or_fail(journal.append_records(&std::mem::take(*batch)))
                 {
                     return self.failed(error);
                 }

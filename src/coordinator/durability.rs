@@ -16,8 +16,8 @@ use super::{Inner, replies};
 use smallvec::SmallVec;
 
 use crate::durable::{
-    BranchRecord, Checkpoint, Encoded, Entry, Open, RecoveryReport, Replayed, Unresolved, encode_commit,
-    open_transactions,
+    BranchRecord, Checkpoint, Encoded, Entry, Open, Records, RecoveryReport, Replayed, Unresolved, encode_commit,
+    open_transactions, write_commit,
 };
 use crate::durable::{codec, control};
 use crate::error::{Error, Result};
@@ -31,14 +31,28 @@ impl Inner {
     /// The commit record of a plan whose branches are all ledgers: every
     /// ledger change (the direct path; see `two_phase` for the others).
     pub(super) fn commit_entry(&self, plan: &Plan) -> Encoded {
-        let mut changes: SmallVec<[(&str, &str, i64); 8]> = SmallVec::new();
+        let changes = self.ledger_changes(plan);
+        Encoded { kind: codec::KIND_COMMIT, bytes: encode_commit(plan.tx, plan.fingerprint, changes.into_iter()) }
+    }
+
+    /// `commit_entry`, encoded into a batch's buffer.
+    pub(super) fn push_commit(&self, plan: &Plan, records: &mut Records) {
+        let changes = self.ledger_changes(plan);
+        records
+            .push_with(codec::KIND_COMMIT, |bytes| write_commit(bytes, plan.tx, plan.fingerprint, changes.into_iter()));
+    }
+
+    /// (service, account, delta) of every change of a plan whose branches
+    /// are all ledgers.
+    fn ledger_changes<'p>(&'p self, plan: &'p Plan) -> SmallVec<[(&'p str, &'p str, i64); 8]> {
+        let mut changes = SmallVec::new();
         for branch in 0..plan.branches.len() {
             let service = usize::from(plan.service_of(branch));
             debug_assert!(self.ledgers[service].is_some(), "the direct path takes ledgers only");
             let name: &str = &self.services[service].name;
             changes.extend(plan.changes(branch).map(|(account, delta)| (name, account, delta)));
         }
-        Encoded { kind: codec::KIND_COMMIT, bytes: encode_commit(plan.tx, plan.fingerprint, changes.into_iter()) }
+        changes
     }
 
     fn ledger_index(&self, service: &str) -> Result<usize> {

@@ -31,7 +31,8 @@ use crate::sync::{AtomicU64, Ordering};
 use crate::wal::{FsStorage, Lsn, Storage, Wal, WalConfig, WalError};
 
 pub(crate) use codec::{
-    BranchRecord, Checkpoint, Encoded, Entry, Unresolved, encode_begin, encode_commit, encode_decision,
+    BranchRecord, Checkpoint, Encoded, Entry, Records, Unresolved, encode_begin, encode_commit, encode_decision,
+    write_commit,
 };
 
 /// What recovery found and did, for `Coordinator::recovery` and `dtc recover`.
@@ -258,6 +259,11 @@ impl Journal {
     pub(crate) fn append_batch(&self, records: &[Encoded]) -> Result<Lsn> {
         let parts: Vec<(u8, &[u8])> = records.iter().map(|r| (r.kind, r.bytes.as_slice())).collect();
         self.wal.append_batch(&parts).map_err(wal_error)
+    }
+
+    /// `append_batch` of records encoded into one buffer (a batch's).
+    pub(crate) fn append_records(&self, records: &Records) -> Result<Lsn> {
+        self.wal.append_batch(&records.parts()).map_err(wal_error)
     }
 
     /// Appends an operator's action and the records it implies, in one
