@@ -23,14 +23,15 @@ use crate::metrics::Stage;
 use crate::txn::{AbortReason, Outcome, Transfer};
 use smallvec::SmallVec;
 
-/// The direct path: when every service of a batch is a built-in ledger
-/// (no wrapper) and nothing is queued for it, read under the batch's key
-/// locks (`Service::is_idle`), the batch applies its transactions to the
-/// ledgers directly: the same checks as the ledger's prepare, the same
-/// effects as its commit, without the per-call barrier record that only
-/// redelivered or queued calls need, and without the services' core locks
-/// (the key locks isolate the accounts; the balances are atomic words).
-/// Batch transactions have engine-made ids and are never redelivered.
+// The direct path: when every service of a batch is a built-in ledger
+// (no wrapper) and nothing is queued for it, read under the batch's key
+// locks (`Service::is_idle`), the batch applies its transactions to the
+// ledgers directly: the same checks as the ledger's prepare, the same
+// effects as its commit, without the per-call barrier record that only
+// redelivered or queued calls need, and without the services' core locks
+// (the key locks isolate the accounts; the balances are atomic words).
+// Batch transactions have engine-made ids and are never redelivered.
+
 /// Most transactions one batch may hold.
 pub const MAX_BATCH: usize = 65_536;
 
