@@ -78,7 +78,6 @@ impl Inner {
                     &self.limits(),
                     false,
                 )
-                .map(Arc::new)
             })
             .collect();
         self.warm(&plans);

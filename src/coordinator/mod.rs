@@ -879,16 +879,8 @@ impl Inner {
         tracked: bool,
     ) -> Result<Outcome> {
         let _in_flight = self.enter()?;
-        let plan = Arc::new(plan::build(
-            tx,
-            legs,
-            branches,
-            &self.services,
-            |n| self.find(n),
-            &self.locks,
-            &self.limits(),
-            tracked,
-        )?);
+        let plan =
+            plan::build(tx, legs, branches, &self.services, |n| self.find(n), &self.locks, &self.limits(), tracked)?;
         if tracked {
             match self.recent.begin(tx, plan.fingerprint)? {
                 Begin::New => {}
