@@ -21,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::metrics::Stage;
 use crate::txn::{AbortReason, Outcome, Transfer};
-use smallvec::SmallVec;
 
 // The direct path: when every service of a batch is a built-in ledger
 // (no wrapper) and nothing is queued for it, read under the batch's key
@@ -136,7 +135,7 @@ impl Inner {
         if let Some(journal) = &self.journal
             && !records.is_empty()
         {
-            last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_records(&records))?));
+            last_lsn = last_lsn.max(Some(self.log_or_fail(journal.append_batch(&records))?));
         }
         drop(locks);
         self.durable(last_lsn)?;
@@ -184,21 +183,13 @@ impl Inner {
         if self.config.redeliver.is_some() {
             return false;
         }
-        let mut services: SmallVec<[usize; 8]> = SmallVec::new();
-        for plan in plans {
-            for branch in 0..plan.branches.len() {
-                if !plan.is_transfer(branch) {
-                    return false; // a payload goes to its participant
-                }
-                services.push(usize::from(plan.service_of(branch)));
-            }
-        }
-        services.sort_unstable();
-        services.dedup();
-        // Ledgers have one lane.
-        services.iter().all(|&s| {
+        // No locks are taken, so the services need no order: each branch is
+        // checked where it stands (a payload goes to its participant).
+        plans.flat_map(|plan| (0..plan.branches.len()).map(move |branch| (plan, branch))).all(|(plan, branch)| {
+            let s = usize::from(plan.service_of(branch));
+            // Ledgers have one lane.
             let service = self.handles[s].first();
-            service.builtin_ledger && self.ledgers[s].is_some() && service.is_idle()
+            plan.is_transfer(branch) && service.builtin_ledger && self.ledgers[s].is_some() && service.is_idle()
         })
     }
 

@@ -295,7 +295,7 @@ impl<'a, 'b> Drive<'a, 'b> {
                 // Earlier transactions of the batch may have funded this
                 // one: their records go first.
                 if let Some(batch) = self.deferred.as_mut().filter(|b| !b.is_empty())
-                    && let Err(error) = inner.log_or_fail(journal.append_records(&std::mem::take(*batch)))
+                    && let Err(error) = inner.log_or_fail(journal.append_batch(&std::mem::take(*batch)))
                 {
                     return self.failed(error);
                 }

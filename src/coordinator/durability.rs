@@ -178,7 +178,7 @@ impl Inner {
         }
         self.outstanding.restore_unresolved(owed_table);
         if let (Some(journal), false) = (&self.journal, done.is_empty()) {
-            let records: Vec<Encoded> = done.iter().map(|&tx| Entry::Done { tx }.encoded()).collect();
+            let records: Records = done.iter().map(|&tx| Entry::Done { tx }.encoded()).collect();
             journal.append_batch(&records)?;
         }
         let (reply, _replies) = replies();

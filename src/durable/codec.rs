@@ -128,6 +128,16 @@ impl Records {
     }
 }
 
+impl FromIterator<Encoded> for Records {
+    fn from_iter<I: IntoIterator<Item = Encoded>>(records: I) -> Self {
+        let mut all = Records::default();
+        for record in records {
+            all.push(&record);
+        }
+        all
+    }
+}
+
 /// A branch as a decision record names it: service, index, and what an
 /// external participant needs at commit.
 pub(crate) type NamedBranch<'a> = (&'a str, u16, Option<&'a [u8]>);

@@ -256,13 +256,7 @@ impl Journal {
     }
 
     /// Appends several records contiguously (one reservation).
-    pub(crate) fn append_batch(&self, records: &[Encoded]) -> Result<Lsn> {
-        let parts: Vec<(u8, &[u8])> = records.iter().map(|r| (r.kind, r.bytes.as_slice())).collect();
-        self.wal.append_batch(&parts).map_err(wal_error)
-    }
-
-    /// `append_batch` of records encoded into one buffer (a batch's).
-    pub(crate) fn append_records(&self, records: &Records) -> Result<Lsn> {
+    pub(crate) fn append_batch(&self, records: &Records) -> Result<Lsn> {
         self.wal.append_batch(&records.parts()).map_err(wal_error)
     }
 
@@ -270,8 +264,8 @@ impl Journal {
     /// reservation (the caller waits for the returned position).
     pub(crate) fn append_operator(&self, record: codec::OperatorRecord, implied: &[Entry]) -> Result<Lsn> {
         let codec::OperatorRecord { tx, action, reason, at_unix_ns } = record;
-        let mut records = vec![Entry::Operator { tx, action, reason, at_unix_ns }.encoded()];
-        records.extend(implied.iter().map(Entry::encoded));
+        let operator = Entry::Operator { tx, action, reason, at_unix_ns }.encoded();
+        let records: Records = std::iter::once(operator).chain(implied.iter().map(Entry::encoded)).collect();
         self.append_batch(&records)
     }
 
