@@ -112,6 +112,7 @@ impl Inner {
                         self.push_commit(&plan, &mut records);
                     }
                     self.count(&outcome);
+                    plan::recycle(plan);
                     outcome
                 }));
                 continue;
@@ -121,11 +122,13 @@ impl Inner {
                 // later transactions wait for nothing else anyway.
                 let driven =
                     super::driver::Drive::new(self, &plan, Limit::At(deadline), false, Some(&mut records)).run(true);
-                driven.map(|(outcome, lsn)| {
+                let driven = driven.map(|(outcome, lsn)| {
                     last_lsn = last_lsn.max(lsn);
                     self.count(&outcome);
                     outcome
-                })
+                });
+                plan::recycle(plan);
+                driven
             });
             match outcome {
                 Err(error) if error.is_storage() => return Err(error),

@@ -916,6 +916,7 @@ impl Inner {
                 tracing::warn!(%tx, %error, "transaction failed");
             }
         }
+        plan::recycle(plan);
         result
     }
 

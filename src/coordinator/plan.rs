@@ -196,6 +196,67 @@ impl Plan {
         }
     }
 
+    /// A plan of nothing, to be filled by `build` (after `reset`).
+    fn empty() -> Plan {
+        Plan {
+            tx: TxId::from_u128(0),
+            attempt: 0,
+            timed: false,
+            names: String::new(),
+            ops: SmallVec::new(),
+            payloads: Vec::new(),
+            branches: SmallVec::new(),
+            first_index: 0,
+            stripes: SmallVec::new(),
+            fingerprint: 0,
+            decision: AtomicU8::new(OPEN),
+            vote_by: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Empties an owned plan for transaction `tx`, keeping its buffers, with
+    /// room for `name_bytes` of account names.
+    fn reset(&mut self, id: TxId, content: u64, name_bytes: usize) {
+        // Destructured: a field added to `Plan` must be reset here too.
+        let Plan {
+            tx,
+            attempt,
+            timed,
+            names,
+            ops,
+            payloads,
+            branches,
+            first_index,
+            stripes,
+            fingerprint,
+            decision,
+            vote_by,
+        } = self;
+        *tx = id;
+        *attempt = 0;
+        *timed = false;
+        names.clear();
+        names.reserve(name_bytes);
+        ops.clear();
+        payloads.clear();
+        branches.clear();
+        *first_index = 0;
+        stripes.clear();
+        *fingerprint = content;
+        *decision = AtomicU8::new(OPEN);
+        *vote_by = std::sync::OnceLock::new();
+    }
+
+    /// Whether keeping this plan's buffers for the next transaction holds
+    /// no more memory than a small transaction's plan.
+    fn is_small(&self) -> bool {
+        self.names.capacity() <= SPARE_NAME_BYTES
+            && self.payloads.capacity() == 0
+            && !self.ops.spilled()
+            && !self.branches.spilled()
+            && !self.stripes.spilled()
+    }
+
     /// Every operation of `branch` (none for a payload branch).
     pub(crate) fn branch_ops(&self, branch: usize) -> &[PlanOp] {
         let b = self.branches[branch];
@@ -284,6 +345,54 @@ impl Plan {
         // Acquire: pairs with `cancel`; a stale `false` only costs a wasted prepare.
         self.decision.load(Ordering::Acquire) == CANCELLED
     }
+}
+
+/// Largest name buffer a recycled plan keeps (bytes).
+const SPARE_NAME_BYTES: usize = 128;
+/// Most plans a thread keeps for reuse: a batch of this many transfers
+/// builds all its plans from recycled ones (at most ~530 bytes each with
+/// their names).
+pub(crate) const SPARE_PLANS: usize = 1024;
+
+#[cfg(not(loom))]
+thread_local! {
+    /// Plans of this thread's finished transactions that nobody else holds:
+    /// `build` fills one instead of allocating. Bounded (`SPARE_PLANS`, and
+    /// only small plans: `Plan::is_small`), so the memory kept is bounded
+    /// by the number of caller threads.
+    static SPARE: std::cell::RefCell<Vec<Arc<Plan>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One of this thread's recycled plans, if any (never one someone else holds).
+fn spare() -> Option<Arc<Plan>> {
+    #[cfg(not(loom))]
+    {
+        // `try_with`: a thread being torn down allocates instead.
+        SPARE.try_with(|spare| spare.borrow_mut().pop()).ok().flatten()
+    }
+    // Under loom a plan's atomics belong to one model execution.
+    #[cfg(loom)]
+    None
+}
+
+/// Hands a finished transaction's plan back for this thread's next ones, if
+/// this was its last owner, it is small and the thread keeps fewer than
+/// `SPARE_PLANS`; otherwise it is just dropped.
+pub(crate) fn recycle(plan: Arc<Plan>) {
+    #[cfg(not(loom))]
+    {
+        let mut plan = plan;
+        if Arc::get_mut(&mut plan).is_some_and(|p| p.is_small()) {
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_PLANS {
+                    spare.push(plan);
+                }
+            });
+        }
+    }
+    #[cfg(loom)]
+    drop(plan);
 }
 
 /// One transaction in this many records per-stage latencies.
@@ -412,25 +521,17 @@ pub(crate) fn build(
     }
     sides.sort_unstable_by(|a, b| (a.service, a.account).cmp(&(b.service, b.account)));
 
-    // Built in its shared allocation: moving a finished 384-byte plan into
-    // an `Arc` (and out of a `Result` first) was two copies per transaction.
-    let mut shared = Arc::new(Plan {
+    // Built in place, in this thread's recycled plan when it has one (see
+    // `recycle`): a new `Arc` was an allocation, a 384-byte copy into it
+    // and, for the names, a second allocation per transaction.
+    let mut shared = spare().unwrap_or_else(|| Arc::new(Plan::empty()));
+    let plan = Arc::get_mut(&mut shared).expect("a new or recycled plan has no other owner");
+    plan.reset(
         tx,
-        attempt: 0,
-        timed: false,
-        // Sized once: growing it would reallocate on the hot path.
-        names: String::with_capacity(sides.iter().map(|s| s.account.len()).sum()),
-        ops: SmallVec::with_capacity(sides.len()),
-        payloads: Vec::new(),
-        branches: SmallVec::new(),
-        first_index: 0,
-        stripes: SmallVec::new(),
         // Only ids a caller can resubmit need one.
-        fingerprint: if tracked { fingerprint(legs, branches) } else { 0 },
-        decision: AtomicU8::new(OPEN),
-        vote_by: std::sync::OnceLock::new(),
-    });
-    let plan = Arc::get_mut(&mut shared).expect("a new Arc has no other owner");
+        if tracked { fingerprint(legs, branches) } else { 0 },
+        sides.iter().map(|s| s.account.len()).sum(),
+    );
     let mut last: Option<(u16, &str)> = None;
     for side in &sides {
         if last == Some((side.service, side.account)) {
@@ -496,4 +597,107 @@ pub(crate) fn build(
     plan.stripes.sort_unstable();
     plan.stripes.dedup();
     Ok(shared)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::Ledger;
+
+    fn services() -> Vec<ServiceInfo> {
+        let ledger = Ledger::new();
+        for account in ["alice", "bob", "carol"] {
+            ledger.create_account(account, 100).unwrap();
+        }
+        vec![ServiceInfo::new("bank".into(), Some(ledger.account_directory())), ServiceInfo::new("hotel".into(), None)]
+    }
+
+    fn plan_of(
+        services: &[ServiceInfo],
+        locks: &StripedLocks,
+        tx: u128,
+        legs: &[Transfer<'_>],
+        branches: &[Branch<'_>],
+        tracked: bool,
+    ) -> Arc<Plan> {
+        let limits = Limits { max_legs: 16, max_branches: 16, max_payload_bytes: 1024 };
+        let find = |name: &str| services.iter().position(|s| &*s.name == name).map(|i| i as u16);
+        build(TxId::from_u128(tx), legs, branches, services, find, locks, &limits, tracked).unwrap()
+    }
+
+    /// Everything a plan's users read, as one comparable value.
+    fn contents(plan: &Plan) -> impl PartialEq + std::fmt::Debug {
+        let ops: Vec<_> = plan.ops.iter().map(|op| (plan.account(op).to_string(), op.key, op.delta)).collect();
+        let branches: Vec<_> = (0..plan.branches.len())
+            .map(|b| (plan.service_of(b), plan.is_transfer(b), plan.payload(b).map(<[u8]>::to_vec)))
+            .collect();
+        (
+            plan.tx,
+            plan.first_index,
+            plan.fingerprint,
+            ops,
+            branches,
+            plan.stripes.to_vec(),
+            plan.is_cancelled(),
+            plan.vote_by.get().copied(),
+            plan.payloads.len(),
+        )
+    }
+
+    /// A recycled plan carries nothing of the transaction before it: a
+    /// tracked two-leg plan with lock keys that was cancelled and given a
+    /// vote deadline, then a one-leg untracked plan built from its buffers,
+    /// must equal the same one-leg plan built fresh.
+    #[test]
+    fn a_recycled_plan_equals_a_fresh_one() {
+        let services = services();
+        let locks = StripedLocks::new(64);
+        let legs = [Transfer::new("bank", "alice", "bank", "bob", 5), Transfer::new("bank", "bob", "bank", "carol", 7)];
+        let branches = [Branch::new("hotel", &b""[..]).lock("room-1").lock("room-2")];
+        let mut first = plan_of(&services, &locks, 1, &legs, &branches, true);
+        assert!(first.cancel());
+        first.vote_by.set(Instant::now()).unwrap();
+        assert!(Arc::get_mut(&mut first).is_some_and(|p| p.is_small()), "this plan is one the thread keeps");
+        let address = Arc::as_ptr(&first);
+        recycle(first);
+
+        let one = [Transfer::new("bank", "carol", "bank", "alice", 3)];
+        let reused = plan_of(&services, &locks, 2, &one, &[], false);
+        assert_eq!(Arc::as_ptr(&reused), address, "the thread's spare plan was filled");
+        let fresh = std::thread::scope(|s| s.spawn(|| plan_of(&services, &locks, 2, &one, &[], false)).join().unwrap());
+        assert_ne!(Arc::as_ptr(&fresh), address);
+        assert_eq!(contents(&reused), contents(&fresh));
+        assert!(reused.claim_commit(), "the recycled plan's decision is open again");
+        assert_ne!(reused.attempt, 0);
+    }
+
+    /// A plan someone else still holds, or one with large buffers, is not
+    /// kept: the next plan is a new allocation.
+    #[test]
+    fn shared_or_large_plans_are_not_recycled() {
+        let services = services();
+        let locks = StripedLocks::new(64);
+        let one = [Transfer::new("bank", "alice", "bank", "bob", 1)];
+        let held = plan_of(&services, &locks, 1, &one, &[], false);
+        let other_owner = Arc::clone(&held);
+        recycle(held);
+        assert!(spare().is_none(), "a plan a worker still holds is never refilled");
+        assert_eq!(other_owner.tx, TxId::from_u128(1));
+
+        let payload = vec![7u8; 64];
+        let large = plan_of(&services, &locks, 3, &one, &[Branch::new("hotel", payload)], false);
+        recycle(large);
+        assert!(spare().is_none(), "a plan with a payload buffer is dropped, not kept");
+
+        let small = plan_of(&services, &locks, 4, &one, &[], false);
+        recycle(small);
+        assert!(spare().is_some(), "a small plan nobody else holds is kept");
+        assert!(spare().is_none());
+
+        // The pool is bounded.
+        let plans: Vec<_> =
+            (0..SPARE_PLANS + 10).map(|i| plan_of(&services, &locks, 10 + i as u128, &one, &[], false)).collect();
+        plans.into_iter().for_each(recycle);
+        assert_eq!(std::iter::from_fn(spare).count(), SPARE_PLANS);
+    }
 }
