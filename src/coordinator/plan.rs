@@ -249,6 +249,7 @@ impl Plan {
 
     /// Whether keeping this plan's buffers for the next transaction holds
     /// no more memory than a small transaction's plan.
+    #[cfg(not(loom))]
     fn is_small(&self) -> bool {
         self.names.capacity() <= SPARE_NAME_BYTES
             && self.payloads.capacity() == 0
@@ -348,10 +349,12 @@ impl Plan {
 }
 
 /// Largest name buffer a recycled plan keeps (bytes).
+#[cfg(not(loom))]
 const SPARE_NAME_BYTES: usize = 128;
 /// Most plans a thread keeps for reuse: a batch of this many transfers
 /// builds all its plans from recycled ones (at most ~530 bytes each with
 /// their names).
+#[cfg(not(loom))]
 pub(crate) const SPARE_PLANS: usize = 1024;
 
 #[cfg(not(loom))]
