@@ -605,7 +605,7 @@ pub(crate) fn build(
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::Ledger;
+    use crate::ledger::Ledger;
 
     fn services() -> Vec<ServiceInfo> {
         let ledger = Ledger::new();
