@@ -214,9 +214,10 @@ impl Plan {
         }
     }
 
-    /// Empties an owned plan for transaction `tx`, keeping its buffers, with
-    /// room for `name_bytes` of account names.
-    fn reset(&mut self, id: TxId, content: u64, name_bytes: usize) {
+    /// Empties an owned plan for transaction `id`, keeping its buffers, with
+    /// room for `name_bytes` of account names and `op_count` operations
+    /// (sized once: growing them would reallocate on the hot path).
+    fn reset(&mut self, id: TxId, content: u64, name_bytes: usize, op_count: usize) {
         // Destructured: a field added to `Plan` must be reset here too.
         let Plan {
             tx,
@@ -238,6 +239,7 @@ impl Plan {
         names.clear();
         names.reserve(name_bytes);
         ops.clear();
+        ops.reserve(op_count);
         payloads.clear();
         branches.clear();
         *first_index = 0;
@@ -534,6 +536,7 @@ pub(crate) fn build(
         // Only ids a caller can resubmit need one.
         if tracked { fingerprint(legs, branches) } else { 0 },
         sides.iter().map(|s| s.account.len()).sum(),
+        sides.len(),
     );
     let mut last: Option<(u16, &str)> = None;
     for side in &sides {
