@@ -183,20 +183,15 @@ impl Plan {
         Plan {
             tx: key.tx,
             attempt: key.attempt,
-            timed: false,
-            names: String::new(),
-            ops: SmallVec::new(),
-            payloads: Vec::new(),
             branches: smallvec::smallvec![PlanBranch { service, carries: Carries::Ops, start: 0, end: 0 }],
             first_index: key.branch,
-            stripes: SmallVec::new(),
-            fingerprint: 0,
             decision: AtomicU8::new(COMMIT_CLAIMED),
-            vote_by: std::sync::OnceLock::new(),
+            ..Plan::empty()
         }
     }
 
-    /// A plan of nothing, to be filled by `build` (after `reset`).
+    /// A plan of nothing: filled by `build` (after `reset`), or the base of
+    /// a bare one.
     fn empty() -> Plan {
         Plan {
             tx: TxId::from_u128(0),
@@ -357,7 +352,7 @@ const SPARE_NAME_BYTES: usize = 128;
 /// builds all its plans from recycled ones (at most ~530 bytes each with
 /// their names).
 #[cfg(not(loom))]
-pub(crate) const SPARE_PLANS: usize = 1024;
+const SPARE_PLANS: usize = 1024;
 
 #[cfg(not(loom))]
 thread_local! {
