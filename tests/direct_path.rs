@@ -15,15 +15,17 @@
 //! 32 000 transactions. That ordering is the loom model's
 //! (`tests/loom_worker.rs`, `direct_path_*`), whose broken variant fails.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::{Bank, Leg, Model, random_legs};
 use dtc::{
-    Branch, BranchId, Coordinator, Durability, Failure, Ledger, Outcome, Participant, ParticipantKind, Refusal,
-    Transaction, Transfer, Work,
+    Branch, BranchId, Durability, Failure, Outcome, Participant, ParticipantKind, Refusal, Transaction, Transfer, Work,
 };
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 const ACCOUNTS: usize = 6;
 const BALANCE: i64 = 1_000;
@@ -53,49 +55,27 @@ impl Participant for Notes {
     }
 }
 
-fn account(i: usize) -> String {
-    format!("acct-{i}")
-}
-
-fn bank(i: usize) -> &'static str {
-    ["bank-0", "bank-1"][i % 2]
-}
-
 /// A random transfer between two of the accounts: (from, to, amount).
-fn pick(rng: &mut SmallRng) -> (usize, usize, u64) {
-    let from = rng.random_range(0..ACCOUNTS);
-    (from, (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS, rng.random_range(1..=700))
-}
-
-fn transfer<'a>(names: &'a [String], (from, to, amount): (usize, usize, u64)) -> Transfer<'a> {
-    Transfer::new(bank(from), &names[from], bank(to), &names[to], amount)
+fn pick(rng: &mut SmallRng) -> Leg {
+    random_legs(rng, ACCOUNTS, 1, 700)[0]
 }
 
 fn check(durability: Durability, seed: u64) {
-    let ledgers: Vec<Ledger> = (0..2).map(|_| Ledger::new()).collect();
-    for i in 0..ACCOUNTS {
-        ledgers[i % 2].create_account(&account(i), BALANCE).unwrap();
-    }
+    // Two ledgers, accounts alternating between them.
+    let bank = Bank::new(2, ACCOUNTS, BALANCE);
     let dir = tempfile::tempdir().unwrap();
-    let mut builder = Coordinator::builder()
-        .service("bank-0", ledgers[0].clone())
-        .service("bank-1", ledgers[1].clone())
-        .service("notes", Notes)
-        .durability(durability);
+    let mut builder = bank.builder().service("notes", Notes).durability(durability);
     if durability == Durability::Sync {
         builder = builder.dir(dir.path());
     }
     let dtc = builder.open().unwrap();
-    let names: Vec<String> = (0..ACCOUNTS).map(account).collect();
     let done = AtomicBool::new(false);
     // Every committed change, per thread: (from, to, amount).
-    let committed: Vec<(usize, usize, u64)> = std::thread::scope(|scope| {
+    let committed: Vec<Leg> = std::thread::scope(|scope| {
         let auditor = scope.spawn(|| {
             let mut audits = 0;
             while !done.load(Ordering::Relaxed) {
-                let audit = dtc.audit().unwrap();
-                assert_eq!(audit.total, (ACCOUNTS as i128) * i128::from(BALANCE), "seed {seed}: money made or lost");
-                assert_eq!(audit.negative, 0, "seed {seed}: an account below zero");
+                bank.check_audit(&dtc, &format!("seed {seed}"));
                 audits += 1;
                 std::thread::sleep(Duration::from_micros(300));
             }
@@ -103,7 +83,7 @@ fn check(durability: Durability, seed: u64) {
         });
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (dtc, names) = (&dtc, &names);
+                let (dtc, bank) = (&dtc, &bank);
                 scope.spawn(move || {
                     let mut rng = SmallRng::seed_from_u64(seed << 8 | t);
                     let mut mine = Vec::new();
@@ -114,7 +94,7 @@ fn check(durability: Durability, seed: u64) {
                             0 => {
                                 let picks: Vec<_> = (0..8).map(|_| pick(&mut rng)).collect();
                                 let legs: Vec<[Transfer<'_>; 1]> =
-                                    picks.iter().map(|&p| [transfer(names, p)]).collect();
+                                    picks.iter().map(|&(f, t, a)| [bank.leg(f, t, a)]).collect();
                                 let txs: Vec<&[Transfer<'_>]> = legs.iter().map(|l| &l[..]).collect();
                                 for (p, outcome) in picks.iter().zip(dtc.execute_batch(&txs).unwrap()) {
                                     if outcome.unwrap().is_committed() {
@@ -125,9 +105,10 @@ fn check(durability: Durability, seed: u64) {
                             }
                             // Two-phase: the same ledgers plus another participant.
                             1 => {
-                                let p = pick(&mut rng);
-                                let tx =
-                                    Transaction::new().transfer(transfer(names, p)).branch(Branch::new("notes", b"n"));
+                                let p @ (from, to, amount) = pick(&mut rng);
+                                let tx = Transaction::new()
+                                    .transfer(bank.leg(from, to, amount))
+                                    .branch(Branch::new("notes", b"n"));
                                 if dtc.run(&tx).unwrap().is_committed() {
                                     mine.push(p);
                                 }
@@ -135,8 +116,8 @@ fn check(durability: Durability, seed: u64) {
                             }
                             // Single transfers: the direct path when idle.
                             _ => {
-                                let p = pick(&mut rng);
-                                match dtc.execute(&[transfer(names, p)]).unwrap() {
+                                let p @ (from, to, amount) = pick(&mut rng);
+                                match dtc.execute(&[bank.leg(from, to, amount)]).unwrap() {
                                     Outcome::Committed => mine.push(p),
                                     Outcome::Aborted(_) => {}
                                     other => panic!("seed {seed}: {other:?}"),
@@ -154,14 +135,10 @@ fn check(durability: Durability, seed: u64) {
         assert!(auditor.join().unwrap() > 0, "seed {seed}: no audit ran");
         committed
     });
-    let mut model = vec![BALANCE; ACCOUNTS];
-    for &(from, to, amount) in &committed {
-        model[from] -= amount as i64;
-        model[to] += amount as i64;
-    }
-    let balances: Vec<i64> = (0..ACCOUNTS).map(|i| ledgers[i % 2].balance(&account(i)).unwrap()).collect();
-    assert_eq!(balances, model, "seed {seed}: ledgers differ from the committed transactions");
-    assert!(balances.iter().all(|&b| b >= 0), "seed {seed}: {balances:?}");
+    let mut model = Model::new(ACCOUNTS, BALANCE);
+    model.apply(&committed);
+    assert_eq!(bank.balances(), model.0, "seed {seed}: ledgers differ from the committed transactions");
+    bank.check_ledgers(&format!("seed {seed}"));
     let total = (THREADS as usize) * PER_THREAD;
     assert!(
         committed.len() > total / 10 && committed.len() < total,
